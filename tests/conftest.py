@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+
+from vkinfer.gpu import Device, Graph
+
+
+@pytest.fixture(scope="session")
+def dev():
+    d = Device()
+    yield d
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def run(dev, build):
+    """Build a one-off graph with `build(g)`, run it, return what build returned."""
+    g = Graph(dev, "test")
+    out = build(g)
+    g.run()
+    return out
+
+
+def view_then_copy(dev, array):
+    """Upload `array` transposed into a bigger buffer and return a non-contiguous view of
+    it, so tests can check that ops refuse it and accept it after ops.copy()."""
+    from vkinfer.gpu import Tensor
+    padded = np.zeros((array.shape[1] + 3, array.shape[0]), np.float32)
+    padded[:array.shape[1]] = array.T
+    t = dev.upload(padded)
+    return Tensor(t.buf, array.shape, "f32", 0, (1, array.shape[0]))

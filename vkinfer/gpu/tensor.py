@@ -1,0 +1,135 @@
+"""Buffers (one kp tensor each) and Tensors (typed, shaped views into a buffer)."""
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+# Bytes per element for the plain types; block types (Q4_K, ...) are described in vkinfer.quants.
+ELEM_BYTES = {"f32": 4, "u32": 4, "i32": 4, "f16": 2, "bf16": 2}
+NUMPY_DTYPES = {"f32": np.float32, "u32": np.uint32, "i32": np.int32, "f16": np.float16}
+
+
+class Buffer:
+    """One Vulkan buffer. `kind` is 'storage' (device-local), or 'host' (host-visible,
+    written and read through `.view()` with no copy)."""
+
+    def __init__(self, kp_tensor, nbytes: int, kind: str, name: str = ""):
+        self.kt = kp_tensor
+        self.nbytes = nbytes
+        self.kind = kind
+        self.name = name
+
+    def view(self) -> np.ndarray:
+        """Zero-copy uint32 view of a host buffer's mapped memory."""
+        assert self.kind == "host", "only host buffers are mapped"
+        return self.kt.data().view(np.uint32)
+
+    def __repr__(self):
+        return f"Buffer({self.name or id(self)}, {self.kind}, {self.nbytes} B)"
+
+
+def contiguous_strides(shape) -> tuple:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A view: `offset` and `strides` count elements of `dtype` from the buffer's start."""
+    buf: Buffer
+    shape: tuple
+    dtype: str = "f32"
+    offset: int = 0
+    strides: tuple | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        if self.strides is None:
+            object.__setattr__(self, "strides", contiguous_strides(self.shape))
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def elem_bytes(self) -> int:
+        return ELEM_BYTES[self.dtype]
+
+    @property
+    def contiguous(self) -> bool:
+        return all(s == c for n, s, c in zip(self.shape, self.strides, contiguous_strides(self.shape))
+                   if n != 1)
+
+    @property
+    def byte_offset(self) -> int:
+        return self.offset * self.elem_bytes
+
+    @property
+    def word_offset(self) -> int:
+        """Offset in 32-bit words; only for tensors that start on a word boundary."""
+        assert self.byte_offset % 4 == 0, f"{self} does not start on a 4-byte boundary"
+        return self.byte_offset // 4
+
+    def reshape(self, *shape) -> "Tensor":
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        if -1 in shape:
+            known = prod(n for n in shape if n != -1)
+            shape = tuple(self.numel // known if n == -1 else n for n in shape)
+        if prod(shape) != self.numel:
+            raise ValueError(f"cannot reshape {self.shape} to {shape}")
+        if not self.contiguous:
+            raise ValueError("reshape of a non-contiguous view: make it contiguous first (ops.copy)")
+        return Tensor(self.buf, shape, self.dtype, self.offset)
+
+    def slice(self, axis: int, start: int, stop: int) -> "Tensor":
+        """Rows start..stop along `axis`: a view, contiguous only when axis is the outermost."""
+        axis %= self.ndim
+        if not 0 <= start <= stop <= self.shape[axis]:
+            raise ValueError(f"slice {start}:{stop} out of range for axis {axis} of {self.shape}")
+        shape = list(self.shape)
+        shape[axis] = stop - start
+        return Tensor(self.buf, tuple(shape), self.dtype, self.offset + start * self.strides[axis],
+                      self.strides)
+
+    def transpose(self, a: int = -2, b: int = -1) -> "Tensor":
+        shape, strides = list(self.shape), list(self.strides)
+        shape[a], shape[b] = shape[b], shape[a]
+        strides[a], strides[b] = strides[b], strides[a]
+        return Tensor(self.buf, tuple(shape), self.dtype, self.offset, tuple(strides))
+
+    def __getitem__(self, i: int) -> "Tensor":
+        """Index the outermost axis."""
+        if not 0 <= i < self.shape[0]:
+            raise IndexError(i)
+        return Tensor(self.buf, self.shape[1:], self.dtype, self.offset + i * self.strides[0],
+                      self.strides[1:])
+
+    def __repr__(self):
+        c = "" if self.contiguous else f", strides={self.strides}"
+        return f"Tensor({self.dtype}{list(self.shape)} @{self.buf.name or id(self.buf)}+{self.offset}{c})"
+
+
+def require(cond: bool, msg: str):
+    """Shape/contiguity checks in op wrappers raise ValueError with a message naming the op."""
+    if not cond:
+        raise ValueError(msg)
+
+
+def check_tensor(op: str, name: str, t: Tensor, *, dtype=None, shape=None, contiguous=True):
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+    if dtype is not None:
+        allowed = (dtype,) if isinstance(dtype, str) else tuple(dtype)
+        require(t.dtype in allowed, f"{op}: {name} has dtype {t.dtype}, expected {'/'.join(allowed)}")
+    if shape is not None:
+        require(len(shape) == t.ndim and all(s is None or s == n for s, n in zip(shape, t.shape)),
+                f"{op}: {name} has shape {t.shape}, expected {tuple('*' if s is None else s for s in shape)}")
+    if contiguous:
+        require(t.contiguous, f"{op}: {name} {t} is not contiguous; insert ops.copy() first")
