@@ -13,6 +13,15 @@ APT_PACKAGES="mesa-vulkan-drivers libvulkan-dev glslc spirv-tools vulkan-validat
   vulkan-tools libfmt-dev pybind11-dev cmake g++ patch xz-utils"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
+# Run a noisy step with its output in build/setup.log, shown only when it fails.
+logged() {
+  mkdir -p build
+  if ! "$@" >build/setup.log 2>&1; then
+    cat build/setup.log >&2
+    say "failed: $*"
+    exit 1
+  fi
+}
 
 missing=()
 for p in $APT_PACKAGES; do
@@ -29,27 +38,27 @@ fi
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
+  logged .venv/bin/python -m pip install --upgrade pip setuptools wheel
 fi
 py=.venv/bin/python
 
 if ! $py -c "import kp, sys; sys.exit(0 if getattr(kp, 'vkinfer_compute_barrier', 0) else 1)" 2>/dev/null; then
   say "building kp $KP_VERSION from source with scripts/kp-compute-barrier.patch (a few minutes)"
-  $py -m pip install -q setuptools wheel numpy
+  logged $py -m pip install setuptools wheel numpy
   rm -rf build/kp && mkdir -p build/kp
-  $py -m pip download -q --no-deps --no-binary :all: "kp==$KP_VERSION" -d build/kp
+  logged $py -m pip download --no-deps --no-binary :all: "kp==$KP_VERSION" -d build/kp
   tar xzf "build/kp/kp-$KP_VERSION.tar.gz" -C build/kp
   patch -s -p0 -d "build/kp/kp-$KP_VERSION" < scripts/kp-compute-barrier.patch
   KOMPUTE_OPT_INSTALL=OFF KOMPUTE_OPT_USE_BUILT_IN_VULKAN_HEADER=OFF \
   KOMPUTE_OPT_USE_BUILT_IN_FMT=OFF KOMPUTE_OPT_USE_BUILT_IN_PYBIND11=OFF \
   KOMPUTE_OPT_DISABLE_VULKAN_VERSION_CHECK=ON KOMPUTE_OPT_DISABLE_VK_DEBUG_LAYERS=ON \
-    $py -m pip install -q --no-build-isolation "./build/kp/kp-$KP_VERSION"
+    logged $py -m pip install --no-build-isolation "./build/kp/kp-$KP_VERSION"
 fi
 
 stamp=.venv/.vkinfer-installed
 if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ]; then
   say "installing vkinfer with its test extras"
-  $py -m pip install -q --no-build-isolation -e ".[test]"
+  logged $py -m pip install --no-build-isolation -e ".[test]"
   touch $stamp
 fi
 
