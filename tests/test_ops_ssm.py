@@ -1,0 +1,245 @@
+"""ssm_conv and ssm_scan against their float64 numpy twins.
+
+Error bounds, as |got - want| <= bound * max(1, |want|):
+* ssm_conv: 1e-6 (a K-term F32 dot product of O(1) values; 2e-6 with silu, GPU exp);
+* ssm_scan: 2e-5 (a d_state-term sum of states carried over T tokens through GPU exp;
+  measured up to about 4e-6 with d_state 64).
+Feeding a sequence in chunks (1, 3, rest) with the carried state must match feeding it at
+once to 1e-6 (the shader does the same F32 operations per token either way)."""
+import numpy as np
+import pytest
+
+from conftest import run, view_then_copy
+from vkinfer.gpu import Tensor
+from vkinfer.ops import ssm
+
+GUARD = 7.25          # sentinel around tensors placed inside bigger buffers
+
+
+def _check(got, want, bound, what=""):
+    err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
+    print(f"{what}: max abs error {np.max(np.abs(got - want)):.3g}, scaled {np.max(err):.3g}")
+    assert np.max(err) <= bound, f"{what}: scaled error {np.max(err):.3g} over bound {bound}"
+
+
+def at_offset(dev, array, before=5, after=3):
+    """`array` placed inside a bigger buffer, between guard values: (view, whole buffer)."""
+    flat = np.concatenate([np.full(before, GUARD, np.float32), array.ravel(),
+                           np.full(after, GUARD, np.float32)])
+    whole = dev.upload(flat)
+    return Tensor(whole.buf, array.shape, "f32", before), whole
+
+
+def guards_intact(dev, whole, before=5, after=3):
+    flat = dev.read(whole)
+    return np.all(flat[:before] == GUARD) and np.all(flat[flat.size - after:] == GUARD)
+
+
+def conv_inputs(rng, T, C, K, S):
+    return (rng.standard_normal((T, C)).astype(np.float32),
+            rng.standard_normal((C, S)).astype(np.float32),
+            rng.standard_normal((C, K)).astype(np.float32),
+            rng.standard_normal(C).astype(np.float32))
+
+
+def scan_inputs(rng, T, Dn, N):
+    x = rng.standard_normal((T, Dn)).astype(np.float32)
+    dt = np.log1p(np.exp(rng.standard_normal((T, Dn)) - 1.0)).astype(np.float32)   # softplus'ed
+    A = -np.exp(rng.uniform(0.0, np.log(N + 1.0), (Dn, N))).astype(np.float32)     # Mamba's init range
+    B = rng.standard_normal((T, N)).astype(np.float32)
+    C = rng.standard_normal((T, N)).astype(np.float32)
+    D = rng.standard_normal(Dn).astype(np.float32)
+    state = rng.standard_normal((Dn, N)).astype(np.float32)
+    z = rng.standard_normal((T, Dn)).astype(np.float32)
+    return x, dt, A, B, C, D, state, z
+
+
+# ---- ssm_conv ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("T,C,K,S,silu,bias", [
+    (1, 37, 4, 3, True, True),       # Mamba decode (T < S: the state shifts through itself)
+    (7, 1001, 4, 3, True, True),     # Mamba prefill chunk
+    (5, 1280, 2, 2, False, True),    # ZAYA depthwise stage: T+1 outputs
+    (1, 65, 2, 2, False, True),      # ZAYA decode
+    (3, 65, 3, 5, False, False),     # more state than the kernel needs, no bias
+    (2, 3, 1, 1, True, False),
+])
+def test_ssm_conv(dev, rng, T, C, K, S, silu, bias):
+    x, state, w, b = conv_inputs(rng, T, C, K, S)
+    b = b if bias else None
+    tstate = dev.upload(state)
+    out = run(dev, lambda g: ssm.ssm_conv(g, dev.upload(x), tstate, dev.upload(w),
+                                          dev.upload(b) if bias else None, silu=silu))
+    want, want_state = ssm.ssm_conv_ref(x, state, w, b, silu)
+    assert out.shape == (T + S - K + 1, C)
+    _check(dev.read(out), want, 2e-6 if silu else 1e-6, f"ssm_conv T{T} C{C} K{K} S{S}")
+    assert np.array_equal(dev.read(tstate), want_state)
+
+
+def test_ssm_conv_at_offsets(dev, rng):
+    """Every tensor inside a bigger buffer; x a column slice of a wider activation (as x1 is
+    of Mamba's xz); the guard values around the state and the output stay untouched."""
+    T, C, K, S = 6, 45, 4, 3
+    x, state, w, b = conv_inputs(rng, T, C, K, S)
+    xz = np.concatenate([x, rng.standard_normal((T, C)).astype(np.float32)], axis=1)
+    txz, _ = at_offset(dev, xz, before=9)
+    tx = txz.slice(1, 0, C)
+    tstate, whole_state = at_offset(dev, state)
+    tw, _ = at_offset(dev, w, before=2)
+    tb, _ = at_offset(dev, b, before=1)
+    tout, whole_out = at_offset(dev, np.zeros((T, C), np.float32), before=11)
+    run(dev, lambda g: ssm.ssm_conv(g, tx, tstate, tw, tb, out=tout, silu=True))
+    want, want_state = ssm.ssm_conv_ref(x, state, w, b, True)
+    _check(dev.read(tout), want, 2e-6, "ssm_conv at offsets")
+    assert np.array_equal(dev.read(tstate), want_state)
+    assert guards_intact(dev, whole_state) and guards_intact(dev, whole_out, before=11)
+
+
+def test_ssm_conv_chunks_equal_whole(dev, rng):
+    T, C, K, S = 11, 77, 4, 3
+    x, state, w, b = conv_inputs(rng, T, C, K, S)
+    tw, tb = dev.upload(w), dev.upload(b)
+    whole_state = dev.upload(state)
+    whole = dev.read(run(dev, lambda g: ssm.ssm_conv(g, dev.upload(x), whole_state, tw, tb, silu=True)))
+    chunk_state = dev.upload(state)
+    tx = dev.upload(x)
+    g_outs = run(dev, lambda g: [ssm.ssm_conv(g, tx.slice(0, a, e), chunk_state, tw, tb, silu=True)
+                                 for a, e in ((0, 1), (1, 4), (4, T))])
+    chunks = np.concatenate([dev.read(o) for o in g_outs])
+    np.testing.assert_allclose(chunks, whole, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(dev.read(chunk_state), dev.read(whole_state), rtol=0, atol=1e-6)
+    _check(whole, ssm.ssm_conv_ref(x, state, w, b, True)[0], 2e-6, "ssm_conv whole")
+
+
+def test_ssm_conv_large_grid(dev, rng):
+    """More than 65535 work groups of 64 channels: the grid uses its second dimension."""
+    T, C, K, S = 2, 65535 * 64 + 3, 2, 1
+    x, state, w, b = conv_inputs(rng, T, C, K, S)
+    tstate = dev.upload(state)
+    out = run(dev, lambda g: ssm.ssm_conv(g, dev.upload(x), tstate, dev.upload(w), dev.upload(b)))
+    want, want_state = ssm.ssm_conv_ref(x, state, w, b)
+    _check(dev.read(out), want, 1e-6, "ssm_conv large grid")
+    assert np.array_equal(dev.read(tstate), want_state)
+
+
+def test_ssm_conv_refuses_non_contiguous(dev, rng):
+    x, state, w, b = conv_inputs(rng, 5, 9, 4, 3)
+    xt = view_then_copy(dev, x)
+    with pytest.raises(ValueError, match="ssm_conv: x .* not contiguous"):
+        run(dev, lambda g: ssm.ssm_conv(g, xt, dev.upload(state), dev.upload(w), None))
+    copy = pytest.importorskip("vkinfer.ops.copy").copy
+    tstate = dev.upload(state)
+    out = run(dev, lambda g: ssm.ssm_conv(g, copy(g, xt), tstate, dev.upload(w), None))
+    want, want_state = ssm.ssm_conv_ref(x, state, w, None)
+    _check(dev.read(out), want, 1e-6, "ssm_conv after copy")
+    assert np.array_equal(dev.read(tstate), want_state)
+
+
+def test_ssm_conv_checks_shapes(dev, rng):
+    x, state, w, b = conv_inputs(rng, 1, 8, 4, 3)
+    args = [dev.upload(a) for a in (x, state, w, b)]
+    with pytest.raises(ValueError, match="ssm_conv: state"):
+        run(dev, lambda g: ssm.ssm_conv(g, args[0], dev.upload(state[:7].copy()), *args[2:]))
+    with pytest.raises(ValueError, match="ssm_conv: window .* shorter than the kernel"):
+        run(dev, lambda g: ssm.ssm_conv(g, args[0], dev.upload(state[:, :2].copy()), *args[2:]))
+    with pytest.raises(ValueError, match="ssm_conv: b"):
+        run(dev, lambda g: ssm.ssm_conv(g, *args[:3], dev.upload(b[:5].copy())))
+    with pytest.raises(ValueError, match="ssm_conv: out"):
+        run(dev, lambda g: ssm.ssm_conv(g, *args, out=dev.empty((2, 8))))
+
+
+# ---- ssm_scan ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("N", [1, 7, 16, 64])
+@pytest.mark.parametrize("gate", [False, True])
+def test_ssm_scan(dev, rng, N, gate):
+    T, Dn = 9, 133
+    x, dt, A, B, C, D, state, z = scan_inputs(rng, T, Dn, N)
+    z = z if gate else None
+    tstate = dev.upload(state)
+    y = run(dev, lambda g: ssm.ssm_scan(g, *(dev.upload(a) for a in (x, dt, A, B, C, D)), tstate,
+                                        z=dev.upload(z) if gate else None))
+    want, want_state = ssm.ssm_scan_ref(x, dt, A, B, C, D, state, z)
+    _check(dev.read(y), want, 2e-5, f"ssm_scan N{N} gate={gate}")
+    _check(dev.read(tstate), want_state, 2e-5, f"ssm_scan state N{N}")
+
+
+def test_ssm_scan_mamba_layout(dev, rng):
+    """As Mamba calls it: x and z the halves of xz, B and C column slices of dbc =
+    [dt_rank | B | C], state one layer of a [n_layer, d_inner, d_state] buffer."""
+    T, Dn, N, R = 5, 96, 16, 6
+    x, dt, A, B, C, D, state, z = scan_inputs(rng, T, Dn, N)
+    xz, _ = at_offset(dev, np.concatenate([x, z], axis=1), before=3)
+    dbc, _ = at_offset(dev, np.concatenate([rng.standard_normal((T, R)).astype(np.float32), B, C],
+                                           axis=1), before=4)
+    layers = np.stack([np.full((Dn, N), GUARD, np.float32), state, np.full((Dn, N), GUARD, np.float32)])
+    tlayers = dev.upload(layers)
+    tdt, _ = at_offset(dev, dt, before=1)
+    tA, _ = at_offset(dev, A, before=2)
+    tD, _ = at_offset(dev, D, before=6)
+    ty, whole_y = at_offset(dev, np.zeros((T, Dn), np.float32), before=7)
+    run(dev, lambda g: ssm.ssm_scan(g, xz.slice(1, 0, Dn), tdt, tA, dbc.slice(1, R, R + N),
+                                    dbc.slice(1, R + N, R + 2 * N), tD, tlayers[1], out=ty,
+                                    z=xz.slice(1, Dn, 2 * Dn)))
+    want, want_state = ssm.ssm_scan_ref(x, dt, A, B, C, D, state, z)
+    _check(dev.read(ty), want, 2e-5, "ssm_scan mamba layout")
+    got_layers = dev.read(tlayers)
+    _check(got_layers[1], want_state, 2e-5, "ssm_scan mamba layout state")
+    assert np.all(got_layers[0] == GUARD) and np.all(got_layers[2] == GUARD)
+    assert guards_intact(dev, whole_y, before=7)
+
+
+@pytest.mark.parametrize("N", [16, 7])
+def test_ssm_scan_chunks_equal_whole(dev, rng, N):
+    T, Dn = 12, 70
+    x, dt, A, B, C, D, state, z = scan_inputs(rng, T, Dn, N)
+    tx, tdt, tA, tB, tC, tD, tz = (dev.upload(a) for a in (x, dt, A, B, C, D, z))
+    whole_state = dev.upload(state)
+    whole = dev.read(run(dev, lambda g: ssm.ssm_scan(g, tx, tdt, tA, tB, tC, tD, whole_state, z=tz)))
+    chunk_state = dev.upload(state)
+    rows = lambda t, a, e: t.slice(0, a, e)   # noqa: E731
+    outs = run(dev, lambda g: [ssm.ssm_scan(g, rows(tx, a, e), rows(tdt, a, e), tA, rows(tB, a, e),
+                                            rows(tC, a, e), tD, chunk_state, z=rows(tz, a, e))
+                               for a, e in ((0, 1), (1, 4), (4, T))])
+    chunks = np.concatenate([dev.read(o) for o in outs])
+    np.testing.assert_allclose(chunks, whole, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(dev.read(chunk_state), dev.read(whole_state), rtol=0, atol=1e-6)
+
+
+def test_ssm_scan_large_grid(dev, rng):
+    """More than 65535 work groups of 64 channels."""
+    T, Dn, N = 1, 65535 * 64 + 3, 1
+    x, dt, A, B, C, D, state, z = scan_inputs(rng, T, Dn, N)
+    tstate = dev.upload(state)
+    y = run(dev, lambda g: ssm.ssm_scan(g, *(dev.upload(a) for a in (x, dt, A, B, C, D)), tstate,
+                                        z=dev.upload(z)))
+    want, want_state = ssm.ssm_scan_ref(x, dt, A, B, C, D, state, z)
+    _check(dev.read(y), want, 2e-5, "ssm_scan large grid")
+    _check(dev.read(tstate), want_state, 2e-5, "ssm_scan large grid state")
+
+
+def test_ssm_scan_refuses_non_contiguous(dev, rng):
+    T, Dn, N = 4, 10, 16
+    x, dt, A, B, C, D, state, z = scan_inputs(rng, T, Dn, N)
+    xt = view_then_copy(dev, x)
+    rest = [dev.upload(a) for a in (dt, A, B, C, D)]
+    with pytest.raises(ValueError, match="ssm_scan: x .* not contiguous"):
+        run(dev, lambda g: ssm.ssm_scan(g, xt, *rest, dev.upload(state)))
+    copy = pytest.importorskip("vkinfer.ops.copy").copy
+    tstate = dev.upload(state)
+    y = run(dev, lambda g: ssm.ssm_scan(g, copy(g, xt), *rest, tstate))
+    _check(dev.read(y), ssm.ssm_scan_ref(x, dt, A, B, C, D, state)[0], 2e-5, "ssm_scan after copy")
+
+
+def test_ssm_scan_checks_shapes(dev, rng):
+    x, dt, A, B, C, D, state, z = scan_inputs(rng, 3, 10, 4)
+    t = {k: dev.upload(v) for k, v in dict(x=x, dt=dt, A=A, B=B, C=C, D=D, state=state).items()}
+    with pytest.raises(ValueError, match="ssm_scan: B"):
+        run(dev, lambda g: ssm.ssm_scan(g, t["x"], t["dt"], t["A"], dev.upload(B[:, :3].copy()),
+                                        t["C"], t["D"], t["state"]))
+    with pytest.raises(ValueError, match="ssm_scan: state"):
+        run(dev, lambda g: ssm.ssm_scan(g, *(t[k] for k in "x dt A B C D".split()),
+                                        dev.upload(state.T.copy())))
+    with pytest.raises(ValueError, match="ssm_scan: z"):
+        run(dev, lambda g: ssm.ssm_scan(g, *t.values(), z=dev.upload(z[:2].copy())))
+    with pytest.raises(ValueError, match="ssm_scan: d_state 300"):
+        run(dev, lambda g: ssm.ssm_scan(g, t["x"], t["dt"], dev.empty((10, 300)), t["B"], t["C"],
+                                        t["D"], t["state"]))

@@ -1,0 +1,110 @@
+"""Recurrent ops of Mamba-1 on token-major F32 activations [T, C], with their state updated in
+place: ssm_conv (causal depthwise conv over time with carried columns; also ZAYA's depthwise
+stage) and ssm_scan (the Mamba-1 selective scan, any d_state).
+
+The token-major inputs may be column slices of a wider activation (rows contiguous, any row
+stride: e.g. x and z as the halves of Mamba's xz, or B and C out of dbc); anything else, such
+as a transposed view, must go through ops.copy first."""
+from math import ceil
+
+import numpy as np
+
+from ..gpu import Graph, Tensor, check_tensor, require
+
+WG = 64              # both shaders: one invocation per channel
+MAX_D_STATE = 256    # the scan keeps a channel's states in registers
+
+
+def _row_stride(op: str, name: str, t: Tensor, shape: tuple) -> int:
+    """Check a [rows, cols] F32 input whose rows are contiguous; return its row stride."""
+    check_tensor(op, name, t, dtype="f32", shape=shape, contiguous=False)
+    rows, cols = t.shape
+    require(cols == 1 or t.strides[1] == 1,
+            f"{op}: {name} {t} is not contiguous along its rows; insert ops.copy() first")
+    return t.strides[0] if rows > 1 else cols
+
+
+def _out(g: Graph, op: str, out: Tensor | None, shape: tuple) -> Tensor:
+    if out is None:
+        return g.dev.empty(shape, "f32")
+    check_tensor(op, "out", out, dtype="f32", shape=shape)
+    return out
+
+
+def ssm_conv(g: Graph, x: Tensor, state: Tensor, w: Tensor, b: Tensor | None,
+             out: Tensor | None = None, silu: bool = False) -> Tensor:
+    """x [T, C], state [C, S] (updated in place), w [C, K] (tap 0 = oldest sample), b [C] or
+    None -> out [T+S-K+1, C]. Mamba: S = K-1 (T outputs, silu=True); ZAYA: K = S = 2."""
+    op = "ssm_conv"
+    check_tensor(op, "w", w, dtype="f32")
+    require(w.ndim == 2 and w.shape[1] >= 1, f"{op}: w must be [C, K], got {w.shape}")
+    C, K = w.shape
+    check_tensor(op, "state", state, dtype="f32")
+    require(state.ndim == 2 and state.shape[0] == C and state.shape[1] >= 1,
+            f"{op}: state must be [C={C}, S >= 1], got {state.shape}")
+    S = state.shape[1]
+    require(x.ndim == 2 and x.shape[0] >= 1, f"{op}: x must be [T >= 1, C={C}], got {x.shape}")
+    T = x.shape[0]
+    x_rs = _row_stride(op, "x", x, (T, C))
+    require(T + S >= K, f"{op}: window of {S} state + {T} tokens is shorter than the kernel ({K})")
+    if b is not None:
+        check_tensor(op, "b", b, dtype="f32", shape=(C,))
+    out = _out(g, op, out, (T + S - K + 1, C))
+    variant = ("bias" if b is not None else "nobias") + ("_silu" if silu else "")
+    ins = [x, w] + ([b] if b is not None else [])
+    g.dispatch(f"ssm_conv.{variant}", ins, [state, out],
+               [T, C, S, K, x.offset, x_rs, w.offset, b.offset if b is not None else 0,
+                state.offset, out.offset], ceil(C / WG))
+    return out
+
+
+def ssm_scan(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+             state: Tensor, out: Tensor | None = None, z: Tensor | None = None) -> Tensor:
+    """Mamba-1 selective scan. x, dt [T, Dn] (dt already softplus'ed), A [Dn, N] (already
+    -exp(A_log)), B, C [T, N], D [Dn], state [Dn, N] updated in place -> y [T, Dn];
+    with z [T, Dn], y *= silu(z)."""
+    op = "ssm_scan"
+    check_tensor(op, "A", A, dtype="f32")
+    require(A.ndim == 2, f"{op}: A must be [d_inner, d_state], got {A.shape}")
+    Dn, N = A.shape
+    require(1 <= N <= MAX_D_STATE, f"{op}: d_state {N} is outside 1..{MAX_D_STATE}")
+    require(x.ndim == 2 and x.shape[0] >= 1, f"{op}: x must be [T >= 1, {Dn}], got {x.shape}")
+    T = x.shape[0]
+    strides = {name: _row_stride(op, name, t, shape) for name, t, shape in
+               (("x", x, (T, Dn)), ("dt", dt, (T, Dn)), ("B", B, (T, N)), ("C", C, (T, N)))}
+    check_tensor(op, "D", D, dtype="f32", shape=(Dn,))
+    check_tensor(op, "state", state, dtype="f32", shape=(Dn, N))
+    z_rs = _row_stride(op, "z", z, (T, Dn)) if z is not None else 0
+    out = _out(g, op, out, (T, Dn))
+    ins = [x, dt, A, B, C, D] + ([z] if z is not None else [])
+    g.dispatch("ssm_scan.gate" if z is not None else "ssm_scan.plain", ins, [state, out],
+               [T, Dn, x.offset, strides["x"], dt.offset, strides["dt"], A.offset,
+                B.offset, strides["B"], C.offset, strides["C"], D.offset,
+                z.offset if z is not None else 0, z_rs, state.offset, out.offset],
+               ceil(Dn / WG), spec=(N,))
+    return out
+
+
+# ---- numpy twins (float64 inside); each returns (output, new state) ----------------------------
+def ssm_conv_ref(x, state, w, b, silu=False):
+    T, S, K = x.shape[0], state.shape[1], w.shape[1]
+    window = np.concatenate([state, x.T], axis=1).astype(np.float64)         # [C, S+T]
+    out = np.stack([(window[:, n:n + K] * w).sum(1) for n in range(T + S - K + 1)])
+    if b is not None:
+        out = out + b
+    if silu:
+        out = out / (1.0 + np.exp(-out))
+    return out.astype(np.float32), window[:, T:].astype(np.float32)
+
+
+def ssm_scan_ref(x, dt, A, B, C, D, state, z=None):
+    x, dt, A, B, C = (np.asarray(a, np.float64) for a in (x, dt, A, B, C))
+    s = np.array(state, np.float64)
+    y = np.empty_like(x)
+    for t in range(x.shape[0]):
+        s = s * np.exp(dt[t][:, None] * A) + B[t][None, :] * (x[t] * dt[t])[:, None]
+        y[t] = s @ C[t] + D * x[t]
+    if z is not None:
+        z = np.asarray(z, np.float64)
+        y = y * z / (1.0 + np.exp(-z))
+    return y.astype(np.float32), s.astype(np.float32)
