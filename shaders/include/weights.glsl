@@ -1,0 +1,69 @@
+// Weight decoding: one weight type per compile, chosen by WTYPE_F32, WTYPE_F16 or WTYPE_BF16.
+//
+// Weights are bound as `uint` words (binding W_BINDING, 0 unless the shader says otherwise) and
+// addressed in ELEMENTS from the start of the buffer, never in words: a row of F16/BF16 may
+// start in the middle of a word. Each type provides
+//
+//   WEIGHT_BLOCK       elements per block; a row's length is a multiple of it (1 for plain types)
+//   vec4 weight4(e)    elements e..e+3. For a block type e is a multiple of 4 counted from a
+//                      block-aligned row start, so the 4 elements never straddle two blocks.
+//   float weight1(e)   element e alone: the tail of a row whose length is not a multiple of 4.
+//
+// Matmul kernels decode 4 elements at a time with weight4 and multiply them with one or many
+// tokens of x, so a GGUF block type (Q4_0 ... Q6_K) is one more #elif here: decode the 4
+// consecutive elements of its block in place (every block format stores them in a few
+// neighbouring bytes), reading the block's scales as it goes.
+#ifndef W_BINDING
+#define W_BINDING 0
+#endif
+layout(binding = W_BINDING) readonly buffer Weights { uint w_words[]; };
+
+#if defined(WTYPE_F32)
+#define WEIGHT_BLOCK 1
+
+float weight1(uint e) { return uintBitsToFloat(w_words[e]); }
+
+vec4 weight4(uint e) {
+    return uintBitsToFloat(uvec4(w_words[e], w_words[e + 1], w_words[e + 2], w_words[e + 3]));
+}
+
+#elif defined(WTYPE_F16)
+#define WEIGHT_BLOCK 1
+
+float weight1(uint e) {
+    vec2 pair = unpackHalf2x16(w_words[e >> 1]);
+    return (e & 1u) == 0u ? pair.x : pair.y;
+}
+
+vec4 weight4(uint e) {
+    uint i = e >> 1;
+    vec2 a = unpackHalf2x16(w_words[i]);
+    vec2 b = unpackHalf2x16(w_words[i + 1]);
+    if ((e & 1u) == 0u)
+        return vec4(a, b);
+    return vec4(a.y, b, unpackHalf2x16(w_words[i + 2]).x);
+}
+
+#elif defined(WTYPE_BF16)
+#define WEIGHT_BLOCK 1
+
+// A BF16 value is the top half of an F32; element 2i is the low half of word i.
+float bf16_low(uint word) { return uintBitsToFloat(word << 16); }
+float bf16_high(uint word) { return uintBitsToFloat(word & 0xFFFF0000u); }
+
+float weight1(uint e) {
+    uint word = w_words[e >> 1];
+    return (e & 1u) == 0u ? bf16_low(word) : bf16_high(word);
+}
+
+vec4 weight4(uint e) {
+    uint i = e >> 1;
+    uint a = w_words[i], b = w_words[i + 1];
+    if ((e & 1u) == 0u)
+        return vec4(bf16_low(a), bf16_high(a), bf16_low(b), bf16_high(b));
+    return vec4(bf16_high(a), bf16_low(b), bf16_high(b), bf16_low(w_words[i + 2]));
+}
+
+#else
+#error "define one of WTYPE_F32, WTYPE_F16, WTYPE_BF16"
+#endif

@@ -1,0 +1,178 @@
+#version 450
+// y[t, col0 + r] = sum_k W[r, k] * x[t, k] for one part (rows col0 .. col0 + rows) of a weight
+// W[out, n_in] and tokens x[n_tokens, n_in]; y has row stride o_stride (the full out).
+//   VEC: a team of LANES threads reduces each output row; a group does ROWS_PER_GROUP rows of
+//        one token (decode, N = 1). With MATMUL_ID the token's expert comes from ids[] and
+//        W holds experts e_start .. e_start + e_count, each [rows, n_in]; an id >= e_total
+//        (the skip slot) gives a row of zeros, written by the part with e_start == 0.
+//   MAT: tiles of TILE_ROWS rows x TILE_TOKENS tokens; each step decodes a TILE_ROWS x TILE_K
+//        slice of W into shared memory once and uses every value for TILE_TOKENS tokens.
+//! variant vec_f32 VEC WTYPE_F32
+//! variant vec_f16 VEC WTYPE_F16
+//! variant vec_bf16 VEC WTYPE_BF16
+//! variant id_f32 VEC MATMUL_ID WTYPE_F32
+//! variant id_f16 VEC MATMUL_ID WTYPE_F16
+//! variant id_bf16 VEC MATMUL_ID WTYPE_BF16
+//! variant mat_f32 MAT WTYPE_F32
+//! variant mat_f16 MAT WTYPE_F16
+//! variant mat_bf16 MAT WTYPE_BF16
+#include "common.glsl"
+#include "weights.glsl"
+
+layout(binding = 1) readonly buffer X { float x[]; };
+#ifdef MATMUL_ID
+layout(binding = 2) readonly buffer Ids { uint ids[]; };
+layout(binding = 3) writeonly buffer Y { float y[]; };
+#else
+layout(binding = 2) writeonly buffer Y { float y[]; };
+#endif
+
+// Offsets count elements of each buffer's type.
+layout(push_constant) uniform P {
+    uint w_off; uint rows; uint n_in; uint x_off; uint n_tokens; uint o_off; uint o_stride; uint col0;
+#ifdef MATMUL_ID
+    uint ids_off; uint e_start; uint e_count; uint e_total;
+#endif
+} p;
+
+vec4 x4(uint i) { return vec4(x[i], x[i + 1], x[i + 2], x[i + 3]); }
+
+#ifdef VEC
+#define LANES 32
+#define ROWS_PER_GROUP 4
+layout(local_size_x = LANES * ROWS_PER_GROUP) in;
+
+shared float partial[LANES * ROWS_PER_GROUP];
+
+void main() {
+    uint row_groups = (p.rows + ROWS_PER_GROUP - 1) / ROWS_PER_GROUP;
+    uint g = group_index();
+    uint token = g / row_groups;
+    if (token >= p.n_tokens)
+        return;                       // the grid may round up; uniform over the group
+    uint tid = gl_LocalInvocationID.x;
+    uint lane = tid % LANES;
+    uint row = (g % row_groups) * ROWS_PER_GROUP + tid / LANES;
+    uint out_index = p.o_off + token * p.o_stride + p.col0 + row;
+    uint w_base = p.w_off;
+#ifdef MATMUL_ID
+    uint expert = ids[p.ids_off + token];
+    if (expert >= p.e_total) {
+        if (p.e_start == 0 && lane == 0 && row < p.rows)
+            y[out_index] = 0.0;
+        return;
+    }
+    if (expert < p.e_start || expert >= p.e_start + p.e_count)
+        return;                       // another part holds this expert
+    w_base += (expert - p.e_start) * p.rows * p.n_in;
+#endif
+
+    float acc = 0.0;
+    if (row < p.rows) {
+        uint w_row = w_base + row * p.n_in;
+        uint x_row = p.x_off + token * p.n_in;
+        uint n4 = p.n_in / 4;
+        for (uint c = lane; c < n4; c += LANES)
+            acc += dot(weight4(w_row + 4 * c), x4(x_row + 4 * c));
+        for (uint k = 4 * n4 + lane; k < p.n_in; k += LANES)
+            acc += weight1(w_row + k) * x[x_row + k];
+    }
+    partial[tid] = acc;
+    barrier();
+    [[unroll]] for (uint s = LANES / 2; s > 0; s >>= 1) {
+        if (lane < s)
+            partial[tid] += partial[tid + s];
+        barrier();
+    }
+    if (lane == 0 && row < p.rows)
+        y[out_index] = partial[tid];
+}
+#endif
+
+#ifdef MAT
+#define TILE_ROWS 32
+#define TILE_TOKENS 16
+#define TILE_K 32
+#define THREADS 64
+// Thread t computes rows t % 16 and t % 16 + 16 for tokens t / 16 + 4j, j < 4.
+#define ROW_STEP 16
+#define TOKEN_STEP 4
+layout(local_size_x = THREADS) in;
+
+// k-major, so neighbouring threads (neighbouring rows) read neighbouring words; the +1 keeps
+// the threads that store one row's k values in different banks.
+shared float w_tile[TILE_K][TILE_ROWS + 1];
+shared float x_tile[TILE_K][TILE_TOKENS + 1];
+
+void load_w_tile(uint row0, uint k0, uint tid) {
+    const uint chunks_per_row = TILE_K / 4;
+    for (uint i = tid; i < TILE_ROWS * chunks_per_row; i += THREADS) {
+        uint r = i / chunks_per_row;
+        uint kk = 4 * (i % chunks_per_row);
+        uint row = row0 + r, k = k0 + kk;
+        vec4 v = vec4(0.0);
+        if (row < p.rows) {
+            uint e = p.w_off + row * p.n_in + k;
+            if (k + 4 <= p.n_in) {
+                v = weight4(e);
+            } else {
+                for (uint j = 0; j < 4 && k + j < p.n_in; j++)
+                    v[j] = weight1(e + j);
+            }
+        }
+        w_tile[kk][r] = v.x;
+        w_tile[kk + 1][r] = v.y;
+        w_tile[kk + 2][r] = v.z;
+        w_tile[kk + 3][r] = v.w;
+    }
+}
+
+void load_x_tile(uint token0, uint k0, uint tid) {
+    for (uint i = tid; i < TILE_TOKENS * TILE_K; i += THREADS) {
+        uint t = i / TILE_K, kk = i % TILE_K;
+        uint token = token0 + t, k = k0 + kk;
+        x_tile[kk][t] = token < p.n_tokens && k < p.n_in ? x[p.x_off + token * p.n_in + k] : 0.0;
+    }
+}
+
+void main() {
+    uint row_tiles = (p.rows + TILE_ROWS - 1) / TILE_ROWS;
+    uint token_tiles = (p.n_tokens + TILE_TOKENS - 1) / TILE_TOKENS;
+    uint g = group_index();
+    if (g >= row_tiles * token_tiles)
+        return;                       // the grid may round up; uniform over the group
+    uint row0 = (g % row_tiles) * TILE_ROWS;
+    uint token0 = (g / row_tiles) * TILE_TOKENS;
+    uint tid = gl_LocalInvocationID.x;
+    uint r = tid % ROW_STEP, t = tid / ROW_STEP;
+
+    float acc[TILE_ROWS / ROW_STEP][TILE_TOKENS / TOKEN_STEP];
+    [[unroll]] for (uint i = 0; i < TILE_ROWS / ROW_STEP; i++)
+        [[unroll]] for (uint j = 0; j < TILE_TOKENS / TOKEN_STEP; j++)
+            acc[i][j] = 0.0;
+
+    for (uint k0 = 0; k0 < p.n_in; k0 += TILE_K) {
+        load_w_tile(row0, k0, tid);
+        load_x_tile(token0, k0, tid);
+        barrier();
+        for (uint kk = 0; kk < TILE_K; kk++) {
+            [[unroll]] for (uint i = 0; i < TILE_ROWS / ROW_STEP; i++) {
+                float w = w_tile[kk][r + ROW_STEP * i];
+                [[unroll]] for (uint j = 0; j < TILE_TOKENS / TOKEN_STEP; j++)
+                    acc[i][j] += w * x_tile[kk][t + TOKEN_STEP * j];
+            }
+        }
+        barrier();
+    }
+
+    [[unroll]] for (uint i = 0; i < TILE_ROWS / ROW_STEP; i++) {
+        uint row = row0 + r + ROW_STEP * i;
+        [[unroll]] for (uint j = 0; j < TILE_TOKENS / TOKEN_STEP; j++) {
+            uint token = token0 + t + TOKEN_STEP * j;
+            if (row < p.rows && token < p.n_tokens)
+                y[p.o_off + token * p.o_stride + p.col0 + row] = acc[i][j];
+        }
+    }
+}
+#endif
+

@@ -1,0 +1,191 @@
+"""matmul and matmul_id against their numpy twins, for F32, F16 and BF16 weights.
+
+Bound for both ops, per output element: |y - y_ref| <= 1e-5 * (|W| @ |x|) + 1e-6, where y_ref
+is the float64 product of the decoded weights with x. The shaders only reorder an F32 sum
+(relative error about n_in * 2^-24 of sum |w||x|), so the bound is loose for every size here."""
+import numpy as np
+import pytest
+
+from conftest import run, view_then_copy
+from vkinfer.gpu import Graph, Tensor
+from vkinfer.gpu.weights import Weight, decode, f32_to_bf16, upload_weight
+from vkinfer.ops.matmul import matmul, matmul_id, matmul_id_ref, matmul_ref
+
+DTYPES = ["f32", "f16", "bf16"]
+
+
+def stored(values: np.ndarray, dtype: str) -> np.ndarray:
+    """`values` as the array a weight of `dtype` is uploaded from."""
+    return {"f32": values, "f16": values.astype(np.float16), "bf16": f32_to_bf16(values)}[dtype]
+
+
+def random_weight(rng, shape, dtype):
+    """(array to upload, its float32 values)."""
+    array = stored(rng.standard_normal(shape).astype(np.float32), dtype)
+    return array, decode(array, dtype)
+
+
+def check(got, w, x, want):
+    """The module's bound; w [out, in] (or [N, out, in], one matrix per token), x [N, in]."""
+    if w.ndim == 2:
+        scale = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
+    else:
+        scale = np.einsum("noi,ni->no", np.abs(w.astype(np.float64)), np.abs(x.astype(np.float64)))
+    err = np.abs(got.astype(np.float64) - want) / (1e-5 * scale + 1e-6)
+    assert got.shape == want.shape
+    assert np.all(np.isfinite(got)) and err.max() <= 1.0, f"max error {np.abs(got - want).max():.3g} over bound"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_out,n_in", [(7, 33), (1, 65), (130, 1000)])
+@pytest.mark.parametrize("n", [1, 5, 33])
+def test_matmul(dev, rng, dtype, n_out, n_in, n):
+    array, w = random_weight(rng, (n_out, n_in), dtype)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    weight = upload_weight(dev, array, dtype)
+    y = run(dev, lambda g: matmul(g, weight, dev.upload(x)))
+    check(dev.read(y), w, x, matmul_ref(w, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 5])
+def test_matmul_at_offsets(dev, rng, dtype, n):
+    """Weight, x and out each sit at an odd element offset inside a bigger buffer (a row of
+    F16/BF16 then starts mid-word); the words around out are left alone."""
+    n_out, n_in = 9, 37
+    array, w = random_weight(rng, (n_out, n_in), dtype)
+    arena = np.concatenate([stored(np.full(3, 7.0, np.float32), dtype), array.reshape(-1),
+                            stored(np.full(5, 7.0, np.float32), dtype)])
+    weight = Tensor(dev.upload(arena, dtype=dtype).buf, (n_out, n_in), dtype, offset=3)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    x_buf = dev.upload(np.concatenate([np.full(5, np.nan, np.float32), x.reshape(-1)]))
+    x_view = Tensor(x_buf.buf, (n, n_in), "f32", offset=5)
+    out_buf = dev.upload(np.full(n * n_out + 20, -3.0, np.float32))
+    out = Tensor(out_buf.buf, (n, n_out), "f32", offset=11)
+    run(dev, lambda g: matmul(g, weight, x_view, out=out))
+    everything = dev.read(out_buf)
+    check(everything[11:11 + n * n_out].reshape(n, n_out), w, x, matmul_ref(w, x))
+    assert np.all(everything[:11] == -3.0) and np.all(everything[11 + n * n_out:] == -3.0)
+
+
+@pytest.mark.parametrize("dtype,n_out,n_in,n", [
+    ("f32", 70_000, 16, 1),       # more than 65535 rows
+    ("f16", 70_000, 16, 5),
+    ("f16", 270_001, 9, 1),       # more than 65535 work groups of the vector kernel
+    ("bf16", 2_097_153, 3, 2),    # more than 65535 work groups of the tiled kernel
+])
+def test_matmul_large_grid(dev, rng, dtype, n_out, n_in, n):
+    array, w = random_weight(rng, (n_out, n_in), dtype)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    weight = upload_weight(dev, array, dtype)
+    y = run(dev, lambda g: matmul(g, weight, dev.upload(x)))
+    check(dev.read(y), w, x, matmul_ref(w, x))
+
+
+@pytest.fixture
+def small_bindings(dev, monkeypatch):
+    """A 1 MiB binding limit, as VKINFER_MAX_BINDING_BYTES=1048576 would set."""
+    dev.staging()          # the 16 MiB staging window exists before the limit shrinks
+    monkeypatch.setattr(dev, "max_binding_bytes", 1 << 20)
+    return dev
+
+
+@pytest.mark.parametrize("dtype,n_out,n_in", [("f32", 600, 1000), ("f16", 1100, 777), ("bf16", 2000, 301)])
+@pytest.mark.parametrize("n", [1, 5])
+def test_matmul_split_weight(small_bindings, rng, dtype, n_out, n_in, n):
+    dev = small_bindings
+    array, w = random_weight(rng, (n_out, n_in), dtype)
+    weight = upload_weight(dev, array, dtype)
+    assert len(weight.parts) >= 2
+    assert all(part.buf.nbytes <= 1 << 20 for _, part in weight.parts)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    y = run(dev, lambda g: matmul(g, weight, dev.upload(x)))
+    check(dev.read(y), w, x, matmul_ref(w, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ids", [[2, 0, 3, 1, 2, 7], [1], [17]])
+def test_matmul_id(dev, rng, dtype, ids):
+    """Each row its own expert; ids 3 and 7 (>= E) and 17 are skip slots: rows of zeros."""
+    n_experts, n_out, n_in = 3, 7, 65
+    array, w = random_weight(rng, (n_experts, n_out, n_in), dtype)
+    ids = np.array(ids, np.uint32)
+    x = rng.standard_normal((len(ids), n_in)).astype(np.float32)
+    out = dev.upload(np.full((len(ids), n_out), np.nan, np.float32))
+    run(dev, lambda g: matmul_id(g, upload_weight(dev, array, dtype), dev.upload(x), dev.upload(ids), out=out))
+    want = matmul_id_ref(w, x, ids)
+    check(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, want)
+    assert np.all(dev.read(out)[ids >= n_experts] == 0.0)
+
+
+def test_matmul_id_replays_with_new_ids(dev, rng):
+    """The ids live in a host buffer read by the shader: one recorded graph, new ids per run."""
+    n_experts, n_out, n_in, n = 4, 130, 1000, 5
+    array, w = random_weight(rng, (n_experts, n_out, n_in), "bf16")
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    ids = dev.empty((n,), "u32", kind="host")
+    g = Graph(dev, "moe")
+    out = matmul_id(g, upload_weight(dev, array, "bf16"), dev.upload(x), ids)
+    for step in ([0, 1, 2, 3, 4], [3, 3, 0, 4, 1], [4, 4, 4, 4, 2]):
+        ids.buf.view()[:n] = step
+        g.run()
+        step = np.array(step, np.uint32)
+        check(dev.read(out), w[np.minimum(step, n_experts - 1)], x, matmul_id_ref(w, x, step))
+
+
+def test_matmul_id_split_by_experts(small_bindings, rng):
+    dev = small_bindings
+    n_experts, n_out, n_in = 5, 130, 1000            # 520 kB per F32 expert: 3 parts
+    array, w = random_weight(rng, (n_experts, n_out, n_in), "f32")
+    weight = upload_weight(dev, array, "f32")
+    assert [start for start, _ in weight.parts] == [0, 2, 4]
+    ids = np.array([4, 1, 5, 0, 3, 2, 4], np.uint32)
+    x = rng.standard_normal((len(ids), n_in)).astype(np.float32)
+    out = dev.upload(np.full((len(ids), n_out), np.nan, np.float32))
+    run(dev, lambda g: matmul_id(g, weight, dev.upload(x), dev.upload(ids), out=out))
+    check(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
+
+
+def test_matmul_id_large_grid(dev, rng):
+    """5 tokens x 70000 rows: more than 65535 work groups."""
+    n_experts, n_out, n_in = 2, 70_000, 16
+    array, w = random_weight(rng, (n_experts, n_out, n_in), "f16")
+    ids = np.array([1, 0, 2, 1, 0], np.uint32)
+    x = rng.standard_normal((len(ids), n_in)).astype(np.float32)
+    y = run(dev, lambda g: matmul_id(g, upload_weight(dev, array, "f16"), dev.upload(x), dev.upload(ids)))
+    check(dev.read(y), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
+
+
+def test_refuses_non_contiguous_then_copy(dev, rng):
+    n_out, n_in = 7, 9
+    array, w = random_weight(rng, (n_out, n_in), "f16")
+    weight = upload_weight(dev, array, "f16")
+    x = rng.standard_normal((6, n_in)).astype(np.float32)
+    with pytest.raises(ValueError, match="matmul: x .* not contiguous"):
+        run(dev, lambda g: matmul(g, weight, view_then_copy(dev, x)))
+    ops_copy = pytest.importorskip("vkinfer.ops.copy")
+    y = run(dev, lambda g: matmul(g, weight, ops_copy.copy(g, view_then_copy(dev, x))))
+    check(dev.read(y), w, x, matmul_ref(w, x))
+
+
+def test_refuses_bad_arguments(dev, rng):
+    weight = upload_weight(dev, rng.standard_normal((7, 9)).astype(np.float32))
+    part = weight.parts[0][1]
+    x = dev.upload(rng.standard_normal((2, 9)).astype(np.float32))
+    g = Graph(dev)
+    with pytest.raises(ValueError, match="matmul: x has shape"):
+        matmul(g, weight, dev.upload(np.zeros((2, 8), np.float32)))
+    with pytest.raises(ValueError, match="matmul: weight part .* not contiguous"):
+        matmul(g, part.transpose(), dev.upload(np.zeros((2, 7), np.float32)))
+    with pytest.raises(ValueError, match="matmul: out has shape"):
+        matmul(g, weight, x, out=dev.empty((2, 6)))
+    with pytest.raises(ValueError, match="matmul: weight has shape"):
+        matmul(g, Tensor(part.buf, (7, 9, 1)), x)
+    with pytest.raises(ValueError, match="matmul_id: expert_ids has dtype f32"):
+        matmul_id(g, Tensor(part.buf, (1, 7, 9)), x, dev.empty((2,), "f32"))
+    with pytest.raises(ValueError, match="matmul_id: expert_ids .* not contiguous"):
+        ids = dev.empty((4,), "u32")
+        matmul_id(g, Tensor(part.buf, (1, 7, 9)), x, Tensor(ids.buf, (2,), "u32", 0, (2,)))
+    with pytest.raises(ValueError, match="parts cover 7 of 8"):
+        matmul(g, Weight(((0, part),), (8, 9), "f32"), x)
+    assert len(g) == 0

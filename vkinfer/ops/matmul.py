@@ -1,0 +1,74 @@
+"""Matrix products with F32, F16 and BF16 weights: y = W @ x for each token, W numpy-style
+[out, in] (GGUF ne0 = in), and the MoE gather-matmul where each token uses its own expert.
+Weights are decoded in the shader (shaders/include/weights.glsl); sums are F32."""
+from math import ceil
+
+import numpy as np
+
+from ..gpu import Graph, Tensor, check_tensor, require
+from ..gpu.weights import check_weight
+
+VEC_ROWS = 4                       # rows per work group of the vector kernels (ROWS_PER_GROUP)
+TILE_ROWS, TILE_TOKENS = 32, 16   # output tile of the batched kernel
+
+
+def _output(g: Graph, op: str, out: Tensor | None, shape: tuple) -> Tensor:
+    if out is None:
+        return g.dev.empty(shape, "f32")
+    check_tensor(op, "out", out, dtype="f32", shape=shape)
+    return out
+
+
+def _check_x(op: str, x: Tensor, n_in: int) -> int:
+    check_tensor(op, "x", x, dtype="f32", shape=(None, n_in))
+    require(x.shape[0] >= 1, f"{op}: x has no tokens")
+    return x.shape[0]
+
+
+def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None) -> Tensor:
+    """out[n] = W @ x[n] for W [out, in] (a Weight or a Tensor), x f32 [N, in]; out f32
+    [N, out], contiguous (it may sit at an offset inside a bigger buffer). N = 1 runs the
+    vector kernel, N > 1 the tiled one; a split weight is one dispatch per part."""
+    W = check_weight("matmul", W, 2)
+    n_out, n_in = W.shape
+    n = _check_x("matmul", x, n_in)
+    out = _output(g, "matmul", out, (n, n_out))
+    for start, part in W.parts:
+        rows = part.shape[0]
+        push = [part.offset, rows, n_in, x.offset, n, out.offset, n_out, start]
+        if n == 1:
+            g.dispatch(f"matmul.vec_{W.dtype}", [part, x], [out], push, groups=ceil(rows / VEC_ROWS))
+        else:
+            groups = ceil(rows / TILE_ROWS) * ceil(n / TILE_TOKENS)
+            g.dispatch(f"matmul.mat_{W.dtype}", [part, x], [out], push, groups=groups)
+    return out
+
+
+def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | None = None) -> Tensor:
+    """out[n] = W_experts[expert_ids[n]] @ x[n], the ids read on the GPU; an id >= E (the
+    skip slot) gives a row of zeros. W_experts [E, out, in] is one tensor or a Weight split
+    by experts; expert_ids u32 [N] (it may live in a host buffer)."""
+    W = check_weight("matmul_id", W_experts, 3)
+    n_experts, n_out, n_in = W.shape
+    n = _check_x("matmul_id", x, n_in)
+    check_tensor("matmul_id", "expert_ids", expert_ids, dtype="u32", shape=(n,))
+    out = _output(g, "matmul_id", out, (n, n_out))
+    for start, part in W.parts:
+        push = [part.offset, n_out, n_in, x.offset, n, out.offset, n_out, 0,
+                expert_ids.offset, start, part.shape[0], n_experts]
+        g.dispatch(f"matmul.id_{W.dtype}", [part, x, expert_ids], [out], push,
+                   groups=n * ceil(n_out / VEC_ROWS))
+    return out
+
+
+# ---- numpy twins (weights as float32 after decoding) --------------------------------------------
+def matmul_ref(W: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return (x.astype(np.float64) @ W.astype(np.float64).T).astype(np.float32)
+
+
+def matmul_id_ref(W_experts: np.ndarray, x: np.ndarray, expert_ids: np.ndarray) -> np.ndarray:
+    out = np.zeros((x.shape[0], W_experts.shape[1]), np.float32)
+    for n, e in enumerate(expert_ids):
+        if e < W_experts.shape[0]:
+            out[n] = matmul_ref(W_experts[e], x[n:n + 1])[0]
+    return out
