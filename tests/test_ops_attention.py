@@ -1,0 +1,270 @@
+"""Attention-side ops against their numpy twins (float64 inside).
+
+Bounds (max |got - want| / max(1, |want|) unless said otherwise):
+* head_norm: 1e-6 (one sqrt, one divide, F32 sums of at most 128 squares).
+* rope_neox: 1.5e-6 of max(1, max |x| over the head), against a float64 twin whose angle
+  pos * theta^(-2i/n_rot) is exact, for positions up to 2^24 - 1. The shader reduces the angle
+  in exact F32 pieces (rope.comp); what is left is sin/cos and the rotation's rounding, so a
+  device whose sin/cos are less accurate than lavapipe's adds its own error. Plain F32
+  pos * freq would be off by ~1e-2 at position 10^5.
+* kv_store: exact for F32 caches; F16 caches hold the halves numpy's float16 rounds to
+  (packHalf2x16 rounds to nearest even on lavapipe; Vulkan leaves the rounding mode open).
+* attention: 2e-6 for logits of order one (unit-normal q and k, scale 1/sqrt(dh), at most a
+  few hundred keys), against a float64 softmax over the same cache contents (for F16 caches the
+  same halves). The error grows with the logits: ~2.5e-7 per unit of the largest logit (1.1e-5
+  measured with logits near 40), as any F32 dot product feeding an exp.
+"""
+import numpy as np
+import pytest
+
+from conftest import run
+from vkinfer.gpu import Graph, Tensor
+from vkinfer.ops import attention as at
+
+NP_DTYPE = {"f32": np.float32, "f16": np.float16}
+
+
+def _check(got, want, bound, scale=None):
+    scale = np.maximum(1.0, np.abs(want)) if scale is None else scale
+    err = np.max(np.abs(got.astype(np.float64) - want) / scale)
+    assert err <= bound, f"max error {err:.3g} over the bound {bound:g}"
+    return err
+
+
+def at_offset(dev, array, offset=6, tail=5, kind="storage", guard=7.5):
+    """`array` uploaded `offset` elements into a bigger buffer (filled with `guard` around it)."""
+    dtype = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16",
+             np.dtype(np.uint32): "u32"}[array.dtype]
+    flat = np.full(offset + array.size + tail, guard, array.dtype)
+    flat[offset:offset + array.size] = array.reshape(-1)
+    t = dev.upload(flat, dtype, kind=kind)
+    return Tensor(t.buf, array.shape, dtype, offset)
+
+
+def read_whole(dev, t):
+    """The whole buffer `t` lives in, as t's dtype, to check what lies around it."""
+    n = t.buf.nbytes // t.elem_bytes
+    return dev.read(Tensor(t.buf, (n,), t.dtype))
+
+
+def transposed_view(dev, array):
+    """A non-contiguous [T, H, D] view of `array` (stored as [H, T, D])."""
+    stored = dev.upload(np.ascontiguousarray(array.transpose(1, 0, 2)))
+    return stored.transpose(0, 1)
+
+
+# ---- head_norm ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(3, 5, 16), (2, 10, 128), (1, 1, 1)])
+@pytest.mark.parametrize("with_head_scale", [False, True])
+def test_head_norm(dev, rng, shape, with_head_scale):
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    x[0, 0] = 0.0                               # the eps branch: a zero vector stays zero
+    hs = rng.standard_normal(shape[1]).astype(np.float32) if with_head_scale else None
+    tx = at_offset(dev, x)
+    ths = at_offset(dev, hs, offset=3) if with_head_scale else None
+    out = run(dev, lambda g: at.head_norm(g, tx, np.sqrt(128.0), ths))
+    _check(dev.read(out), at.head_norm_ref(x, np.sqrt(128.0), hs), 1e-6)
+    assert not np.any(dev.read(out)[0, 0])
+
+
+def test_head_norm_in_place_at_offset(dev, rng):
+    x = rng.standard_normal((7, 2, 128)).astype(np.float32)
+    tx = at_offset(dev, x, offset=10, tail=3)
+    run(dev, lambda g: at.head_norm(g, tx, 2.0, out=tx))
+    _check(dev.read(tx), at.head_norm_ref(x, 2.0), 1e-6)
+    whole = read_whole(dev, tx)
+    assert np.all(whole[:10] == 7.5) and np.all(whole[10 + x.size:10 + x.size + 3] == 7.5)
+
+
+def test_head_norm_large_grid(dev, rng):
+    """70001 head vectors: one work group each, so the grid uses its second dimension."""
+    x = rng.standard_normal((70001, 1, 4)).astype(np.float32)
+    out = run(dev, lambda g: at.head_norm(g, dev.upload(x), 1.0))
+    _check(dev.read(out), at.head_norm_ref(x, 1.0), 1e-6)
+
+
+# ---- rope_neox ----------------------------------------------------------------------------------
+def _rope_check(got, x, positions, n_rot, theta):
+    per_head = np.maximum(1.0, np.abs(x).max(axis=-1, keepdims=True))
+    return _check(got, at.rope_neox_ref(x, positions, n_rot, theta), 1.5e-6, per_head)
+
+
+@pytest.mark.parametrize("shape,n_rot", [((5, 3, 16), 8), ((9, 10, 128), 64), ((2, 1, 6), 6)])
+@pytest.mark.parametrize("theta", [5e6, 1e4])
+def test_rope(dev, rng, shape, n_rot, theta):
+    positions = rng.integers(0, 1 << 24, shape[0]).astype(np.uint32)
+    positions[:2] = [0, (1 << 24) - 1][:shape[0]]
+    x = (rng.standard_normal(shape) * 2).astype(np.float32)
+    tpos = at_offset(dev, positions, offset=1, kind="host")
+    out = run(dev, lambda g: at.rope_neox(g, at_offset(dev, x), tpos, n_rot, theta))
+    got = dev.read(out)
+    _rope_check(got, x, positions, n_rot, theta)
+    assert np.array_equal(got[..., n_rot:], x[..., n_rot:])
+
+
+def test_rope_positions_around_100k(dev, rng):
+    """Decode-like positions near 10^5, in place, and replayed with new positions."""
+    x = rng.standard_normal((4, 8, 128)).astype(np.float32)
+    tx = at_offset(dev, x)
+    tpos = dev.upload(np.zeros(4, np.uint32), kind="host")
+    g = Graph(dev, "rope")
+    at.rope_neox(g, tx, tpos, 64, 5e6, out=tx)
+    for positions in ([99_990, 99_991, 99_992, 99_993], [131_071, 7, 0, 100_000]):
+        positions = np.array(positions, np.uint32)
+        dev.write(tx, x)
+        dev.write(tpos, positions)
+        g.run()
+        _rope_check(dev.read(tx), x, positions, 64, 5e6)
+
+
+def test_rope_large_grid(dev, rng):
+    """70001 * 2 * 127 pairs and copies: more than 65535 work groups of 256."""
+    x = rng.standard_normal((70001, 2, 128)).astype(np.float32)
+    positions = rng.integers(0, 200_000, 70001).astype(np.uint32)
+    out = run(dev, lambda g: at.rope_neox(g, dev.upload(x), dev.upload(positions), 2, 1e4))
+    _rope_check(dev.read(out), x, positions, 2, 1e4)
+
+
+# ---- kv_store + attention -------------------------------------------------------------------------
+def _kv_case(rng, n_ctx, hq, hkv, dh, dv, tokens):
+    q = rng.standard_normal((tokens, hq, dh)).astype(np.float32)
+    k = rng.standard_normal((tokens, hkv, dh)).astype(np.float32)
+    v = rng.standard_normal((tokens, hkv, dv)).astype(np.float32)
+    k_cache = rng.standard_normal((n_ctx, hkv, dh)).astype(np.float32)   # rows < n_past: a prefix
+    v_cache = rng.standard_normal((n_ctx, hkv, dv)).astype(np.float32)
+    return q, k, v, k_cache, v_cache
+
+
+@pytest.mark.parametrize("cache_dtype", ["f32", "f16"])
+@pytest.mark.parametrize("hq,hkv,dh,dv", [(4, 2, 16, 16), (8, 2, 128, 128), (3, 3, 16, 128), (6, 1, 128, 2)])
+@pytest.mark.parametrize("tokens,n_past", [(1, 0), (1, 130), (7, 90), (7, 0)])
+def test_store_and_attend(dev, rng, cache_dtype, hq, hkv, dh, dv, tokens, n_past):
+    n_ctx = 141
+    q, k, v, k_cache, v_cache = _kv_case(rng, n_ctx, hq, hkv, dh, dv, tokens)
+    k_cache, v_cache = k_cache.astype(NP_DTYPE[cache_dtype]), v_cache.astype(NP_DTYPE[cache_dtype])
+    tk, tv = at_offset(dev, k_cache, offset=4), at_offset(dev, v_cache, offset=2)
+    t_past = at_offset(dev, np.array([n_past], np.uint32), offset=3, kind="host")
+    scale = 1 / np.sqrt(dh)
+
+    def build(g):
+        at.kv_store(g, at_offset(dev, k), at_offset(dev, v, offset=1), tk, tv, t_past)
+        return at.attention(g, at_offset(dev, q, offset=5), tk, tv, t_past, scale)
+    out = run(dev, build)
+
+    want_k, want_v = at.kv_store_ref(k.astype(k_cache.dtype), v.astype(v_cache.dtype),
+                                     k_cache, v_cache, n_past)
+    assert np.array_equal(dev.read(tk), want_k) and np.array_equal(dev.read(tv), want_v)
+    _check(dev.read(out), at.attention_ref(q, want_k, want_v, n_past, scale), 2e-6)
+
+
+def test_store_drops_rows_past_the_context(dev, rng):
+    """n_past + T > n_ctx: only the rows that fit are written; the buffer around is intact."""
+    q, k, v, k_cache, v_cache = _kv_case(rng, 10, 2, 1, 16, 16, 4)
+    tk, tv = at_offset(dev, k_cache, tail=40), at_offset(dev, v_cache, tail=40)
+    t_past = dev.upload(np.array([8], np.uint32), kind="host")
+    out = run(dev, lambda g: (at.kv_store(g, dev.upload(k), dev.upload(v), tk, tv, t_past),
+                              at.attention(g, dev.upload(q), tk, tv, t_past, 0.25))[1])
+    want_k, want_v = at.kv_store_ref(k, v, k_cache, v_cache, 8)
+    assert np.array_equal(dev.read(tk), want_k) and np.array_equal(dev.read(tv), want_v)
+    assert np.all(read_whole(dev, tk)[6 + k_cache.size:6 + k_cache.size + 40] == 7.5)
+    _check(dev.read(out), at.attention_ref(q, want_k, want_v, 8, 0.25), 2e-6)
+
+
+@pytest.mark.parametrize("cache_dtype", ["f32", "f16"])
+def test_chunked_equals_one_shot(dev, rng, cache_dtype):
+    """A 20-token sequence at once, and as a 13-token prefill plus 7 replays of one recorded
+    decode graph (n_past and the token's q/k/v written between replays): same outputs."""
+    n_ctx, hq, hkv, dh, dv, n = 32, 8, 2, 128, 128, 20
+    q, k, v, _, _ = _kv_case(rng, n_ctx, hq, hkv, dh, dv, n)
+    scale = 1 / np.sqrt(dh)
+
+    def caches():
+        return (dev.zeros((n_ctx, hkv, dh), cache_dtype), dev.zeros((n_ctx, hkv, dv), cache_dtype))
+
+    kc, vc = caches()
+    t_past = dev.upload(np.array([0], np.uint32), kind="host")
+    one_shot = dev.read(run(dev, lambda g: (at.kv_store(g, dev.upload(k), dev.upload(v), kc, vc, t_past),
+                                            at.attention(g, dev.upload(q), kc, vc, t_past, scale))[1]))
+
+    kc, vc = caches()
+    prefill = dev.read(run(dev, lambda g: (
+        at.kv_store(g, dev.upload(k[:13]), dev.upload(v[:13]), kc, vc, t_past),
+        at.attention(g, dev.upload(q[:13]), kc, vc, t_past, scale))[1]))
+    tq, tk, tv = dev.empty((1, hq, dh)), dev.empty((1, hkv, dh)), dev.empty((1, hkv, dv))
+    decode = Graph(dev, "decode")
+    at.kv_store(decode, tk, tv, kc, vc, t_past)
+    step_out = at.attention(decode, tq, kc, vc, t_past, scale)
+    steps = []
+    for t in range(13, n):
+        dev.write(t_past, np.array([t], np.uint32))
+        dev.write(tq, q[t:t + 1])
+        dev.write(tk, k[t:t + 1])
+        dev.write(tv, v[t:t + 1])
+        decode.run()
+        steps.append(dev.read(step_out))
+    chunked = np.concatenate([prefill] + steps)
+    np.testing.assert_allclose(chunked, one_shot, rtol=0, atol=1e-6)
+    full_k = np.zeros((n_ctx, hkv, dh), NP_DTYPE[cache_dtype])
+    full_v = np.zeros((n_ctx, hkv, dv), NP_DTYPE[cache_dtype])
+    full_k[:n], full_v[:n] = k, v
+    _check(chunked, at.attention_ref(q, full_k, full_v, 0, scale), 2e-6)
+
+
+def test_attention_large_grid(dev, rng):
+    """65537 query heads of one token: more than 65535 work groups."""
+    q, _, _, k_cache, v_cache = _kv_case(rng, 3, 65537, 1, 4, 4, 1)
+    t_past = dev.upload(np.array([2], np.uint32))
+    out = run(dev, lambda g: at.attention(g, dev.upload(q), dev.upload(k_cache), dev.upload(v_cache),
+                                          t_past, 0.5))
+    _check(dev.read(out), at.attention_ref(q, k_cache, v_cache, 2, 0.5), 2e-6)
+
+
+# ---- contiguity and shape errors -----------------------------------------------------------------
+def test_refuses_non_contiguous_then_copies(dev, rng):
+    copy = pytest.importorskip("vkinfer.ops.copy")
+    q, k, v, k_cache, v_cache = _kv_case(rng, 9, 4, 2, 16, 16, 3)
+    positions = np.array([3, 4, 5], np.uint32)
+    kc, vc = dev.upload(k_cache), dev.upload(v_cache)
+    t_past = dev.upload(np.array([3], np.uint32))
+    view = transposed_view(dev, q)
+    assert not view.contiguous
+    for op in (lambda g, t: at.head_norm(g, t, 1.0),
+               lambda g, t: at.rope_neox(g, t, dev.upload(positions), 16, 1e4),
+               lambda g, t: at.attention(g, t, kc, vc, t_past, 0.25)):
+        with pytest.raises(ValueError, match="not contiguous"):
+            run(dev, lambda g: op(g, view))
+    with pytest.raises(ValueError, match="kv_store: k .* not contiguous"):
+        run(dev, lambda g: at.kv_store(g, transposed_view(dev, k), dev.upload(v), kc, vc, t_past))
+
+    normed = run(dev, lambda g: at.head_norm(g, copy.copy(g, view), 1.0))
+    _check(dev.read(normed), at.head_norm_ref(q, 1.0), 1e-6)
+    rotated = run(dev, lambda g: at.rope_neox(g, copy.copy(g, view), dev.upload(positions), 16, 1e4))
+    _rope_check(dev.read(rotated), q, positions, 16, 1e4)
+    out = run(dev, lambda g: (at.kv_store(g, copy.copy(g, transposed_view(dev, k)), dev.upload(v), kc, vc, t_past),
+                              at.attention(g, copy.copy(g, view), kc, vc, t_past, 0.25))[1])
+    want_k, want_v = at.kv_store_ref(k, v, k_cache, v_cache, 3)
+    _check(dev.read(out), at.attention_ref(q, want_k, want_v, 3, 0.25), 2e-6)
+
+
+def test_shape_errors(dev):
+    g = Graph(dev, "errors")
+    x = dev.empty((2, 4, 16))
+    kc, vc = dev.empty((8, 2, 16)), dev.empty((8, 2, 16))
+    n_past = dev.empty((1,), "u32")
+    with pytest.raises(ValueError, match="head_norm: head_scale has shape"):
+        at.head_norm(g, x, 1.0, dev.empty((3,)))
+    with pytest.raises(ValueError, match="rope_neox: n_rot=7 must be even"):
+        at.rope_neox(g, x, dev.empty((2,), "u32"), 7, 1e4)
+    with pytest.raises(ValueError, match="rope_neox: positions has dtype f32"):
+        at.rope_neox(g, x, dev.empty((2,)), 8, 1e4)
+    with pytest.raises(ValueError, match="attention: 3 query heads are not a multiple of 2"):
+        at.attention(g, dev.empty((2, 3, 16)), kc, vc, n_past, 0.25)
+    with pytest.raises(ValueError, match="attention: q .* differ in head size"):
+        at.attention(g, dev.empty((2, 4, 8)), kc, vc, n_past, 0.25)
+    with pytest.raises(ValueError, match="attention: n_past has shape"):
+        at.attention(g, x, kc, vc, dev.empty((2,), "u32"), 0.25)
+    with pytest.raises(ValueError, match="kv_store: k_cache is f32 but v_cache is f16"):
+        at.kv_store(g, dev.empty((2, 2, 16)), dev.empty((2, 2, 16)), kc, dev.empty((8, 2, 16), "f16"), n_past)
+    with pytest.raises(ValueError, match="kv_store: caches have 2 kv heads, expected 1"):
+        at.kv_store(g, dev.empty((2, 1, 16)), dev.empty((2, 1, 16)), kc, vc, n_past)
+    assert len(g) == 0

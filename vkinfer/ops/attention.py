@@ -1,0 +1,207 @@
+"""Attention-side ops (ZAYA1 CCA, zaya1.md §3.2 steps 5-9): L2 head norm, partial NEOX RoPE,
+the KV-cache store and causal GQA attention with an online softmax. Tokens are rows: x, q, k
+and v are [T, heads, dim]; caches are [n_ctx, kv_heads, dim], F32 or F16 (halves packed two to
+a word). Positions and n_past are u32 tensors read on the GPU, so a recorded graph replays
+with new values written into them."""
+import weakref
+from math import ceil
+
+import numpy as np
+
+from ..gpu import Graph, Tensor, check_tensor, require
+
+WG = 256                  # store and RoPE work-group size (one invocation per element / pair)
+MAX_HEAD_DIM = 256        # attend keeps q and each invocation's share of the output on chip
+
+_turns_tables = weakref.WeakKeyDictionary()   # Device -> {(n_rot, theta): Tensor}
+
+
+def _heads_tensor(op: str, name: str, t: Tensor, dtype="f32"):
+    check_tensor(op, name, t, dtype=dtype)
+    require(t.ndim == 3, f"{op}: {name} has shape {t.shape}, expected [T, heads, dim]")
+
+
+def _out_like(g: Graph, op: str, out: Tensor | None, shape) -> Tensor:
+    if out is None:
+        return g.dev.empty(shape, "f32")
+    check_tensor(op, "out", out, dtype="f32", shape=shape)
+    return out
+
+
+# ---- L2 head norm ------------------------------------------------------------------------------
+def head_norm(g: Graph, x: Tensor, scale: float, head_scale: Tensor | None = None,
+              eps: float = 1e-12, out: Tensor | None = None) -> Tensor:
+    """x_h * scale / max(||x_h||, eps) (* head_scale[h]) for each head vector of x [T, H, Dh].
+    out may be x."""
+    _heads_tensor("head_norm", "x", x)
+    tokens, heads, dh = x.shape
+    out = _out_like(g, "head_norm", out, x.shape)
+    ins = [x]
+    if head_scale is not None:
+        check_tensor("head_norm", "head_scale", head_scale, dtype="f32", shape=(heads,))
+        ins.append(head_scale)
+    rows = tokens * heads
+    variant = "head_scale" if head_scale is not None else "plain"
+    g.dispatch(f"head_norm.{variant}", ins, [out],
+               [rows, dh, heads, x.offset, head_scale.offset if head_scale is not None else 0,
+                out.offset, float(scale), float(eps)], groups=rows)
+    return out
+
+
+def head_norm_ref(x, scale, head_scale=None, eps=1e-12):
+    x64 = x.astype(np.float64)
+    y = x64 * scale / np.maximum(np.linalg.norm(x64, axis=-1, keepdims=True), eps)
+    if head_scale is not None:
+        y = y * head_scale.astype(np.float64)[None, :, None]
+    return y.astype(np.float32)
+
+
+# ---- partial NEOX RoPE ---------------------------------------------------------------------------
+def rope_turns_table(n_rot: int, theta: float) -> np.ndarray:
+    """[n_rot/2, 3] F32: theta^(-2i/n_rot) / 2pi (turns per position) split as hi + mid + lo,
+    hi and mid with 12 significant bits each, so that the shader's products of them with the
+    12-bit halves of a position are exact (rope.comp)."""
+    turns = np.float64(theta) ** (-2.0 * np.arange(n_rot // 2) / n_rot) / (2 * np.pi)
+    hi = _round_bits(turns, 12)
+    mid = _round_bits(turns - hi, 12)
+    return np.stack([hi, mid, turns - hi - mid], axis=1).astype(np.float32)
+
+
+def _round_bits(v: np.ndarray, bits: int) -> np.ndarray:
+    mantissa, exponent = np.frexp(v)
+    return np.ldexp(np.round(mantissa * (1 << bits)), exponent - bits)
+
+
+def _turns_table(dev, n_rot: int, theta: float) -> Tensor:
+    """One table per (device, n_rot, theta), shared by every layer's RoPE dispatch."""
+    tables = _turns_tables.setdefault(dev, {})
+    key = (n_rot, float(theta))
+    if key not in tables:
+        tables[key] = dev.upload(rope_turns_table(n_rot, theta), name=f"rope_turns_{n_rot}_{theta:g}")
+    return tables[key]
+
+
+def rope_neox(g: Graph, x: Tensor, positions: Tensor, n_rot: int, theta: float,
+              out: Tensor | None = None) -> Tensor:
+    """Rotate dims (i, i + n_rot/2), i < n_rot/2, of every head of x [T, H, Dh] by the angle
+    positions[t] * theta^(-2i/n_rot); dims >= n_rot are copied. positions: u32 [T], each below
+    2^24, read on the GPU. out may be x."""
+    _heads_tensor("rope_neox", "x", x)
+    tokens, heads, dh = x.shape
+    check_tensor("rope_neox", "positions", positions, dtype="u32", shape=(tokens,))
+    require(n_rot > 0 and n_rot % 2 == 0 and n_rot <= dh,
+            f"rope_neox: n_rot={n_rot} must be even and within 1..{dh} (the head size)")
+    require(theta > 0, f"rope_neox: theta={theta} must be positive")
+    out = _out_like(g, "rope_neox", out, x.shape)
+    table = _turns_table(g.dev, n_rot, theta)
+    half = n_rot // 2
+    n = tokens * heads * (dh - half)
+    g.dispatch("rope", [x, positions, table], [out],
+               [n, dh, half, heads, x.offset, positions.offset, table.offset, out.offset],
+               groups=ceil(n / WG))
+    return out
+
+
+def rope_neox_ref(x, positions, n_rot, theta):
+    """In float64: angles pos * theta^(-2i/n_rot) computed exactly, then rounded to F32."""
+    half = n_rot // 2
+    freq = np.float64(theta) ** (-2.0 * np.arange(half) / n_rot)
+    angle = np.asarray(positions, np.float64)[:, None, None] * freq      # [T, 1, half]
+    cos, sin = np.cos(angle), np.sin(angle)
+    y = x.astype(np.float64)
+    a, b = y[..., :half].copy(), y[..., half:n_rot].copy()
+    y[..., :half] = a * cos - b * sin
+    y[..., half:n_rot] = b * cos + a * sin
+    return y.astype(np.float32)
+
+
+# ---- KV cache and attention ------------------------------------------------------------------------
+def _check_cache(op: str, k_cache: Tensor, v_cache: Tensor, kv_heads: int | None = None):
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        _heads_tensor(op, name, c, dtype=("f32", "f16"))
+        if c.dtype == "f16":
+            require(c.offset % 2 == 0 and c.shape[1] * c.shape[2] % 2 == 0,
+                    f"{op}: f16 {name} {c} needs an even offset and an even heads * dim")
+    require(k_cache.dtype == v_cache.dtype,
+            f"{op}: k_cache is {k_cache.dtype} but v_cache is {v_cache.dtype}")
+    require(k_cache.shape[:2] == v_cache.shape[:2],
+            f"{op}: k_cache {k_cache.shape} and v_cache {v_cache.shape} differ in [n_ctx, kv_heads]")
+    if kv_heads is not None:
+        require(k_cache.shape[1] == kv_heads,
+                f"{op}: caches have {k_cache.shape[1]} kv heads, expected {kv_heads}")
+
+
+def _check_n_past(op: str, n_past: Tensor):
+    check_tensor(op, "n_past", n_past, dtype="u32")
+    require(n_past.numel == 1, f"{op}: n_past has shape {n_past.shape}, expected one u32")
+
+
+def kv_store(g: Graph, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, n_past: Tensor):
+    """Write k [T, Hkv, Dh] and v [T, Hkv, Dv] into cache rows n_past .. n_past+T-1. n_past is
+    read on the GPU; rows at or past n_ctx are dropped there (the caller keeps n_past + T within
+    n_ctx)."""
+    _heads_tensor("kv_store", "k", k)
+    _heads_tensor("kv_store", "v", v)
+    require(k.shape[:2] == v.shape[:2], f"kv_store: k {k.shape} and v {v.shape} differ in [T, kv_heads]")
+    _check_cache("kv_store", k_cache, v_cache, kv_heads=k.shape[1])
+    _check_n_past("kv_store", n_past)
+    require(k_cache.shape[2] == k.shape[2] and v_cache.shape[2] == v.shape[2],
+            f"kv_store: k {k.shape} / v {v.shape} do not match k_cache {k_cache.shape} / "
+            f"v_cache {v_cache.shape}")
+    require(k.shape[0] <= k_cache.shape[0],
+            f"kv_store: {k.shape[0]} tokens do not fit a cache of {k_cache.shape[0]} rows")
+    per_word = 2 if k_cache.dtype == "f16" else 1
+    nk, nv = k.numel // per_word, v.numel // per_word
+    row_k = k.shape[1] * k.shape[2] // per_word
+    row_v = v.shape[1] * v.shape[2] // per_word
+    g.dispatch(f"attention.store_{k_cache.dtype}", [k, v, n_past], [k_cache, v_cache],
+               [nk, nv, row_k, row_v, k_cache.shape[0], k.offset, v.offset, n_past.offset,
+                k_cache.offset // per_word, v_cache.offset // per_word],
+               groups=ceil((nk + nv) / WG))
+
+
+def attention(g: Graph, q: Tensor, k_cache: Tensor, v_cache: Tensor, n_past: Tensor, scale: float,
+              out: Tensor | None = None) -> Tensor:
+    """Causal GQA attention: token t of q [T, Hq, Dh] attends to cache rows 0 .. n_past+t;
+    query head h reads kv head h // (Hq / Hkv). softmax(scale * q.k) in F32. Returns
+    [T, Hq, Dv]. Record kv_store for the same tokens before it."""
+    _heads_tensor("attention", "q", q)
+    tokens, hq, dh = q.shape
+    _check_cache("attention", k_cache, v_cache)
+    _check_n_past("attention", n_past)
+    n_ctx, hkv, dv = v_cache.shape
+    require(k_cache.shape[2] == dh, f"attention: q {q.shape} and k_cache {k_cache.shape} differ in head size")
+    require(hq % hkv == 0, f"attention: {hq} query heads are not a multiple of {hkv} kv heads")
+    require(dh <= MAX_HEAD_DIM and dv <= MAX_HEAD_DIM,
+            f"attention: head sizes {dh}/{dv} exceed the shader's {MAX_HEAD_DIM}")
+    require(k_cache.dtype == "f32" or dh % 2 == 0, f"attention: an f16 cache needs an even head size, not {dh}")
+    out = _out_like(g, "attention", out, (tokens, hq, dv))
+    g.dispatch(f"attention.attend_{k_cache.dtype}", [q, k_cache, v_cache, n_past], [out],
+               [tokens, hq, hkv, dh, dv, n_ctx, q.offset, k_cache.offset, v_cache.offset,
+                n_past.offset, out.offset, float(scale)], groups=tokens * hq)
+    return out
+
+
+def kv_store_ref(k, v, k_cache, v_cache, n_past):
+    """New caches (copies, in the caches' own dtype) with rows n_past.. written."""
+    k_cache, v_cache = k_cache.copy(), v_cache.copy()
+    rows = min(len(k), len(k_cache) - n_past)
+    k_cache[n_past:n_past + rows] = k[:rows]
+    v_cache[n_past:n_past + rows] = v[:rows]
+    return k_cache, v_cache
+
+
+def attention_ref(q, k_cache, v_cache, n_past, scale):
+    """Plain softmax attention in float64 over the (already stored) cache rows."""
+    tokens, hq, _ = q.shape
+    n_ctx, hkv, dv = v_cache.shape
+    group = hq // hkv
+    k64, v64 = k_cache.astype(np.float64), v_cache.astype(np.float64)
+    out = np.zeros((tokens, hq, dv))
+    for t in range(tokens):
+        n_keys = min(n_past + t + 1, n_ctx)
+        for h in range(hq):
+            s = scale * (k64[:n_keys, h // group] @ q[t, h].astype(np.float64))
+            p = np.exp(s - s.max())
+            out[t, h] = p @ v64[:n_keys, h // group] / p.sum()
+    return out.astype(np.float32)
