@@ -1,0 +1,81 @@
+"""rms_norm against its numpy twin (computed in F64). Bound: 2e-6 relative to max(1, |want|)
+(F32 sum of squares over up to 8192 columns, then one inversesqrt and one or two multiplies)."""
+import numpy as np
+import pytest
+
+from conftest import run, view_then_copy
+from vkinfer.gpu import Tensor
+from vkinfer.ops.norm import rms_norm, rms_norm_ref
+
+BOUND = 2e-6
+
+
+def _check(got, want, bound=BOUND):
+    err = np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want)))
+    assert err <= bound, f"max relative error {err:.3g} over bound {bound}"
+
+
+def _at_offset(dev, array, offset):
+    """`array` uploaded `offset` floats into a bigger buffer padded with 7s on both sides."""
+    flat = np.concatenate([np.full(offset, 7, np.float32), array.ravel(), np.full(5, 7, np.float32)])
+    return Tensor(dev.upload(flat).buf, array.shape, "f32", offset)
+
+
+# Odd widths (not multiples of the 256-wide work group), one over 8192, and a 3-D input.
+@pytest.mark.parametrize("shape", [(1, 1), (3, 257), (2, 8193), (5, 4099), (2, 3, 33)])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_rms_norm(dev, rng, shape, weighted):
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    w = rng.standard_normal(shape[-1]).astype(np.float32) if weighted else None
+    tw = dev.upload(w) if weighted else None
+    out = run(dev, lambda g: rms_norm(g, dev.upload(x), tw, eps=1e-5))
+    _check(dev.read(out), rms_norm_ref(x, w, 1e-5))
+
+
+def test_offsets_and_eps(dev, rng):
+    """x, w and out all live at offsets inside bigger buffers; a zero row gives zeros; eps counts."""
+    x = rng.standard_normal((4, 301)).astype(np.float32) * 1e-3
+    x[2] = 0.0
+    w = rng.standard_normal(301).astype(np.float32)
+    tx, tw = _at_offset(dev, x, 37), _at_offset(dev, w, 11)
+    out_buf = dev.zeros(4 * 301 + 19)
+    out = Tensor(out_buf.buf, x.shape, "f32", 13)
+    run(dev, lambda g: rms_norm(g, tx, tw, eps=1e-4, out=out))
+    got = dev.read(out_buf)
+    _check(got[13:13 + x.size].reshape(x.shape), rms_norm_ref(x, w, 1e-4))
+    assert np.all(got[2 * 301 + 13:3 * 301 + 13] == 0.0)
+    assert np.all(got[:13] == 0.0) and np.all(got[13 + x.size:] == 0.0), "wrote outside out"
+
+
+def test_many_rows(dev, rng):
+    """70001 rows: more than 65535 work groups, so the grid uses its second dimension."""
+    x = rng.standard_normal((70_001, 5)).astype(np.float32)
+    out = run(dev, lambda g: rms_norm(g, dev.upload(x)))
+    _check(dev.read(out), rms_norm_ref(x))
+
+
+def test_in_place(dev, rng):
+    x = rng.standard_normal((3, 513)).astype(np.float32)
+    t = dev.upload(x)
+    run(dev, lambda g: rms_norm(g, t, out=t))
+    _check(dev.read(t), rms_norm_ref(x))
+
+
+def test_refuses_bad_input(dev, rng):
+    x = rng.standard_normal((6, 9)).astype(np.float32)
+    with pytest.raises(ValueError, match="rms_norm: w has shape"):
+        run(dev, lambda g: rms_norm(g, dev.upload(x), dev.upload(np.ones(8, np.float32))))
+    with pytest.raises(ValueError, match="rms_norm: x has dtype f16"):
+        run(dev, lambda g: rms_norm(g, dev.upload(x.astype(np.float16))))
+    with pytest.raises(ValueError, match="rms_norm: out has shape"):
+        run(dev, lambda g: rms_norm(g, dev.upload(x), out=dev.empty((6, 8))))
+
+
+def test_non_contiguous_then_copy(dev, rng):
+    copy_ops = pytest.importorskip("vkinfer.ops.copy")
+    x = rng.standard_normal((6, 9)).astype(np.float32)
+    view = view_then_copy(dev, x)
+    with pytest.raises(ValueError, match="rms_norm: x .* is not contiguous"):
+        run(dev, lambda g: rms_norm(g, view))
+    out = run(dev, lambda g: rms_norm(g, copy_ops.copy(g, view)))
+    _check(dev.read(out), rms_norm_ref(x))
