@@ -31,3 +31,14 @@ def view_then_copy(dev, array):
     padded[:array.shape[1]] = array.T
     t = dev.upload(padded)
     return Tensor(t.buf, array.shape, "f32", 0, (1, array.shape[0]))
+
+
+@pytest.fixture(scope="session")
+def zaya_path(tmp_path_factory):
+    """The xz-compressed ZAYA fixture, unpacked once per test session."""
+    import lzma
+    from pathlib import Path
+    out = tmp_path_factory.mktemp("zaya") / "zaya-small-q4_k_m.gguf"
+    src = Path(__file__).parent / "fixtures" / "zaya-small-q4_k_m.gguf.xz"
+    out.write_bytes(lzma.decompress(src.read_bytes()))
+    return out

@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     devices = commands.add_parser("devices", help="list Vulkan devices and the limits vkinfer uses")
     add_global_options(devices, defaults=False)
     devices.set_defaults(run=cmd_devices)
+
+    info = commands.add_parser("info", help="describe a GGUF model: hyper-parameters, tensors, memory")
+    info.add_argument("model", help="path to a .gguf file")
+    info.add_argument("-c", "--ctx", type=int, default=4096, help="context for the memory estimate")
+    add_global_options(info, defaults=False)
+    info.set_defaults(run=cmd_info)
     return parser
 
 
@@ -67,6 +73,30 @@ def cmd_devices(args) -> int:
         for label, value in rows:
             print(f"    {label + ':':32}{value}")
     print(f"(* = selected device)  kp barrier fix: {kp_barrier_fix()}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from dataclasses import asdict
+    from .gguf import memory_estimate, open_gguf
+
+    f = open_gguf(args.model)
+    print(f"{f.path.name}: {f.arch}, {f.n_params() / 1e6:.1f}M parameters, "
+          f"{format_bytes(f.weight_bytes())} of weights, GGUF v{f.get('GGUF.version')}")
+    print("hyper-parameters:")
+    for key, value in asdict(f.params).items():
+        print(f"    {key + ':':32}{value}")
+    print(f"tensors: {len(f.tensors)}")
+    for qtype, (count, nbytes) in f.bytes_by_type().items():
+        print(f"    {qtype + ':':32}{count:5d} tensors, {format_bytes(nbytes)}")
+    tokens = f.get("tokenizer.ggml.tokens")
+    print(f"vocabulary: {f.n_vocab} rows in token_embd, {len(tokens) if tokens else 0} tokens, "
+          f"tokenizer model {f.get('tokenizer.ggml.model', 'none')!r}"
+          f" (pre-tokenizer {f.get('tokenizer.ggml.pre', 'default')!r})")
+    print(f"chat template: {'present' if f.get('tokenizer.chat_template') else 'none'}")
+    mem = memory_estimate(f, args.ctx)
+    print(f"device memory at context {args.ctx}: " +
+          ", ".join(f"{k} {format_bytes(v)}" for k, v in mem.items()))
     return 0
 
 

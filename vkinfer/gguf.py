@@ -293,7 +293,8 @@ def _read(path: Path):
         if "cannot reshape" in msg:
             raise GGUFError(f"{path.name}: truncated: the file ends at byte {os.path.getsize(path)}, "
                             "before the tensor data its header describes") from None
-        raise GGUFError(f"{path.name}: corrupt GGUF header ({msg})") from None
+        raise GGUFError(f"{path.name}: truncated or corrupt GGUF header, {os.path.getsize(path)} bytes "
+                        f"({msg})") from None
     except (IndexError, OverflowError, UnicodeDecodeError, KeyError) as e:
         raise GGUFError(f"{path.name}: truncated or corrupt GGUF header, {os.path.getsize(path)} bytes "
                         f"({type(e).__name__}: {e})") from None
@@ -301,3 +302,14 @@ def _read(path: Path):
 
 def open_gguf(path, weights: bool = True) -> GGUFFile:
     return GGUFFile(path, weights)
+
+
+def memory_estimate(f: GGUFFile, n_ctx: int, n_batch: int = 32) -> dict:
+    """Device bytes a model needs: weights as stored, per-sequence state (KV cache for ZAYA at
+    n_ctx), and scratch for a prompt micro-batch of n_batch tokens (activations + logits)."""
+    p = f.params
+    widest = max(max(t.shape) for t in f.tensors.values() if len(t.shape) >= 2 and t.name != "token_embd.weight")
+    scratch = 4 * n_batch * (8 * widest + f.n_vocab)
+    out = {"weights": f.weight_bytes(), "state": p.state_bytes(n_ctx), "scratch": scratch}
+    out["total"] = sum(out.values())
+    return out

@@ -105,7 +105,8 @@ class Device:
     # ---- moving data -----------------------------------------------------------------------
     def staging(self) -> Buffer:
         if self._staging is None:
-            self._staging = self.buffer(STAGING_BYTES, "host", "staging")
+            self._staging = self.buffer(min(STAGING_BYTES, self.max_binding_bytes // 16 * 16), "host",
+                                        "staging")
         return self._staging
 
     def write(self, t: Tensor, array: np.ndarray):
