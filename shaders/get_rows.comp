@@ -5,6 +5,16 @@
 //! variant f32 WTYPE_F32
 //! variant f16 WTYPE_F16
 //! variant bf16 WTYPE_BF16
+//! variant q4_0 WTYPE_Q4_0
+//! variant q4_1 WTYPE_Q4_1
+//! variant q5_0 WTYPE_Q5_0
+//! variant q5_1 WTYPE_Q5_1
+//! variant q8_0 WTYPE_Q8_0
+//! variant q2_k WTYPE_Q2_K
+//! variant q3_k WTYPE_Q3_K
+//! variant q4_k WTYPE_Q4_K
+//! variant q5_k WTYPE_Q5_K
+//! variant q6_k WTYPE_Q6_K
 #include "common.glsl"
 #include "weights.glsl"
 layout(local_size_x = 256) in;

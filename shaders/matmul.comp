@@ -16,6 +16,36 @@
 //! variant mat_f32 MAT WTYPE_F32
 //! variant mat_f16 MAT WTYPE_F16
 //! variant mat_bf16 MAT WTYPE_BF16
+//! variant vec_q4_0 VEC WTYPE_Q4_0
+//! variant id_q4_0 VEC MATMUL_ID WTYPE_Q4_0
+//! variant mat_q4_0 MAT WTYPE_Q4_0
+//! variant vec_q4_1 VEC WTYPE_Q4_1
+//! variant id_q4_1 VEC MATMUL_ID WTYPE_Q4_1
+//! variant mat_q4_1 MAT WTYPE_Q4_1
+//! variant vec_q5_0 VEC WTYPE_Q5_0
+//! variant id_q5_0 VEC MATMUL_ID WTYPE_Q5_0
+//! variant mat_q5_0 MAT WTYPE_Q5_0
+//! variant vec_q5_1 VEC WTYPE_Q5_1
+//! variant id_q5_1 VEC MATMUL_ID WTYPE_Q5_1
+//! variant mat_q5_1 MAT WTYPE_Q5_1
+//! variant vec_q8_0 VEC WTYPE_Q8_0
+//! variant id_q8_0 VEC MATMUL_ID WTYPE_Q8_0
+//! variant mat_q8_0 MAT WTYPE_Q8_0
+//! variant vec_q2_k VEC WTYPE_Q2_K
+//! variant id_q2_k VEC MATMUL_ID WTYPE_Q2_K
+//! variant mat_q2_k MAT WTYPE_Q2_K
+//! variant vec_q3_k VEC WTYPE_Q3_K
+//! variant id_q3_k VEC MATMUL_ID WTYPE_Q3_K
+//! variant mat_q3_k MAT WTYPE_Q3_K
+//! variant vec_q4_k VEC WTYPE_Q4_K
+//! variant id_q4_k VEC MATMUL_ID WTYPE_Q4_K
+//! variant mat_q4_k MAT WTYPE_Q4_K
+//! variant vec_q5_k VEC WTYPE_Q5_K
+//! variant id_q5_k VEC MATMUL_ID WTYPE_Q5_K
+//! variant mat_q5_k MAT WTYPE_Q5_K
+//! variant vec_q6_k VEC WTYPE_Q6_K
+//! variant id_q6_k VEC MATMUL_ID WTYPE_Q6_K
+//! variant mat_q6_k MAT WTYPE_Q6_K
 #include "common.glsl"
 #include "weights.glsl"
 

@@ -64,6 +64,14 @@ vec4 weight4(uint e) {
     return vec4(bf16_high(a), bf16_low(b), bf16_high(b), bf16_low(w_words[i + 2]));
 }
 
+#elif defined(WTYPE_Q4_0) || defined(WTYPE_Q4_1) || defined(WTYPE_Q5_0) || defined(WTYPE_Q5_1) || \
+      defined(WTYPE_Q8_0)
+#include "quant_legacy.glsl"
+
+#elif defined(WTYPE_Q2_K) || defined(WTYPE_Q3_K) || defined(WTYPE_Q4_K) || defined(WTYPE_Q5_K) || \
+      defined(WTYPE_Q6_K)
+#include "quant_k.glsl"
+
 #else
-#error "define one of WTYPE_F32, WTYPE_F16, WTYPE_BF16"
+#error "define one of the WTYPE_* weight types"
 #endif
