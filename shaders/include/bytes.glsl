@@ -1,0 +1,34 @@
+// Byte-level reads from the weight buffer `w_words[]` (declared by weights.glsl before this is
+// included). GGUF blocks are 18, 20, 22, 34, 84, 110 or 210 bytes long, so their fields sit at
+// any byte address; these read them little-endian from the 32-bit words.
+#ifndef BYTES_GLSL
+#define BYTES_GLSL
+
+uint read_u8(uint byte_addr) {
+    return (w_words[byte_addr >> 2] >> ((byte_addr & 3u) * 8u)) & 0xFFu;
+}
+
+// Little-endian u16 at any byte address (may straddle two words).
+uint read_u16(uint byte_addr) {
+    uint shift = (byte_addr & 3u) * 8u;
+    uint word = byte_addr >> 2;
+    if (shift <= 16u)
+        return (w_words[word] >> shift) & 0xFFFFu;
+    return (w_words[word] >> 24) | ((w_words[word + 1] & 0xFFu) << 8);
+}
+
+// Little-endian u32 at any byte address: two word reads unless aligned.
+uint read_u32_unaligned(uint byte_addr) {
+    uint shift = (byte_addr & 3u) * 8u;
+    uint word = byte_addr >> 2;
+    if (shift == 0u)
+        return w_words[word];
+    return (w_words[word] >> shift) | (w_words[word + 1] << (32u - shift));
+}
+
+// fp16 at any byte address, as f32.
+float read_f16(uint byte_addr) {
+    return unpackHalf2x16(read_u16(byte_addr)).x;
+}
+
+#endif
