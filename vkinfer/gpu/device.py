@@ -10,7 +10,7 @@ from math import ceil
 import numpy as np
 
 from ..errors import VkInferError
-from .tensor import ELEM_BYTES, Buffer, Tensor
+from .tensor import BLOCK_TYPES, Buffer, Tensor, nbytes_of
 from .vulkan_info import DeviceInfo, query_devices
 
 log = logging.getLogger("vkinfer")
@@ -86,7 +86,7 @@ class Device:
     def empty(self, shape, dtype: str = "f32", kind: str = "storage", name: str = "") -> Tensor:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         n = int(np.prod(shape)) if shape else 1
-        return Tensor(self.buffer(n * ELEM_BYTES[dtype], kind, name), shape, dtype)
+        return Tensor(self.buffer(nbytes_of(dtype, n), kind, name), shape, dtype)
 
     def zeros(self, shape, dtype: str = "f32", kind: str = "storage", name: str = "") -> Tensor:
         t = self.empty(shape, dtype, kind, name)
@@ -114,8 +114,8 @@ class Device:
         if not t.contiguous:
             raise ValueError(f"write: {t} is not contiguous")
         raw = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
-        if raw.size != t.numel * t.elem_bytes:
-            raise ValueError(f"write: {raw.size} bytes for {t} ({t.numel * t.elem_bytes} bytes)")
+        if raw.size != t.nbytes:
+            raise ValueError(f"write: {raw.size} bytes for {t} ({t.nbytes} bytes)")
         self.write_bytes(t.buf, t.byte_offset, raw)
 
     def write_bytes(self, buf: Buffer, byte_offset: int, raw: np.ndarray):
@@ -134,13 +134,16 @@ class Device:
             self.copy_words(self.staging(), 0, buf, byte_offset // 4 + start, chunk.size)
 
     def read(self, t: Tensor) -> np.ndarray:
-        """The contents of a contiguous tensor as a numpy array (bf16 comes back as float32)."""
+        """The contents of a contiguous tensor as a numpy array (bf16 comes back as float32,
+        block types as their raw bytes)."""
         if not t.contiguous:
             raise ValueError(f"read: {t} is not contiguous")
-        nbytes = t.numel * t.elem_bytes
+        nbytes = t.nbytes
         start_word, skip = divmod(t.byte_offset, 4)
         nwords = ceil((skip + nbytes) / 4)
         raw = self.read_words(t.buf, start_word, nwords).view(np.uint8)[skip:skip + nbytes]
+        if t.dtype in BLOCK_TYPES:
+            return raw.copy()
         if t.dtype == "bf16":
             return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(t.shape)
         return raw.view(_numpy_dtype(t.dtype)).reshape(t.shape).copy()
@@ -166,7 +169,7 @@ class Device:
         """Set every word of a contiguous 4-byte tensor (or a whole buffer) to `value`."""
         from .graph import Graph
         bits = np.float32(value).view(np.uint32) if t.dtype == "f32" else np.uint32(value)
-        n = ceil(t.numel * t.elem_bytes / 4)
+        n = ceil(t.nbytes / 4)
         g = Graph(self, "fill")
         g.dispatch("fill_words", [], [t.buf], [t.word_offset, n, int(bits)], groups=ceil(n / 256))
         g.run()

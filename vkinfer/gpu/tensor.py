@@ -4,8 +4,23 @@ from math import prod
 
 import numpy as np
 
-# Bytes per element for the plain types; block types (Q4_K, ...) are described in vkinfer.quants.
+# Bytes per element for the plain types.
 ELEM_BYTES = {"f32": 4, "u32": 4, "i32": 4, "f16": 2, "bf16": 2}
+# GGUF block types: (elements, bytes) per block. Such tensors count their shape and offset in
+# elements; an offset must fall on a block boundary.
+BLOCK_TYPES = {"q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24),
+               "q8_0": (32, 34), "q2_k": (256, 84), "q3_k": (256, 110), "q4_k": (256, 144),
+               "q5_k": (256, 176), "q6_k": (256, 210)}
+
+
+def nbytes_of(dtype: str, n: int) -> int:
+    """Bytes that n elements of dtype take."""
+    if dtype in BLOCK_TYPES:
+        elems, nbytes = BLOCK_TYPES[dtype]
+        if n % elems:
+            raise ValueError(f"{n} elements is not a whole number of {dtype} blocks of {elems}")
+        return n // elems * nbytes
+    return n * ELEM_BYTES[dtype]
 NUMPY_DTYPES = {"f32": np.float32, "u32": np.uint32, "i32": np.int32, "f16": np.float16}
 
 
@@ -68,8 +83,13 @@ class Tensor:
                    if n != 1)
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of a contiguous tensor's data."""
+        return nbytes_of(self.dtype, self.numel)
+
+    @property
     def byte_offset(self) -> int:
-        return self.offset * self.elem_bytes
+        return nbytes_of(self.dtype, self.offset)
 
     @property
     def word_offset(self) -> int:

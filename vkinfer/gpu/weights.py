@@ -7,9 +7,9 @@ from math import prod
 import numpy as np
 
 from ..errors import VkInferError
-from .tensor import ELEM_BYTES, Tensor, check_tensor
+from .tensor import BLOCK_TYPES, Tensor, check_tensor, nbytes_of
 
-WEIGHT_DTYPES = ("f32", "f16", "bf16")
+WEIGHT_DTYPES = ("f32", "f16", "bf16", *BLOCK_TYPES)
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,11 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
 
 
 def decode(array: np.ndarray, dtype: str) -> np.ndarray:
-    """The float32 values a weight array of `dtype` stands for (bf16 arrives as uint16 bits)."""
+    """The float32 values a weight array of `dtype` stands for (bf16 arrives as uint16 bits,
+    block types as the GGUF bytes [..., row_bytes], decoded by gguf-py)."""
+    if dtype in BLOCK_TYPES:
+        import gguf
+        return gguf.quants.dequantize(array, gguf.GGMLQuantizationType[dtype.upper()]).astype(np.float32)
     if dtype == "bf16" and array.dtype == np.uint16:
         return bf16_to_f32(array)
     return np.asarray(array, np.float32)
@@ -59,6 +63,10 @@ def _encode(array: np.ndarray, dtype: str) -> np.ndarray:
     """`array` as stored for `dtype`: float32, float16, or uint16 BF16 bits."""
     if dtype not in WEIGHT_DTYPES:
         raise ValueError(f"upload_weight: dtype {dtype} is not one of {', '.join(WEIGHT_DTYPES)}")
+    if dtype in BLOCK_TYPES:
+        if array.dtype != np.uint8:
+            raise ValueError(f"upload_weight: {dtype} data must be the raw bytes (uint8), not {array.dtype}")
+        return array
     if dtype == "bf16" and array.dtype == np.uint16:
         return array
     if not np.issubdtype(array.dtype, np.floating):
@@ -72,7 +80,8 @@ def _encode(array: np.ndarray, dtype: str) -> np.ndarray:
 def upload_weight(dev, array: np.ndarray, dtype: str | None = None, name: str = "") -> Weight:
     """Upload a 2-D or 3-D weight, split along axis 0 into parts of at most
     `dev.max_binding_bytes`. dtype defaults to the array's (f32 or f16); pass dtype='bf16' for
-    uint16 BF16 bits; float arrays are converted to the dtype asked for."""
+    uint16 BF16 bits; float arrays are converted to the dtype asked for. Block types (q4_0 ...)
+    take the GGUF bytes as uint8 [..., row_bytes]; the Weight's shape counts elements."""
     if dtype is None:
         dtype = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}.get(array.dtype)
         if dtype is None:
@@ -80,7 +89,13 @@ def upload_weight(dev, array: np.ndarray, dtype: str | None = None, name: str = 
     if array.ndim not in (2, 3):
         raise ValueError(f"upload_weight: weight '{name}' has shape {array.shape}; expected 2-D or 3-D")
     data = _encode(array, dtype)
-    slice_bytes = prod(array.shape[1:]) * ELEM_BYTES[dtype]
+    shape = tuple(array.shape)
+    if dtype in BLOCK_TYPES:
+        elems, block_bytes = BLOCK_TYPES[dtype]
+        if shape[-1] % block_bytes:
+            raise ValueError(f"upload_weight: rows of {shape[-1]} bytes are not whole {dtype} blocks")
+        shape = shape[:-1] + (shape[-1] // block_bytes * elems,)
+    slice_bytes = nbytes_of(dtype, prod(shape[1:]))
     # Device buffers are whole 16-byte units, and the binding covers the whole buffer.
     per_part = (dev.max_binding_bytes // 16 * 16) // slice_bytes
     if per_part == 0:
@@ -89,8 +104,10 @@ def upload_weight(dev, array: np.ndarray, dtype: str | None = None, name: str = 
     parts = []
     for start in range(0, array.shape[0], per_part):
         chunk = data[start:start + per_part]
-        parts.append((start, dev.upload(chunk, dtype=dtype, name=f"{name}[{start}:]" if name else "")))
-    return Weight(tuple(parts), tuple(array.shape), dtype)
+        part = dev.empty((chunk.shape[0], *shape[1:]), dtype, name=f"{name}[{start}:]" if name else "")
+        dev.write(part, chunk)
+        parts.append((start, part))
+    return Weight(tuple(parts), shape, dtype)
 
 
 def check_weight(op: str, w, ndim: int) -> Weight:
