@@ -42,3 +42,15 @@ def zaya_path(tmp_path_factory):
     src = Path(__file__).parent / "fixtures" / "zaya-small-q4_k_m.gguf.xz"
     out.write_bytes(lzma.decompress(src.read_bytes()))
     return out
+
+
+@pytest.fixture(scope="session")
+def zaya_weights_only(zaya_path, tmp_path_factory):
+    """The ZAYA fixture without its 262k-token vocabulary, which gguf-py takes ~15 s to parse:
+    for tests about the weights and the layout only."""
+    from gguf_edit import rewrite_gguf
+    out = tmp_path_factory.mktemp("zaya") / "zaya-weights-only.gguf"
+    drop = {k: None for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+                              "tokenizer.ggml.token_type", "tokenizer.ggml.merges")}
+    rewrite_gguf(zaya_path, out, fields=drop)
+    return out

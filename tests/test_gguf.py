@@ -111,18 +111,19 @@ def test_inconsistent_metadata(tmp_path):
     expect_error(p, "inner_size = 96 but blk.0.ssm_in.weight has 256 rows")
 
 
-def test_zaya_40_block_layout(tmp_path, zaya_path):
+def test_zaya_40_block_layout(tmp_path, zaya_weights_only):
     p = tmp_path / "z40.gguf"
-    rewrite_gguf(zaya_path, p, drop={n for n in open_gguf(zaya_path).tensors if n.startswith("blk.1.")})
+    rewrite_gguf(zaya_weights_only, p,
+                 drop={n for n in open_gguf(zaya_weights_only).tensors if n.startswith("blk.1.")})
     expect_error(p, "layout")
 
 
-def test_zaya_early_draft_names_load(tmp_path, zaya_path):
+def test_zaya_early_draft_names_load(tmp_path, zaya_weights_only):
     import gguf
-    r = gguf.GGUFReader(zaya_path)
+    r = gguf.GGUFReader(zaya_weights_only)
     t = {x.name: x for x in r.tensors}["blk.0.ssm_conv1d.weight"]
     p = tmp_path / "early.gguf"
-    rewrite_gguf(zaya_path, p, drop={"blk.0.ssm_conv1d.weight"},
+    rewrite_gguf(zaya_weights_only, p, drop={"blk.0.ssm_conv1d.weight"},
                  tensors={"blk.0.cca_conv_dw.weight": (np.asarray(t.data), "F32")})
     f = open_gguf(p)
     assert "blk.0.ssm_conv1d.weight" in f.tensors

@@ -60,22 +60,26 @@ class Graph:
     def record(self):
         import kp
         seq = self.dev.mgr.sequence()
-        dirty = set()
+        dirty, read = set(), set()
         self.n_barriers = 0
         for kernel, ins, outs, push, groups, spec in self.nodes:
             bound = ins + outs
             if not self.dev.kp_barrier_fix:
-                # Stock kp: make earlier shader writes visible through a transfer-stage chain.
+                # Stock kp: make earlier shader writes visible through a transfer-stage chain;
+                # a buffer read earlier and written now needs the same ordering (write-after-read).
                 hazards = [b for b in bound if id(b) in dirty and b.kind == "storage"]
+                hazards += [b for b in outs if id(b) in read and id(b) not in dirty and b.kind == "storage"]
                 if hazards:
                     seq.record(kp.OpTensorSyncLocal([b.kt for b in hazards]))
                     dirty -= {id(b) for b in hazards}
+                    read.clear()     # its compute->transfer barrier orders every earlier dispatch
                     self.n_barriers += 1
             else:
                 self.n_barriers += 1     # the patched OpAlgoDispatch records one global barrier
             algo = self.dev.algorithm(kernel, bound, groups, spec, len(push))
             seq.record(kp.OpAlgoDispatch(algo, push))
             dirty |= {id(b) for b in outs}
+            read |= {id(b) for b in ins}
         self._seq = seq
 
     def run(self):
