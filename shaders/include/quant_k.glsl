@@ -1,5 +1,118 @@
-// PLACEHOLDER, to be replaced: decoding of Q2_K, Q3_K, Q4_K, Q5_K, Q6_K blocks.
-// Compiles so the shader build works; every value decodes as 0.
-#define WEIGHT_BLOCK 32
-float weight1(uint e) { return 0.0; }
-vec4 weight4(uint e) { return vec4(0.0); }
+// K-quant decoding, one type per compile: Q2_K, Q3_K, Q4_K, Q5_K or Q6_K (256-element
+// super-blocks). Bit layouts follow gguf-py's dequantizers (gguf/quants.py), the test oracle.
+//
+// In every format the 4 elements i..i+3 that weight4 decodes (i a multiple of 4, the index in
+// the block) sit in 4 consecutive bytes of each quant array, at the same bit position, and share
+// one sub-block scale, so a call reads one or two words per array plus the scale bytes.
+// Values are computed in gguf-py's order, (d * scale) * q - (dmin * min), under `precise` (no
+// fused multiply-add), so they equal its float32 results exactly.
+#include "bytes.glsl"
+
+#define WEIGHT_BLOCK 256
+
+// The 4 bytes of a little-endian word as floats, lowest byte first.
+vec4 bytes4(uint word) {
+    return vec4(uvec4(word, word >> 8, word >> 16, word >> 24) & 0xFFu);
+}
+
+#define EACH_BYTE(bits) ((bits) * 0x01010101u)
+
+#if defined(WTYPE_Q2_K)
+// 84 bytes: u8 scales[16]; u8 qs[64]; half d; half dmin. Element i = 128n + 32s + l is bits
+// 2s..2s+1 of qs[32n + l]; sub-block i / 16 has scale (low nibble) and min (high nibble).
+#define BLOCK_BYTES 84u
+
+vec4 weight4(uint e) {
+    uint base = (e / 256u) * BLOCK_BYTES, i = e % 256u;
+    uint quants = w_words[(base + 16u + (i / 128u) * 32u + i % 32u) >> 2];
+    vec4 q = bytes4((quants >> (2u * ((i / 32u) % 4u))) & EACH_BYTE(3u));
+    uint scale = read_u8(base + i / 16u);
+    vec2 d = unpackHalf2x16(w_words[(base + 80u) >> 2]);      // d, dmin
+    precise vec4 y = (d.x * float(scale & 0xFu)) * q - d.y * float(scale >> 4);
+    return y;
+}
+
+#elif defined(WTYPE_Q3_K)
+// 110 bytes: u8 hmask[32]; u8 qs[64]; u8 scales[12]; half d. Element i = 128n + 32s + l has low
+// bits 2s..2s+1 of qs[32n + l] and high bit i / 32 of hmask[l]; a clear high bit subtracts 4.
+// Sub-block k = i / 16 has a 6-bit scale, minus 32: low 4 bits from nibble k / 8 of
+// scales[k % 8], high 2 bits from bits 2(k / 4).. of scales[8 + k % 4].
+#define BLOCK_BYTES 110u
+
+vec4 weight4(uint e) {
+    uint base = (e / 256u) * BLOCK_BYTES, i = e % 256u;
+    uint l = i % 32u;
+    uint low = read_u32_unaligned(base + 32u + (i / 128u) * 32u + l) >> (2u * ((i / 32u) % 4u));
+    uint high = read_u32_unaligned(base + l) >> (i / 32u);
+    vec4 q = bytes4(low & EACH_BYTE(3u)) - 4.0 * bytes4(~high & EACH_BYTE(1u));
+    uint k = i / 16u;
+    uint scale_low = (read_u8(base + 96u + k % 8u) >> (4u * (k / 8u))) & 0xFu;
+    uint scale_high = (read_u8(base + 104u + k % 4u) >> (2u * (k / 4u))) & 3u;
+    float d = read_f16(base + 108u);
+    precise vec4 y = (d * float(int(scale_low | (scale_high << 4)) - 32)) * q;
+    return y;
+}
+
+#elif defined(WTYPE_Q4_K) || defined(WTYPE_Q5_K)
+// Q4_K, 144 bytes: half d; half dmin; u8 scales[12]; u8 qs[128].
+// Q5_K, 176 bytes: the same, then u8 qh[32] before qs.
+// Element i = 64c + 32h + l is nibble h of qs[32c + l]; Q5_K adds bit i / 32 of qh[l] as bit 4.
+// Sub-block j = i / 32 has a 6-bit scale and min packed in the 12 scale bytes.
+#if defined(WTYPE_Q4_K)
+#define BLOCK_BYTES 144u
+#define QS_AT 16u
+#else
+#define BLOCK_BYTES 176u
+#define QH_AT 16u
+#define QS_AT 48u
+#endif
+
+// (scale, min) of sub-block j; `word` is the block's first word (the blocks are word-aligned).
+uvec2 scale_min(uint word, uint j) {
+    uint shift = 8u * (j % 4u);
+    uint a = (w_words[word + 1u] >> shift) & 0xFFu;        // scales[j % 4]
+    uint b = (w_words[word + 2u] >> shift) & 0xFFu;        // scales[j % 4 + 4]
+    if (j < 4u)
+        return uvec2(a & 63u, b & 63u);
+    uint c = (w_words[word + 3u] >> shift) & 0xFFu;        // scales[j % 4 + 8]
+    return uvec2((c & 0xFu) | ((a >> 6) << 4), (c >> 4) | ((b >> 6) << 4));
+}
+
+vec4 weight4(uint e) {
+    uint word = (e / 256u) * (BLOCK_BYTES / 4u), i = e % 256u;
+    uint l = i % 32u, j = i / 32u;
+    uint quants = w_words[word + (QS_AT + (i / 64u) * 32u + l) / 4u] >> (4u * (j % 2u));
+    uint bits = quants & EACH_BYTE(0xFu);
+#if defined(WTYPE_Q5_K)
+    bits |= ((w_words[word + (QH_AT + l) / 4u] >> j) & EACH_BYTE(1u)) << 4;
+#endif
+    uvec2 sm = scale_min(word, j);
+    vec2 d = unpackHalf2x16(w_words[word]);                // d, dmin
+    precise vec4 y = (d.x * float(sm.x)) * bytes4(bits) - d.y * float(sm.y);
+    return y;
+}
+
+#elif defined(WTYPE_Q6_K)
+// 210 bytes: u8 ql[128]; u8 qh[64]; i8 scales[16]; half d. Element i = 128n + 64h + m is
+// nibble h of ql[64n + m] with bits 2s..2s+1 of qh[32n + m % 32] on top (s = (i / 32) % 4),
+// minus 32; sub-block i / 16 has a signed 8-bit scale.
+#define BLOCK_BYTES 210u
+
+vec4 weight4(uint e) {
+    uint base = (e / 256u) * BLOCK_BYTES, i = e % 256u;
+    uint n = i / 128u;
+    uint low = read_u32_unaligned(base + 64u * n + i % 64u) >> (4u * ((i / 64u) % 2u));
+    uint high = read_u32_unaligned(base + 128u + 32u * n + i % 32u) >> (2u * ((i / 32u) % 4u));
+    uint bits = (low & EACH_BYTE(0xFu)) | ((high & EACH_BYTE(3u)) << 4);
+    vec4 q = bytes4(bits) - 32.0;
+    int scale = bitfieldExtract(int(read_u8(base + 192u + i / 16u)), 0, 8);
+    float d = read_f16(base + 208u);
+    precise vec4 y = (d * float(scale)) * q;
+    return y;
+}
+
+#endif
+
+float weight1(uint e) {
+    return weight4(e & ~3u)[e & 3u];
+}
