@@ -121,8 +121,14 @@ class Device:
     def write_bytes(self, buf: Buffer, byte_offset: int, raw: np.ndarray):
         if byte_offset % 4:
             raise ValueError("writes must start on a 4-byte boundary")
-        if raw.size % 4:
-            raw = np.concatenate([raw, np.zeros(4 - raw.size % 4, np.uint8)])
+        tail = raw.size % 4
+        if tail:   # pad only the last word, never copy the whole array
+            last = np.zeros(4, np.uint8)
+            last[:tail] = raw[raw.size - tail:]
+            if raw.size > tail:
+                self.write_bytes(buf, byte_offset, raw[:raw.size - tail])
+            self.write_bytes(buf, byte_offset + raw.size - tail, last)
+            return
         words = raw.view(np.uint32)
         if buf.kind == "host":
             buf.view()[byte_offset // 4: byte_offset // 4 + words.size] = words

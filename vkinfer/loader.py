@@ -1,0 +1,55 @@
+"""Upload a checked GGUF file's weights to the device, after checking that the model fits.
+
+Weights keep their GGUF format. Data streams from the memory-mapped file through the device's
+one staging window, so host memory stays at the mapping plus that window."""
+import sys
+
+from tqdm import tqdm
+
+from .errors import VkInferError
+from .gguf import GGUFFile, memory_estimate
+from .gpu.weights import upload_weight
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def check_fits(dev, f: GGUFFile, n_ctx: int) -> dict:
+    """The memory estimate; a VkInferError naming both numbers when it exceeds the device heap."""
+    need = memory_estimate(f, n_ctx)
+    have = dev.info.device_local_bytes
+    if have and need["total"] > have:
+        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in need.items() if k != "total")
+        raise VkInferError(f"{f.path.name} needs {format_bytes(need['total'])} of device memory ({parts}) "
+                           f"at context {n_ctx}, but {dev.name} has {format_bytes(have)}; "
+                           "use a smaller quantization or a shorter context (-c)")
+    return need
+
+
+def upload_tensors(dev, f: GGUFFile, quiet: bool = False) -> dict:
+    """Every tensor of the file on the device: 1-D tensors as f32 Tensors, matrices and
+    expert stacks as Weights in their own type. A progress bar counts bytes on a terminal."""
+    import numpy as np
+    total = f.weight_bytes()
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {f.path.name}",
+               disable=quiet or not sys.stderr.isatty(), leave=False)
+    out = {}
+    try:
+        for name, t in f.tensors.items():
+            dtype = t.type.lower()
+            if len(t.shape) == 1 or (dtype == "f32" and t.nbytes <= dev.max_binding_bytes):
+                out[name] = dev.upload(np.asarray(t.data, np.float32).reshape(t.shape), name=name)
+            elif dtype in ("f32", "f16"):
+                out[name] = upload_weight(dev, np.asarray(t.data).reshape(t.shape), dtype, name)
+            elif dtype == "bf16":
+                out[name] = upload_weight(dev, t.raw().view(np.uint16).reshape(t.shape), dtype, name)
+            else:
+                out[name] = upload_weight(dev, t.raw().reshape(*t.shape[:-1], -1), dtype, name)
+            bar.update(t.nbytes)
+    finally:
+        bar.close()
+    return out
