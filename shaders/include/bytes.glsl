@@ -17,13 +17,14 @@ uint read_u16(uint byte_addr) {
     return (w_words[word] >> 24) | ((w_words[word + 1] & 0xFFu) << 8);
 }
 
-// Little-endian u32 at any byte address: two word reads unless aligned.
+// Little-endian u32 at any byte address. Branch-free (neighbouring threads read blocks of
+// different alignments): always two word reads, the second clamped to the buffer so an aligned
+// read of the last word stays inside it (its bits are shifted out then).
 uint read_u32_unaligned(uint byte_addr) {
     uint shift = (byte_addr & 3u) * 8u;
     uint word = byte_addr >> 2;
-    if (shift == 0u)
-        return w_words[word];
-    return (w_words[word] >> shift) | (w_words[word + 1] << (32u - shift));
+    uint next = w_words[min(word + 1u, uint(w_words.length()) - 1u)];
+    return (w_words[word] >> shift) | ((next << 1) << (31u - shift));
 }
 
 // fp16 at any byte address, as f32.
