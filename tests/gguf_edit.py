@@ -3,12 +3,14 @@ it to make malformed files and model variants from the real fixtures."""
 import gguf
 import numpy as np
 
+from vkinfer.gguf import open_gguf
+
 
 def rewrite_gguf(src, dst, drop=(), tensors=None, fields=None, arch=None):
     """tensors: name -> (numpy data, ggml type name) replacing or adding a tensor;
     fields: key -> value (same type as before) or None to delete the key."""
     tensors, fields = tensors or {}, fields or {}
-    r = gguf.GGUFReader(src)
+    r = open_gguf(src, weights=False).reader
     w = gguf.GGUFWriter(dst, arch or r.fields["general.architecture"].contents())
     for key, f in r.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture" or key == "general.alignment":
