@@ -73,7 +73,7 @@ def find_tool(*names: str) -> str:
 
 def compile_one(glslc: str, spirv_val: str, src: Path, stem: str, defines: list[str]) -> str | None:
     out = OUT / f"{stem}.spv"
-    tmp = out.with_suffix(".spv.tmp")
+    tmp = out.with_suffix(f".spv.{os.getpid()}.tmp")   # builds may run side by side
     cmd = [glslc, f"--target-env={TARGET}", "-O", "-fshader-stage=compute", "-I", str(INCLUDE),
            *defines, str(src), "-o", str(tmp)]
     res = subprocess.run(cmd, capture_output=True, text=True)
