@@ -1,0 +1,117 @@
+"""Mamba-1 (general.architecture = "mamba"): the GPU graph, the per-sequence state layout, and
+a numpy executor built from the ops' numpy twins (the reference for per-layer comparisons).
+Math: spec mamba.md."""
+import numpy as np
+
+from ..gpu import Graph, Tensor
+from ..gpu.weights import decode
+from ..ops import copy as copy_ops
+from ..ops import elementwise as ew
+from ..ops import get_rows as gr
+from ..ops import matmul as mm
+from ..ops import norm, ssm
+
+
+class Mamba:
+    """Builds recorded graphs for chunks of T tokens over one sequence's state."""
+
+    def __init__(self, dev, f, weights: dict, n_batch: int):
+        self.dev, self.p, self.w = dev, f.params, weights
+        self.n_vocab = f.n_vocab
+        self.output = weights.get("output.weight", weights["token_embd.weight"])
+        p = self.p
+        self.dbc_width = p.dt_rank + 2 * p.d_state
+        # Scratch for up to n_batch tokens, shared by every layer and every graph.
+        shapes = {"x": p.n_embd, "h": p.n_embd, "xz": 2 * p.d_inner, "x1": p.d_inner,
+                  "dbc": self.dbc_width, "dt_in": p.dt_rank, "dt": p.d_inner, "y": p.d_inner,
+                  "o": p.n_embd, "bc": 2 * p.d_state}
+        self.scratch = {k: dev.empty((n_batch, n), "f32", name=k) for k, n in shapes.items()}
+
+    def new_state(self) -> dict:
+        p = self.p
+        return {"conv": self.dev.zeros((p.n_layer, p.d_inner, p.d_conv - 1), name="conv_state"),
+                "scan": self.dev.zeros((p.n_layer, p.d_inner, p.d_state), name="scan_state")}
+
+    def build(self, g: Graph, state: dict, ids: Tensor, logits: Tensor, all_logits: bool,
+              taps: Tensor | None = None):
+        """Record one chunk: ids u32 [T] -> logits [T or 1, n_vocab]. With `taps`
+        [n_layer, T, n_embd], the residual after each layer is copied there (debugging)."""
+        p, w = self.p, self.w
+        T = ids.shape[0]
+        s = {k: t.slice(0, 0, T) for k, t in self.scratch.items()}
+        x = gr.get_rows(g, w["token_embd.weight"], ids, out=s["x"])
+        di, dtr, ds = p.d_inner, p.dt_rank, p.d_state
+        for layer in range(p.n_layer):
+            b = f"blk.{layer}."
+            h = norm.rms_norm(g, x, w[b + "attn_norm.weight"], p.eps, out=s["h"])
+            xz = mm.matmul(g, w[b + "ssm_in.weight"], h, out=s["xz"])
+            x1 = ssm.ssm_conv(g, xz.slice(1, 0, di), state["conv"][layer], w[b + "ssm_conv1d.weight"],
+                              w[b + "ssm_conv1d.bias"], out=s["x1"], silu=True)
+            dbc = mm.matmul(g, w[b + "ssm_x.weight"], x1, out=s["dbc"])
+            dt_in = copy_ops.copy(g, dbc.slice(1, 0, dtr), out=s["dt_in"])
+            B, C = dbc.slice(1, dtr, dtr + ds), dbc.slice(1, dtr + ds, dtr + 2 * ds)
+            if p.dt_b_c_rms:
+                norm.rms_norm(g, dt_in, None, p.eps, out=dt_in)
+                bc = copy_ops.copy(g, dbc.slice(1, dtr, dtr + 2 * ds), out=s["bc"])
+                B, C = bc.slice(1, 0, ds), bc.slice(1, ds, 2 * ds)
+                norm.rms_norm(g, bc.reshape(T * 2, ds), None, p.eps, out=bc.reshape(T * 2, ds))
+            dt = mm.matmul(g, w[b + "ssm_dt.weight"], dt_in, out=s["dt"])
+            ew.add(g, dt, w[b + "ssm_dt.bias"], out=dt)
+            ew.softplus(g, dt, out=dt)
+            y = ssm.ssm_scan(g, x1, dt, w[b + "ssm_a"], B, C, w[b + "ssm_d"], state["scan"][layer],
+                             out=s["y"], z=xz.slice(1, di, 2 * di))
+            o = mm.matmul(g, w[b + "ssm_out.weight"], y, out=s["o"])
+            ew.add(g, x, o, out=x)
+            if taps is not None:
+                copy_ops.copy(g, x, out=taps[layer])
+        last = x if all_logits else x.slice(0, T - 1, T)
+        h = norm.rms_norm(g, last, w["output_norm.weight"], p.eps, out=s["h"].slice(0, 0, last.shape[0]))
+        mm.matmul(g, self.output, h, out=logits)
+
+
+# ---- numpy executor ------------------------------------------------------------------------------
+def _dense(t) -> np.ndarray:
+    """A GGUF tensor's values as float32 (block types decoded by gguf-py)."""
+    if t.type in ("F32", "F16"):
+        return np.asarray(t.data, np.float32).reshape(t.shape)
+    if t.type == "BF16":
+        return decode(t.raw().view(np.uint16).reshape(t.shape), "bf16")
+    return decode(t.raw().reshape(*t.shape[:-1], -1), t.type.lower())
+
+
+class MambaNumpy:
+    """The same model on the CPU with the ops' numpy twins; state carried like the GPU's."""
+
+    def __init__(self, f):
+        self.p = f.params
+        self.w = {name: _dense(t) for name, t in f.tensors.items()}
+        self.output = self.w.get("output.weight", self.w["token_embd.weight"])
+
+    def new_state(self) -> dict:
+        p = self.p
+        return {"conv": np.zeros((p.n_layer, p.d_inner, p.d_conv - 1), np.float32),
+                "scan": np.zeros((p.n_layer, p.d_inner, p.d_state), np.float32)}
+
+    def forward(self, state: dict, ids, collect: list | None = None) -> np.ndarray:
+        """Logits [T, n_vocab] for a chunk; `collect` gets the residual after each layer."""
+        p, w = self.p, self.w
+        di, dtr, ds = p.d_inner, p.dt_rank, p.d_state
+        x = gr.get_rows_ref(w["token_embd.weight"], np.asarray(ids))
+        for layer in range(p.n_layer):
+            b = f"blk.{layer}."
+            h = norm.rms_norm_ref(x, w[b + "attn_norm.weight"], p.eps)
+            xz = mm.matmul_ref(w[b + "ssm_in.weight"], h)
+            x1, state["conv"][layer] = ssm.ssm_conv_ref(xz[:, :di], state["conv"][layer],
+                                                        w[b + "ssm_conv1d.weight"],
+                                                        w[b + "ssm_conv1d.bias"], silu=True)
+            dbc = mm.matmul_ref(w[b + "ssm_x.weight"], x1)
+            dt_in, B, C = dbc[:, :dtr], dbc[:, dtr:dtr + ds], dbc[:, dtr + ds:]
+            if p.dt_b_c_rms:
+                dt_in, B, C = (norm.rms_norm_ref(a, None, p.eps) for a in (dt_in, B, C))
+            dt = ew.softplus_ref(mm.matmul_ref(w[b + "ssm_dt.weight"], dt_in) + w[b + "ssm_dt.bias"])
+            y, state["scan"][layer] = ssm.ssm_scan_ref(x1, dt, w[b + "ssm_a"], B, C, w[b + "ssm_d"],
+                                                       state["scan"][layer], z=xz[:, di:])
+            x = x + mm.matmul_ref(w[b + "ssm_out.weight"], y)
+            if collect is not None:
+                collect.append(x.copy())
+        return mm.matmul_ref(self.output, norm.rms_norm_ref(x, w["output_norm.weight"], p.eps))
