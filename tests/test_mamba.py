@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vkinfer.engine import load
+from vkinfer import load
 from vkinfer.gguf import open_gguf
 from vkinfer.models.mamba import MambaNumpy
 

@@ -118,7 +118,7 @@ class Session:
         self.state = model.impl.new_state()
         self.n_past = 0
         self._graphs = {}
-        self.stats = {"tokens": 0, "seconds": 0.0, "evals": 0}
+        self.timings = []       # (tokens, seconds) of each eval() call
 
     def reset(self):
         for t in self.state.values():
@@ -139,9 +139,11 @@ class Session:
         if bad:
             raise VkInferError(f"token id {bad[0]} is outside the vocabulary (0..{m.n_vocab - 1})")
         out, start = [], 0
+        t0 = time.perf_counter()
         for size in chunk_sizes(len(ids), m.n_batch):
             out.append(self._run(ids[start:start + size], all_logits))
             start += size
+        self.timings.append((len(ids), time.perf_counter() - t0))
         return np.concatenate(out) if all_logits else out[-1][-1]
 
     def _run(self, chunk: list, all_logits: bool) -> np.ndarray:
@@ -150,15 +152,11 @@ class Session:
         graph = self._graphs.get((T, all_logits))
         if graph is None:
             graph = self._graphs[(T, all_logits)] = self._record(T, all_logits)
-        t0 = time.perf_counter()
         m.ids.buf.view()[:T] = chunk
         graph.run()
         rows = T if all_logits else 1
         logits = m.logits_out.buf.view()[:rows * m.n_vocab].view(np.float32).reshape(rows, m.n_vocab).copy()
         self.n_past += T
-        self.stats["tokens"] += T
-        self.stats["evals"] += 1
-        self.stats["seconds"] += time.perf_counter() - t0
         return logits
 
     def _record(self, T: int, all_logits: bool, taps=None) -> Graph:
@@ -209,6 +207,3 @@ class Session:
             raise VkInferError(f"{path}: saved by a different model")
         self.restore(snap)
 
-
-def load(path, device=None, n_ctx: int = 4096, n_batch: int = 32, quiet: bool = True) -> Model:
-    return Model(path, device=device, n_ctx=n_ctx, n_batch=n_batch, quiet=quiet)
