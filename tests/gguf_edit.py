@@ -10,16 +10,17 @@ def rewrite_gguf(src, dst, drop=(), tensors=None, fields=None, arch=None):
     """tensors: name -> (numpy data, ggml type name) replacing or adding a tensor;
     fields: key -> value (same type as before) or None to delete the key."""
     tensors, fields = tensors or {}, fields or {}
-    r = open_gguf(src, weights=False).reader
+    f = open_gguf(src, weights=False)
+    r = f.reader
     w = gguf.GGUFWriter(dst, arch or r.fields["general.architecture"].contents())
-    for key, f in r.fields.items():
+    for key, field in r.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture" or key == "general.alignment":
             continue
         if key in fields and fields[key] is None:
             continue
-        value = fields.get(key, f.contents())
-        sub = f.types[1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(key, value, f.types[0], sub)
+        value = fields.get(key, f.get(key))
+        sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, value, field.types[0], sub)
     done = set()
     for t in r.tensors:
         if t.name in drop:
