@@ -15,8 +15,19 @@ log = logging.getLogger("vkinfer")
 
 
 def _architectures():
+    """general.architecture -> the model class. A model class takes (dev, gguf_file, tensors,
+    n_ctx, n_batch, **options) and provides p (hyper-parameters), new_state() -> dict of device
+    Tensors, n_taps, and build(g, state, inputs, logits, all_logits, taps) recording one chunk;
+    inputs holds u32 Tensors ids [T], positions [T] and n_past [1] that the engine writes before
+    each run."""
     from .models.mamba import Mamba
-    return {"mamba": Mamba}
+    arches = {"mamba": Mamba}
+    try:
+        from .models.zaya import Zaya
+        arches["zaya"] = Zaya
+    except ImportError:
+        pass
+    return arches
 
 
 def chunk_sizes(n: int, n_batch: int) -> list[int]:
@@ -36,7 +47,8 @@ def chunk_sizes(n: int, n_batch: int) -> list[int]:
 class Model:
     """A GGUF model on a Vulkan device. `n_batch` is the prompt micro-batch size."""
 
-    def __init__(self, path, device=None, n_ctx: int = 4096, n_batch: int = 32, quiet: bool = False):
+    def __init__(self, path, device=None, n_ctx: int = 4096, n_batch: int = 32, quiet: bool = False,
+                 **options):
         self.file = open_gguf(path)
         arches = _architectures()
         if self.file.arch not in arches:
@@ -51,9 +63,10 @@ class Model:
         t0 = time.perf_counter()
         tensors = upload_tensors(self.dev, self.file, quiet)
         log.info("uploaded %.1f MB in %.2f s", self.file.weight_bytes() / 1e6, time.perf_counter() - t0)
-        self.impl = arches[self.arch](self.dev, self.file, tensors, n_batch)
+        self.impl = arches[self.arch](self.dev, self.file, tensors, n_ctx, n_batch, **options)
         self.n_vocab = self.file.n_vocab
-        self.ids = self.dev.empty((n_batch,), "u32", kind="host", name="ids")
+        # Per-step inputs the shaders read: [n_past, ids..., positions...].
+        self.step = self.dev.empty((1 + 2 * n_batch,), "u32", kind="host", name="step")
         self.logits_out = self.dev.empty((n_batch, self.n_vocab), "f32", kind="host", name="logits")
         self._tokenizer = None
         self._scratch_session = None
@@ -152,31 +165,39 @@ class Session:
         graph = self._graphs.get((T, all_logits))
         if graph is None:
             graph = self._graphs[(T, all_logits)] = self._record(T, all_logits)
-        m.ids.buf.view()[:T] = chunk
+        self._write_step(chunk)
         graph.run()
         rows = T if all_logits else 1
         logits = m.logits_out.buf.view()[:rows * m.n_vocab].view(np.float32).reshape(rows, m.n_vocab).copy()
         self.n_past += T
         return logits
 
+    def _write_step(self, chunk: list):
+        m, T = self.model, len(chunk)
+        view = m.step.buf.view()
+        view[0] = self.n_past
+        view[1:1 + T] = chunk
+        view[1 + m.n_batch:1 + m.n_batch + T] = np.arange(self.n_past, self.n_past + T)
+
     def _record(self, T: int, all_logits: bool, taps=None) -> Graph:
         m = self.model
         g = Graph(m.dev, f"{m.arch}-T{T}{'-all' if all_logits else ''}")
         rows = T if all_logits else 1
-        m.impl.build(g, self.state, m.ids.slice(0, 0, T), m.logits_out.slice(0, 0, rows), all_logits, taps)
+        inputs = {"n_past": m.step.slice(0, 0, 1), "ids": m.step.slice(0, 1, 1 + T),
+                  "positions": m.step.slice(0, 1 + m.n_batch, 1 + m.n_batch + T)}
+        m.impl.build(g, self.state, inputs, m.logits_out.slice(0, 0, rows), all_logits, taps)
         return g
 
     def layer_outputs(self, ids) -> np.ndarray:
-        """Debugging: the residual stream after every layer [n_layer, T, n_embd] for one chunk
+        """Debugging: the residual stream after every layer [n_taps, T, n_embd] for one chunk
         of at most n_batch tokens (the state advances as with eval)."""
         m = self.model
         T = len(ids)
         if T > m.n_batch:
             raise ValueError(f"layer_outputs takes at most n_batch = {m.n_batch} tokens")
-        p = m.impl.p
-        taps = m.dev.empty((p.n_layer, T, p.n_embd), name="taps")
+        taps = m.dev.empty((m.impl.n_taps, T, m.impl.p.n_embd), name="taps")
         g = self._record(T, False, taps)
-        m.ids.buf.view()[:T] = ids
+        self._write_step(list(ids))
         g.run()
         self.n_past += T
         return m.dev.read(taps)

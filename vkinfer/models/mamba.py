@@ -15,8 +15,9 @@ from ..ops import norm, ssm
 class Mamba:
     """Builds recorded graphs for chunks of T tokens over one sequence's state."""
 
-    def __init__(self, dev, f, weights: dict, n_batch: int):
+    def __init__(self, dev, f, weights: dict, n_ctx: int, n_batch: int):
         self.dev, self.p, self.w = dev, f.params, weights
+        self.n_taps = f.params.n_layer
         self.n_vocab = f.n_vocab
         self.output = weights.get("output.weight", weights["token_embd.weight"])
         p = self.p
@@ -32,11 +33,12 @@ class Mamba:
         return {"conv": self.dev.zeros((p.n_layer, p.d_inner, p.d_conv - 1), name="conv_state"),
                 "scan": self.dev.zeros((p.n_layer, p.d_inner, p.d_state), name="scan_state")}
 
-    def build(self, g: Graph, state: dict, ids: Tensor, logits: Tensor, all_logits: bool,
+    def build(self, g: Graph, state: dict, inputs: dict, logits: Tensor, all_logits: bool,
               taps: Tensor | None = None):
-        """Record one chunk: ids u32 [T] -> logits [T or 1, n_vocab]. With `taps`
+        """Record one chunk: inputs["ids"] u32 [T] -> logits [T or 1, n_vocab]. With `taps`
         [n_layer, T, n_embd], the residual after each layer is copied there (debugging)."""
         p, w = self.p, self.w
+        ids = inputs["ids"]
         T = ids.shape[0]
         s = {k: t.slice(0, 0, T) for k, t in self.scratch.items()}
         x = gr.get_rows(g, w["token_embd.weight"], ids, out=s["x"])
