@@ -32,6 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_global_options(devices, defaults=False)
     devices.set_defaults(run=cmd_devices)
 
+    run = commands.add_parser("run", help="continue a prompt and stream the text")
+    run.add_argument("model", nargs="?", help="GGUF file (default: the bundled demo model)")
+    run.add_argument("-p", "--prompt", default="", help="text to continue")
+    run.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate")
+    add_model_options(run)
+    add_global_options(run, defaults=False)
+    run.set_defaults(run=cmd_run)
+
+    chat = commands.add_parser("chat", help="talk with a model in the terminal")
+    chat.add_argument("model", nargs="?", help="GGUF file (default: the bundled demo model)")
+    chat.add_argument("-n", "--n-predict", type=int, default=256, help="most tokens per answer")
+    chat.add_argument("--system", default=None, help="system message")
+    chat.add_argument("--reasoning", choices=("show", "hide"), default="show",
+                      help="show <think> reasoning dimmed, or hide it")
+    add_model_options(chat)
+    add_global_options(chat, defaults=False)
+    chat.set_defaults(run=cmd_chat)
+
     info = commands.add_parser("info", help="describe a GGUF model: hyper-parameters, tensors, memory")
     info.add_argument("model", help="path to a .gguf file")
     info.add_argument("-c", "--ctx", type=int, default=4096, help="context for the memory estimate")
@@ -74,6 +92,87 @@ def cmd_devices(args) -> int:
             print(f"    {label + ':':32}{value}")
     print(f"(* = selected device)  kp barrier fix: {kp_barrier_fix()}")
     return 0
+
+
+def add_model_options(p: argparse.ArgumentParser):
+    p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the best")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, help="penalty for repeated tokens")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    p.add_argument("-c", "--ctx", type=int, default=4096, help="context size in tokens")
+    p.add_argument("-b", "--batch", type=int, default=32, help="prompt micro-batch size")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar while loading")
+
+
+def resolve_model(path):
+    """The model to run: the one given, else the bundled demo model, saying so."""
+    from pathlib import Path
+    if path:
+        return path
+    root = Path(__file__).resolve().parent
+    for candidate in (root / "data" / "demo-mamba.gguf",
+                      root.parent / "tests" / "fixtures" / "mamba-tiny-f16.gguf"):
+        if candidate.exists():
+            print(f"vkinfer: no model given, using the bundled {candidate.name}; "
+                  "pass a GGUF file to run a real model: vkinfer chat MODEL.gguf", file=sys.stderr)
+            return str(candidate)
+    raise VkInferError("no model given and no bundled model found; pass a GGUF file")
+
+
+def open_model(args):
+    from .engine import Model
+    return Model(resolve_model(args.model), device=args.device, n_ctx=args.ctx, n_batch=args.batch,
+                 quiet=args.quiet)
+
+
+def sampling_args(args) -> dict:
+    """The sampler settings, checked before the model is loaded."""
+    from .sampling import Sampler
+    settings = dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                    repeat_penalty=args.repeat_penalty, seed=args.seed)
+    try:
+        Sampler(**settings)
+    except ValueError as e:
+        raise VkInferError(str(e)) from None
+    return settings
+
+
+def cmd_run(args) -> int:
+    sampling = sampling_args(args)
+    model = open_model(args)
+    tok = model.tokenizer
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise VkInferError("the prompt is empty and the model adds no BOS token; give a prompt with -p")
+    session = model.session()
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    for text in model.generate(ids, max_tokens=args.n_predict, session=session, **sampling):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    print(speed_report(session.timings), file=sys.stderr)
+    return 0
+
+
+def speed_report(timings) -> str:
+    """'prompt: N tokens in S s (R tokens/s); generation: ...' from a session's eval timings."""
+    if not timings:
+        return "nothing evaluated"
+    (n_prompt, t_prompt), rest = timings[0], timings[1:]
+    n_gen, t_gen = sum(n for n, _ in rest), sum(t for _, t in rest)
+    line = f"prompt: {n_prompt} tokens in {t_prompt:.2f} s ({n_prompt / max(t_prompt, 1e-9):.1f} tokens/s)"
+    if n_gen:
+        line += f"; generation: {n_gen} tokens in {t_gen:.2f} s ({n_gen / max(t_gen, 1e-9):.1f} tokens/s)"
+    return line
+
+
+def cmd_chat(args) -> int:
+    from .chat_cli import chat_loop
+    sampling = sampling_args(args)
+    return chat_loop(open_model(args), args, sampling)
 
 
 def cmd_info(args) -> int:

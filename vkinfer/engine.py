@@ -104,16 +104,15 @@ class Model:
         stops = set(stop_ids) if stop_ids is not None else {tok.eos_id} - {None}
         stream = tok.stream()
         history = list(ids)
-        for i in range(max_tokens):
+        for _ in range(max_tokens):
             token = sampler.sample(logits, history)
             if token in stops:
                 break
             history.append(token)
+            logits = s.eval([token])      # the session holds all the text it produced
             text = stream.push(token)
             if text:
                 yield text
-            if i + 1 < max_tokens:
-                logits = s.eval([token])
         tail = stream.flush()
         if tail:
             yield tail

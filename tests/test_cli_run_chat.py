@@ -1,0 +1,110 @@
+"""`vkinfer run` and `vkinfer chat` on the Mamba fixture: greedy output equals transformers'
+continuation, bad input gives one line and exit 1, chat keeps the state between turns."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vkinfer import load
+from vkinfer.chat_cli import ChatRunner
+from vkinfer.tokenizer import Tokenizer
+
+FIX = Path(__file__).parent / "fixtures"
+MODEL = FIX / "mamba-tiny-f16.gguf"
+
+
+def vkinfer(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "vkinfer", *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_run_greedy_matches_transformers():
+    ref = np.load(FIX / "mamba-tiny.ref.npz")
+    text = str(ref["text"])
+    res = vkinfer("run", MODEL, "-p", text, "-n", 32, "--temp", 0, "-q")
+    assert res.returncode == 0, res.stderr
+    want = text + Tokenizer.from_gguf(MODEL).decode(ref["greedy_ids"].tolist())
+    assert res.stdout.rstrip("\n") == want
+    assert "prompt: 31 tokens" in res.stderr and "generation: 32 tokens" in res.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (("run", "/no/such/model.gguf", "-p", "hi"), "no such file"),
+    (("run", MODEL, "-c", "8", "-p", "one two three four five six seven eight nine ten"),
+     "exceed the context size of 8"),
+    (("run", MODEL, "--top-p", "2", "-p", "hi"), "top_p=2"),
+    (("chat", FIX / "mamba-tiny.ref.npz"), "not a GGUF file"),
+])
+def test_bad_input_one_line(args, message):
+    res = vkinfer(*args)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_chat_session_commands(tmp_path):
+    saved = tmp_path / "chat.npz"
+    script = f"Hello\n/save {saved}\n/reset\n/load {saved}\nMore\n/help\n"
+    res = vkinfer("chat", MODEL, "-n", "5", "-q", stdin=script)
+    assert res.returncode == 0, res.stderr
+    assert f"(saved to {saved})" in res.stderr and "(loaded" in res.stderr
+    assert "/reset" in res.stderr          # the help text
+    assert "Traceback" not in res.stderr
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = load(MODEL, n_ctx=512)
+    yield m
+    m.close()
+
+
+class ScriptedSampler:
+    """Answers with fixed text, then the end-of-text token: a reply a trained model could give."""
+    def __init__(self, ids):
+        self.ids = list(ids)
+
+    def sample(self, logits, history):
+        return self.ids.pop(0) if self.ids else 0
+
+
+def test_turn_two_feeds_only_its_own_tokens(model):
+    tok = model.tokenizer
+    runner = ChatRunner(model, {"temperature": 0.0}, max_tokens=20)
+    runner.sampler = ScriptedSampler(tok.encode(" I am fine."))
+    runner.turn("Hello there", lambda text, r: None)
+    n_after_turn_one = runner.session.n_past
+    evals_before = len(runner.session.timings)
+    runner.sampler = ScriptedSampler(tok.encode(" Sure."))
+    runner.turn("Tell me more", lambda text, r: None)
+    added = tok.encode("\nUser: Tell me more\nAssistant:")
+    # Turn two's prompt is exactly the text the template added after turn one's reply...
+    assert runner.session.timings[evals_before][0] == len(added)
+    # ...so the session never re-processed turn one: each token was evaluated once.
+    assert sum(n for n, _ in runner.session.timings) == runner.session.n_past
+    assert runner.session.n_past == n_after_turn_one + len(added) + len(tok.encode(" Sure."))
+    assert runner.conv.n_fed == runner.session.n_past
+
+
+def test_ctrl_c_keeps_the_conversation_consistent(model, monkeypatch):
+    runner = ChatRunner(model, {"temperature": 0.0}, max_tokens=20)
+    calls = {"n": 0}
+    real_eval = runner.session.eval
+
+    def eval_then_interrupt(ids, all_logits=False):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_eval(ids, all_logits)
+
+    monkeypatch.setattr(runner.session, "eval", eval_then_interrupt)
+    shown = []
+    runner.turn("Hi", lambda text, r: shown.append(text))
+    assert shown[-1] == " [stopped]"
+    assert runner.conv.n_fed == runner.session.n_past
+    monkeypatch.undo()
+    runner.turn("Again", lambda text, r: None)      # the next turn still works
+    assert runner.conv.n_fed == runner.session.n_past
