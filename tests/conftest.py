@@ -23,6 +23,42 @@ def run(dev, build):
     return out
 
 
+def check_matmul(got, w, x, want):
+    """The matmul bound: |y - y_ref| <= 1e-5 * (|W| @ |x|) + 1e-6 per element; w [out, in]
+    (or [N, out, in], one matrix per token), x [N, in]."""
+    if w.ndim == 2:
+        scale = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
+    else:
+        scale = np.einsum("noi,ni->no", np.abs(w.astype(np.float64)), np.abs(x.astype(np.float64)))
+    err = np.abs(got.astype(np.float64) - want) / (1e-5 * scale + 1e-6)
+    assert got.shape == want.shape
+    assert np.all(np.isfinite(got)) and err.max() <= 1.0, f"max error {np.abs(got - want).max():.3g} over bound"
+
+
+def check_scaled(got, want, bound, what="", magnitude=None):
+    """|got - want| / max(1, |want|) (or / max(1, magnitude)) within bound; prints the error."""
+    err = np.abs(got - want) / np.maximum(1.0, np.abs(want) if magnitude is None else magnitude)
+    print(f"{what}: max abs error {np.max(np.abs(got - want)):.3g}, scaled {np.max(err):.3g}")
+    assert np.max(err) <= bound, f"{what}: scaled error {np.max(err):.3g} over bound {bound}"
+
+
+def at_offset(dev, guard, array, before=5, after=3):
+    """`array` placed inside a bigger buffer, between guard values: (view, whole buffer)."""
+    from vkinfer.gpu import Tensor
+    flat = np.concatenate([np.full(before, guard, np.float32), array.ravel(),
+                           np.full(after, guard, np.float32)])
+    whole = dev.upload(flat)
+    return Tensor(whole.buf, array.shape, "f32", before), whole
+
+
+@pytest.fixture
+def small_bindings(dev, monkeypatch):
+    """A 1 MiB binding limit, as VKINFER_MAX_BINDING_BYTES=1048576 would set."""
+    dev.staging()          # the staging window exists before the limit shrinks
+    monkeypatch.setattr(dev, "max_binding_bytes", 1 << 20)
+    return dev
+
+
 def view_then_copy(dev, array):
     """Upload `array` transposed into a bigger buffer and return a non-contiguous view of
     it, so tests can check that ops refuse it and accept it after ops.copy()."""

@@ -9,31 +9,16 @@ carried state equals all at once to 1e-6."""
 import numpy as np
 import pytest
 
-from conftest import run, view_then_copy
-from vkinfer.gpu import Tensor
+from conftest import at_offset, check_scaled, run, view_then_copy
 from vkinfer.ops import conv, ssm
 
 GUARD = -3.5
 
 
-def _check(got, want, bound, what="", magnitude=None):
-    err = np.abs(got - want) / np.maximum(1.0, np.abs(want) if magnitude is None else magnitude)
-    print(f"{what}: max abs error {np.max(np.abs(got - want)):.3g}, scaled {np.max(err):.3g}")
-    assert np.max(err) <= bound, f"{what}: scaled error {np.max(err):.3g} over bound {bound}"
-
-
-def at_offset(dev, array, before=5, after=3):
-    """`array` placed inside a bigger buffer, between guard values: (view, whole buffer)."""
-    flat = np.concatenate([np.full(before, GUARD, np.float32), array.ravel(),
-                           np.full(after, GUARD, np.float32)])
-    whole = dev.upload(flat)
-    return Tensor(whole.buf, array.shape, "f32", before), whole
-
-
 def check_conv(got, x, w, b, groups, what):
     want = conv.conv1d_grouped_ref(x, w, b, groups)
     magnitude = conv.conv1d_grouped_ref(np.abs(x), np.abs(w), None if b is None else np.abs(b), groups)
-    _check(got, want, 1e-6, what, magnitude)
+    check_scaled(got, want, 1e-6, what, magnitude)
 
 
 def randn(rng, *shape):
@@ -51,8 +36,8 @@ def test_im2col1d(dev, rng, T_in, C, K):
 
 def test_im2col1d_at_offsets(dev, rng):
     x = randn(rng, 8, 21)
-    tx, _ = at_offset(dev, x, before=13)
-    tout, whole_out = at_offset(dev, np.zeros((6, 63), np.float32), before=3, after=5)
+    tx, _ = at_offset(dev, GUARD, x, before=13)
+    tout, whole_out = at_offset(dev, GUARD, np.zeros((6, 63), np.float32), before=3, after=5)
     run(dev, lambda g: conv.im2col1d(g, tx, 3, out=tout))
     flat = dev.read(whole_out)
     assert np.array_equal(dev.read(tout), conv.im2col1d_ref(x, 3))
@@ -64,7 +49,7 @@ def test_im2col1d_matches_conv_weight_layout(dev, rng):
     the order of a PyTorch conv weight [C_out, C_in, K] flattened."""
     x, w, b = randn(rng, 10, 6), randn(rng, 5, 6, 3), randn(rng, 5)
     cols = dev.read(run(dev, lambda g: conv.im2col1d(g, dev.upload(x), 3)))
-    _check(cols @ w.reshape(5, -1).T + b, conv.conv1d_grouped_ref(x, w, b, 1), 1e-6, "im2col as conv")
+    check_scaled(cols @ w.reshape(5, -1).T + b, conv.conv1d_grouped_ref(x, w, b, 1), 1e-6, "im2col as conv")
 
 
 def test_im2col1d_large_grid(dev, rng):
@@ -106,10 +91,10 @@ def test_conv1d_grouped_ref_is_pytorch_conv(rng):
 
 def test_conv1d_grouped_at_offsets(dev, rng):
     x, w, b = randn(rng, 5, 20), randn(rng, 10, 4, 2), randn(rng, 10)
-    tx, _ = at_offset(dev, x, before=7)
-    tw, _ = at_offset(dev, w, before=1)
-    tb, _ = at_offset(dev, b, before=2)
-    tout, whole_out = at_offset(dev, np.zeros((4, 10), np.float32), before=9)
+    tx, _ = at_offset(dev, GUARD, x, before=7)
+    tw, _ = at_offset(dev, GUARD, w, before=1)
+    tb, _ = at_offset(dev, GUARD, b, before=2)
+    tout, whole_out = at_offset(dev, GUARD, np.zeros((4, 10), np.float32), before=9)
     run(dev, lambda g: conv.conv1d_grouped(g, tx, tw, tb, 5, out=tout))
     check_conv(dev.read(tout), x, w, b, 5, "conv1d at offsets")
     flat = dev.read(whole_out)
@@ -190,7 +175,7 @@ def test_zaya_two_stage_conv(dev, rng, T, zero_state):
     tstate = dev.upload(state)
     y = run(dev, lambda g: zaya_chain(g, dev.upload(c), tstate, *map(dev.upload, (wd, bd, Wg, bg))))
     want, want_state = zaya_cca_conv_numpy(c, state, wd, bd, Wg, bg)
-    _check(dev.read(y), want, 1e-5, f"zaya conv T{T} zero_state={zero_state}")
+    check_scaled(dev.read(y), want, 1e-5, f"zaya conv T{T} zero_state={zero_state}")
     assert np.array_equal(dev.read(tstate), want_state)
 
 

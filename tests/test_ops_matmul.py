@@ -6,7 +6,7 @@ is the float64 product of the decoded weights with x. The shaders only reorder a
 import numpy as np
 import pytest
 
-from conftest import run, view_then_copy
+from conftest import check_matmul, run, view_then_copy
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.gpu.weights import Weight, decode, f32_to_bf16, upload_weight
 from vkinfer.ops.matmul import matmul, matmul_id, matmul_id_ref, matmul_ref
@@ -25,16 +25,6 @@ def random_weight(rng, shape, dtype):
     return array, decode(array, dtype)
 
 
-def check(got, w, x, want):
-    """The module's bound; w [out, in] (or [N, out, in], one matrix per token), x [N, in]."""
-    if w.ndim == 2:
-        scale = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
-    else:
-        scale = np.einsum("noi,ni->no", np.abs(w.astype(np.float64)), np.abs(x.astype(np.float64)))
-    err = np.abs(got.astype(np.float64) - want) / (1e-5 * scale + 1e-6)
-    assert got.shape == want.shape
-    assert np.all(np.isfinite(got)) and err.max() <= 1.0, f"max error {np.abs(got - want).max():.3g} over bound"
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_out,n_in", [(7, 33), (1, 65), (130, 1000)])
@@ -44,7 +34,7 @@ def test_matmul(dev, rng, dtype, n_out, n_in, n):
     x = rng.standard_normal((n, n_in)).astype(np.float32)
     weight = upload_weight(dev, array, dtype)
     y = run(dev, lambda g: matmul(g, weight, dev.upload(x)))
-    check(dev.read(y), w, x, matmul_ref(w, x))
+    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -64,7 +54,7 @@ def test_matmul_at_offsets(dev, rng, dtype, n):
     out = Tensor(out_buf.buf, (n, n_out), "f32", offset=11)
     run(dev, lambda g: matmul(g, weight, x_view, out=out))
     everything = dev.read(out_buf)
-    check(everything[11:11 + n * n_out].reshape(n, n_out), w, x, matmul_ref(w, x))
+    check_matmul(everything[11:11 + n * n_out].reshape(n, n_out), w, x, matmul_ref(w, x))
     assert np.all(everything[:11] == -3.0) and np.all(everything[11 + n * n_out:] == -3.0)
 
 
@@ -79,15 +69,8 @@ def test_matmul_large_grid(dev, rng, dtype, n_out, n_in, n):
     x = rng.standard_normal((n, n_in)).astype(np.float32)
     weight = upload_weight(dev, array, dtype)
     y = run(dev, lambda g: matmul(g, weight, dev.upload(x)))
-    check(dev.read(y), w, x, matmul_ref(w, x))
+    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
 
-
-@pytest.fixture
-def small_bindings(dev, monkeypatch):
-    """A 1 MiB binding limit, as VKINFER_MAX_BINDING_BYTES=1048576 would set."""
-    dev.staging()          # the 16 MiB staging window exists before the limit shrinks
-    monkeypatch.setattr(dev, "max_binding_bytes", 1 << 20)
-    return dev
 
 
 @pytest.mark.parametrize("dtype,n_out,n_in", [("f32", 600, 1000), ("f16", 1100, 777), ("bf16", 2000, 301)])
@@ -100,7 +83,7 @@ def test_matmul_split_weight(small_bindings, rng, dtype, n_out, n_in, n):
     assert all(part.buf.nbytes <= 1 << 20 for _, part in weight.parts)
     x = rng.standard_normal((n, n_in)).astype(np.float32)
     y = run(dev, lambda g: matmul(g, weight, dev.upload(x)))
-    check(dev.read(y), w, x, matmul_ref(w, x))
+    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -114,7 +97,7 @@ def test_matmul_id(dev, rng, dtype, ids):
     out = dev.upload(np.full((len(ids), n_out), np.nan, np.float32))
     run(dev, lambda g: matmul_id(g, upload_weight(dev, array, dtype), dev.upload(x), dev.upload(ids), out=out))
     want = matmul_id_ref(w, x, ids)
-    check(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, want)
+    check_matmul(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, want)
     assert np.all(dev.read(out)[ids >= n_experts] == 0.0)
 
 
@@ -130,7 +113,7 @@ def test_matmul_id_replays_with_new_ids(dev, rng):
         ids.buf.view()[:n] = step
         g.run()
         step = np.array(step, np.uint32)
-        check(dev.read(out), w[np.minimum(step, n_experts - 1)], x, matmul_id_ref(w, x, step))
+        check_matmul(dev.read(out), w[np.minimum(step, n_experts - 1)], x, matmul_id_ref(w, x, step))
 
 
 def test_matmul_id_split_by_experts(small_bindings, rng):
@@ -143,7 +126,7 @@ def test_matmul_id_split_by_experts(small_bindings, rng):
     x = rng.standard_normal((len(ids), n_in)).astype(np.float32)
     out = dev.upload(np.full((len(ids), n_out), np.nan, np.float32))
     run(dev, lambda g: matmul_id(g, weight, dev.upload(x), dev.upload(ids), out=out))
-    check(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
+    check_matmul(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
 
 
 def test_matmul_id_large_grid(dev, rng):
@@ -153,7 +136,7 @@ def test_matmul_id_large_grid(dev, rng):
     ids = np.array([1, 0, 2, 1, 0], np.uint32)
     x = rng.standard_normal((len(ids), n_in)).astype(np.float32)
     y = run(dev, lambda g: matmul_id(g, upload_weight(dev, array, "f16"), dev.upload(x), dev.upload(ids)))
-    check(dev.read(y), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
+    check_matmul(dev.read(y), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
 
 
 def test_refuses_non_contiguous_then_copy(dev, rng):
@@ -165,7 +148,7 @@ def test_refuses_non_contiguous_then_copy(dev, rng):
         run(dev, lambda g: matmul(g, weight, view_then_copy(dev, x)))
     ops_copy = pytest.importorskip("vkinfer.ops.copy")
     y = run(dev, lambda g: matmul(g, weight, ops_copy.copy(g, view_then_copy(dev, x))))
-    check(dev.read(y), w, x, matmul_ref(w, x))
+    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
 
 
 def test_refuses_bad_arguments(dev, rng):

@@ -9,25 +9,10 @@ once to 1e-6 (the shader does the same F32 operations per token either way)."""
 import numpy as np
 import pytest
 
-from conftest import run, view_then_copy
-from vkinfer.gpu import Tensor
+from conftest import at_offset, check_scaled, run, view_then_copy
 from vkinfer.ops import ssm
 
 GUARD = 7.25          # sentinel around tensors placed inside bigger buffers
-
-
-def _check(got, want, bound, what=""):
-    err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
-    print(f"{what}: max abs error {np.max(np.abs(got - want)):.3g}, scaled {np.max(err):.3g}")
-    assert np.max(err) <= bound, f"{what}: scaled error {np.max(err):.3g} over bound {bound}"
-
-
-def at_offset(dev, array, before=5, after=3):
-    """`array` placed inside a bigger buffer, between guard values: (view, whole buffer)."""
-    flat = np.concatenate([np.full(before, GUARD, np.float32), array.ravel(),
-                           np.full(after, GUARD, np.float32)])
-    whole = dev.upload(flat)
-    return Tensor(whole.buf, array.shape, "f32", before), whole
 
 
 def guards_intact(dev, whole, before=5, after=3):
@@ -71,7 +56,7 @@ def test_ssm_conv(dev, rng, T, C, K, S, silu, bias):
                                           dev.upload(b) if bias else None, silu=silu))
     want, want_state = ssm.ssm_conv_ref(x, state, w, b, silu)
     assert out.shape == (T + S - K + 1, C)
-    _check(dev.read(out), want, 2e-6 if silu else 1e-6, f"ssm_conv T{T} C{C} K{K} S{S}")
+    check_scaled(dev.read(out), want, 2e-6 if silu else 1e-6, f"ssm_conv T{T} C{C} K{K} S{S}")
     assert np.array_equal(dev.read(tstate), want_state)
 
 
@@ -81,15 +66,15 @@ def test_ssm_conv_at_offsets(dev, rng):
     T, C, K, S = 6, 45, 4, 3
     x, state, w, b = conv_inputs(rng, T, C, K, S)
     xz = np.concatenate([x, rng.standard_normal((T, C)).astype(np.float32)], axis=1)
-    txz, _ = at_offset(dev, xz, before=9)
+    txz, _ = at_offset(dev, GUARD, xz, before=9)
     tx = txz.slice(1, 0, C)
-    tstate, whole_state = at_offset(dev, state)
-    tw, _ = at_offset(dev, w, before=2)
-    tb, _ = at_offset(dev, b, before=1)
-    tout, whole_out = at_offset(dev, np.zeros((T, C), np.float32), before=11)
+    tstate, whole_state = at_offset(dev, GUARD, state)
+    tw, _ = at_offset(dev, GUARD, w, before=2)
+    tb, _ = at_offset(dev, GUARD, b, before=1)
+    tout, whole_out = at_offset(dev, GUARD, np.zeros((T, C), np.float32), before=11)
     run(dev, lambda g: ssm.ssm_conv(g, tx, tstate, tw, tb, out=tout, silu=True))
     want, want_state = ssm.ssm_conv_ref(x, state, w, b, True)
-    _check(dev.read(tout), want, 2e-6, "ssm_conv at offsets")
+    check_scaled(dev.read(tout), want, 2e-6, "ssm_conv at offsets")
     assert np.array_equal(dev.read(tstate), want_state)
     assert guards_intact(dev, whole_state) and guards_intact(dev, whole_out, before=11)
 
@@ -107,7 +92,7 @@ def test_ssm_conv_chunks_equal_whole(dev, rng):
     chunks = np.concatenate([dev.read(o) for o in g_outs])
     np.testing.assert_allclose(chunks, whole, rtol=0, atol=1e-6)
     np.testing.assert_allclose(dev.read(chunk_state), dev.read(whole_state), rtol=0, atol=1e-6)
-    _check(whole, ssm.ssm_conv_ref(x, state, w, b, True)[0], 2e-6, "ssm_conv whole")
+    check_scaled(whole, ssm.ssm_conv_ref(x, state, w, b, True)[0], 2e-6, "ssm_conv whole")
 
 
 def test_ssm_conv_large_grid(dev, rng):
@@ -117,7 +102,7 @@ def test_ssm_conv_large_grid(dev, rng):
     tstate = dev.upload(state)
     out = run(dev, lambda g: ssm.ssm_conv(g, dev.upload(x), tstate, dev.upload(w), dev.upload(b)))
     want, want_state = ssm.ssm_conv_ref(x, state, w, b)
-    _check(dev.read(out), want, 1e-6, "ssm_conv large grid")
+    check_scaled(dev.read(out), want, 1e-6, "ssm_conv large grid")
     assert np.array_equal(dev.read(tstate), want_state)
 
 
@@ -130,7 +115,7 @@ def test_ssm_conv_refuses_non_contiguous(dev, rng):
     tstate = dev.upload(state)
     out = run(dev, lambda g: ssm.ssm_conv(g, copy(g, xt), tstate, dev.upload(w), None))
     want, want_state = ssm.ssm_conv_ref(x, state, w, None)
-    _check(dev.read(out), want, 1e-6, "ssm_conv after copy")
+    check_scaled(dev.read(out), want, 1e-6, "ssm_conv after copy")
     assert np.array_equal(dev.read(tstate), want_state)
 
 
@@ -158,8 +143,8 @@ def test_ssm_scan(dev, rng, N, gate):
     y = run(dev, lambda g: ssm.ssm_scan(g, *(dev.upload(a) for a in (x, dt, A, B, C, D)), tstate,
                                         z=dev.upload(z) if gate else None))
     want, want_state = ssm.ssm_scan_ref(x, dt, A, B, C, D, state, z)
-    _check(dev.read(y), want, 2e-5, f"ssm_scan N{N} gate={gate}")
-    _check(dev.read(tstate), want_state, 2e-5, f"ssm_scan state N{N}")
+    check_scaled(dev.read(y), want, 2e-5, f"ssm_scan N{N} gate={gate}")
+    check_scaled(dev.read(tstate), want_state, 2e-5, f"ssm_scan state N{N}")
 
 
 def test_ssm_scan_mamba_layout(dev, rng):
@@ -167,22 +152,22 @@ def test_ssm_scan_mamba_layout(dev, rng):
     [dt_rank | B | C], state one layer of a [n_layer, d_inner, d_state] buffer."""
     T, Dn, N, R = 5, 96, 16, 6
     x, dt, A, B, C, D, state, z = scan_inputs(rng, T, Dn, N)
-    xz, _ = at_offset(dev, np.concatenate([x, z], axis=1), before=3)
-    dbc, _ = at_offset(dev, np.concatenate([rng.standard_normal((T, R)).astype(np.float32), B, C],
+    xz, _ = at_offset(dev, GUARD, np.concatenate([x, z], axis=1), before=3)
+    dbc, _ = at_offset(dev, GUARD, np.concatenate([rng.standard_normal((T, R)).astype(np.float32), B, C],
                                            axis=1), before=4)
     layers = np.stack([np.full((Dn, N), GUARD, np.float32), state, np.full((Dn, N), GUARD, np.float32)])
     tlayers = dev.upload(layers)
-    tdt, _ = at_offset(dev, dt, before=1)
-    tA, _ = at_offset(dev, A, before=2)
-    tD, _ = at_offset(dev, D, before=6)
-    ty, whole_y = at_offset(dev, np.zeros((T, Dn), np.float32), before=7)
+    tdt, _ = at_offset(dev, GUARD, dt, before=1)
+    tA, _ = at_offset(dev, GUARD, A, before=2)
+    tD, _ = at_offset(dev, GUARD, D, before=6)
+    ty, whole_y = at_offset(dev, GUARD, np.zeros((T, Dn), np.float32), before=7)
     run(dev, lambda g: ssm.ssm_scan(g, xz.slice(1, 0, Dn), tdt, tA, dbc.slice(1, R, R + N),
                                     dbc.slice(1, R + N, R + 2 * N), tD, tlayers[1], out=ty,
                                     z=xz.slice(1, Dn, 2 * Dn)))
     want, want_state = ssm.ssm_scan_ref(x, dt, A, B, C, D, state, z)
-    _check(dev.read(ty), want, 2e-5, "ssm_scan mamba layout")
+    check_scaled(dev.read(ty), want, 2e-5, "ssm_scan mamba layout")
     got_layers = dev.read(tlayers)
-    _check(got_layers[1], want_state, 2e-5, "ssm_scan mamba layout state")
+    check_scaled(got_layers[1], want_state, 2e-5, "ssm_scan mamba layout state")
     assert np.all(got_layers[0] == GUARD) and np.all(got_layers[2] == GUARD)
     assert guards_intact(dev, whole_y, before=7)
 
@@ -212,8 +197,8 @@ def test_ssm_scan_large_grid(dev, rng):
     y = run(dev, lambda g: ssm.ssm_scan(g, *(dev.upload(a) for a in (x, dt, A, B, C, D)), tstate,
                                         z=dev.upload(z)))
     want, want_state = ssm.ssm_scan_ref(x, dt, A, B, C, D, state, z)
-    _check(dev.read(y), want, 2e-5, "ssm_scan large grid")
-    _check(dev.read(tstate), want_state, 2e-5, "ssm_scan large grid state")
+    check_scaled(dev.read(y), want, 2e-5, "ssm_scan large grid")
+    check_scaled(dev.read(tstate), want_state, 2e-5, "ssm_scan large grid state")
 
 
 def test_ssm_scan_refuses_non_contiguous(dev, rng):
@@ -226,7 +211,7 @@ def test_ssm_scan_refuses_non_contiguous(dev, rng):
     copy = pytest.importorskip("vkinfer.ops.copy").copy
     tstate = dev.upload(state)
     y = run(dev, lambda g: ssm.ssm_scan(g, copy(g, xt), *rest, tstate))
-    _check(dev.read(y), ssm.ssm_scan_ref(x, dt, A, B, C, D, state)[0], 2e-5, "ssm_scan after copy")
+    check_scaled(dev.read(y), ssm.ssm_scan_ref(x, dt, A, B, C, D, state)[0], 2e-5, "ssm_scan after copy")
 
 
 def test_ssm_scan_checks_shapes(dev, rng):

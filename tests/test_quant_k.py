@@ -103,13 +103,6 @@ def test_matmul_vector_grid_over_65535_groups(dev, rng, dtype):
     check(dev.read(y), matmul_ref(pool_w, x)[:, index], bound_scale(pool_w, x)[:, index], dtype)
 
 
-@pytest.fixture
-def small_bindings(dev, monkeypatch):
-    """A 1 MiB binding limit, as VKINFER_MAX_BINDING_BYTES=1048576 would set."""
-    dev.staging()          # the staging window exists before the limit shrinks
-    monkeypatch.setattr(dev, "max_binding_bytes", 1 << 20)
-    return dev
-
 
 @pytest.mark.parametrize("dtype", K_TYPES)
 @pytest.mark.parametrize("n", [1, 5])

@@ -18,7 +18,7 @@ import gguf
 import numpy as np
 import pytest
 
-from conftest import run, view_then_copy
+from conftest import check_matmul, run, view_then_copy
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.gpu.tensor import BLOCK_TYPES
 from vkinfer.gpu.weights import decode, upload_weight
@@ -52,26 +52,16 @@ def quantized(rng, shape, dtype):
     return gguf.quants.quantize(rng.standard_normal(shape).astype(np.float32), qtype(dtype))
 
 
-def check(got, w, x, want):
-    """The module's matmul bound; w [out, in] (or [N, out, in], one matrix per token)."""
-    if w.ndim == 2:
-        scale = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T
-    else:
-        scale = np.einsum("noi,ni->no", np.abs(w.astype(np.float64)), np.abs(x.astype(np.float64)))
-    err = np.abs(got.astype(np.float64) - want) / (1e-5 * scale + 1e-6)
-    assert got.shape == want.shape
-    assert np.all(np.isfinite(got)) and err.max() <= 1.0, f"max error {np.abs(got - want).max():.3g} over bound"
-
 
 def check_rows(dev, weight, w, ids):
     out = run(dev, lambda g: get_rows(g, weight, dev.upload(ids)))
     np.testing.assert_array_equal(dev.read(out), get_rows_ref(w, ids))
 
 
-def check_matmul(dev, rng, weight, w, n):
+def matmul_case(dev, rng, weight, w, n):
     x = rng.standard_normal((n, w.shape[1])).astype(np.float32)
     y = run(dev, lambda g: matmul(g, weight, dev.upload(x)))
-    check(dev.read(y), w, x, matmul_ref(w, x))
+    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +99,7 @@ def test_get_rows(dev, rng, dtype, make, n_rows, n_in):
 @pytest.mark.parametrize("n", [1, 5, 33])
 def test_matmul(dev, rng, dtype, make, n_out, n_in, n):
     raw = make(rng, (n_out, n_in), dtype)
-    check_matmul(dev, rng, upload_weight(dev, raw, dtype), decode(raw, dtype), n)
+    matmul_case(dev, rng, upload_weight(dev, raw, dtype), decode(raw, dtype), n)
 
 
 @pytest.mark.parametrize("dtype", TYPES)
@@ -125,7 +115,7 @@ def test_matmul_at_offsets(dev, rng, dtype):
         out = Tensor(out_buf.buf, (tokens, n_out), "f32", 7)
         run(dev, lambda g: matmul(g, upload_weight(dev, raw, dtype),
                                   Tensor(x_buf.buf, (tokens, n_in), "f32", 5), out=out))
-        check(dev.read(out), w, x[:tokens], matmul_ref(w, x[:tokens]))
+        check_matmul(dev.read(out), w, x[:tokens], matmul_ref(w, x[:tokens]))
         assert np.all(np.isnan(dev.read(out_buf)[:7]))
 
 
@@ -136,16 +126,9 @@ def test_matmul_large_grid(dev, rng, dtype):
     raw = random_blocks(rng, (n_out, n_in), dtype)
     weight = upload_weight(dev, raw, dtype)
     w = decode(raw, dtype)
-    check_matmul(dev, rng, weight, w, 1)
+    matmul_case(dev, rng, weight, w, 1)
     check_rows(dev, weight, w, np.array([n_out - 1, 65_536 * 4 + 1, 0, n_out], np.uint32))
 
-
-@pytest.fixture
-def small_bindings(dev, monkeypatch):
-    """A 1 MiB binding limit, as VKINFER_MAX_BINDING_BYTES=1048576 would set."""
-    dev.staging()          # the staging window exists before the limit shrinks
-    monkeypatch.setattr(dev, "max_binding_bytes", 1 << 20)
-    return dev
 
 
 @pytest.mark.parametrize("dtype", TYPES)
@@ -158,7 +141,7 @@ def test_split_weight(small_bindings, rng, dtype):
     assert all(part.buf.nbytes <= 1 << 20 for _, part in weight.parts)
     w = decode(raw, dtype)
     for n in (1, 5):
-        check_matmul(dev, rng, weight, w, n)
+        matmul_case(dev, rng, weight, w, n)
     starts = [start for start, _ in weight.parts]
     ids = np.array([0, starts[1] - 1, starts[1], starts[-1], n_out - 1, n_out], np.uint32)
     check_rows(dev, weight, w, ids)
@@ -175,7 +158,7 @@ def test_matmul_id(dev, rng, dtype, ids):
     x = rng.standard_normal((len(ids), n_in)).astype(np.float32)
     out = dev.upload(np.full((len(ids), n_out), np.nan, np.float32))
     run(dev, lambda g: matmul_id(g, upload_weight(dev, raw, dtype), dev.upload(x), dev.upload(ids), out=out))
-    check(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
+    check_matmul(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
     assert np.all(dev.read(out)[ids >= n_experts] == 0.0)
 
 
@@ -189,7 +172,7 @@ def test_matmul_id_split_by_experts(small_bindings, rng):
     ids = np.array([3, 0, 2, 1, 3, 4], np.uint32)
     x = rng.standard_normal((len(ids), n_in)).astype(np.float32)
     y = run(dev, lambda g: matmul_id(g, weight, dev.upload(x), dev.upload(ids)))
-    check(dev.read(y), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
+    check_matmul(dev.read(y), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
 
 
 # ---- real tensors --------------------------------------------------------------------------------
@@ -201,13 +184,13 @@ def test_fixture_tensors(dev, rng, fixture_tensors):
             ids = np.array([1, 3, 0, 2, 2, w.shape[0]], np.uint32)
             x = rng.standard_normal((len(ids), w.shape[2])).astype(np.float32)
             y = run(dev, lambda g: matmul_id(g, weight, dev.upload(x), dev.upload(ids)))
-            check(dev.read(y), w[np.minimum(ids, w.shape[0] - 1)], x, matmul_id_ref(w, x, ids))
+            check_matmul(dev.read(y), w[np.minimum(ids, w.shape[0] - 1)], x, matmul_id_ref(w, x, ids))
             continue
         n_rows = w.shape[0]
         check_rows(dev, weight, w, np.array([n_rows - 1, 0, n_rows // 2, 1, n_rows], np.uint32))
         # token_embd of ZAYA has 262147 rows: the vector kernel's 65537 groups need the 2-D grid.
         for n in (1, 5):
-            check_matmul(dev, rng, weight, w, n)
+            matmul_case(dev, rng, weight, w, n)
 
 
 # ---- refusals ------------------------------------------------------------------------------------
@@ -220,7 +203,7 @@ def test_refuses_non_contiguous_then_copy(dev, rng):
         run(dev, lambda g: matmul(g, weight, view_then_copy(dev, x)))
     ops_copy = pytest.importorskip("vkinfer.ops.copy")
     y = run(dev, lambda g: matmul(g, weight, ops_copy.copy(g, view_then_copy(dev, x))))
-    check(dev.read(y), w, x, matmul_ref(w, x))
+    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
 
 
 def test_refuses_bad_blocks(dev, rng):

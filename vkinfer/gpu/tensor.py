@@ -153,3 +153,11 @@ def check_tensor(op: str, name: str, t: Tensor, *, dtype=None, shape=None, conti
                 f"{op}: {name} has shape {t.shape}, expected {tuple('*' if s is None else s for s in shape)}")
     if contiguous:
         require(t.contiguous, f"{op}: {name} {t} is not contiguous; insert ops.copy() first")
+
+
+def output(g, op: str, out: "Tensor | None", shape, dtype: str = "f32") -> "Tensor":
+    """An op's output: a new tensor of `shape`, or `out` checked to be one."""
+    if out is None:
+        return g.dev.empty(tuple(shape), dtype)
+    check_tensor(op, "out", out, dtype=dtype, shape=tuple(shape))
+    return out

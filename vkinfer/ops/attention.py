@@ -8,7 +8,7 @@ from math import ceil
 
 import numpy as np
 
-from ..gpu import Graph, Tensor, check_tensor, require
+from ..gpu import Graph, Tensor, check_tensor, output, require
 
 WG = 256                  # store and RoPE work-group size (one invocation per element / pair)
 MAX_HEAD_DIM = 256        # attend keeps q and each invocation's share of the output on chip
@@ -21,13 +21,6 @@ def _heads_tensor(op: str, name: str, t: Tensor, dtype="f32"):
     require(t.ndim == 3, f"{op}: {name} has shape {t.shape}, expected [T, heads, dim]")
 
 
-def _out_like(g: Graph, op: str, out: Tensor | None, shape) -> Tensor:
-    if out is None:
-        return g.dev.empty(shape, "f32")
-    check_tensor(op, "out", out, dtype="f32", shape=shape)
-    return out
-
-
 # ---- L2 head norm ------------------------------------------------------------------------------
 def head_norm(g: Graph, x: Tensor, scale: float, head_scale: Tensor | None = None,
               eps: float = 1e-12, out: Tensor | None = None) -> Tensor:
@@ -35,7 +28,7 @@ def head_norm(g: Graph, x: Tensor, scale: float, head_scale: Tensor | None = Non
     out may be x."""
     _heads_tensor("head_norm", "x", x)
     tokens, heads, dh = x.shape
-    out = _out_like(g, "head_norm", out, x.shape)
+    out = output(g, "head_norm", out, x.shape)
     ins = [x]
     if head_scale is not None:
         check_tensor("head_norm", "head_scale", head_scale, dtype="f32", shape=(heads,))
@@ -92,7 +85,7 @@ def rope_neox(g: Graph, x: Tensor, positions: Tensor, n_rot: int, theta: float,
     require(n_rot > 0 and n_rot % 2 == 0 and n_rot <= dh,
             f"rope_neox: n_rot={n_rot} must be even and within 1..{dh} (the head size)")
     require(theta > 0, f"rope_neox: theta={theta} must be positive")
-    out = _out_like(g, "rope_neox", out, x.shape)
+    out = output(g, "rope_neox", out, x.shape)
     table = _turns_table(g.dev, n_rot, theta)
     half = n_rot // 2
     n = tokens * heads * (dh - half)
@@ -175,7 +168,7 @@ def attention(g: Graph, q: Tensor, k_cache: Tensor, v_cache: Tensor, n_past: Ten
     require(dh <= MAX_HEAD_DIM and dv <= MAX_HEAD_DIM,
             f"attention: head sizes {dh}/{dv} exceed the shader's {MAX_HEAD_DIM}")
     require(k_cache.dtype == "f32" or dh % 2 == 0, f"attention: an f16 cache needs an even head size, not {dh}")
-    out = _out_like(g, "attention", out, (tokens, hq, dv))
+    out = output(g, "attention", out, (tokens, hq, dv))
     g.dispatch(f"attention.attend_{k_cache.dtype}", [q, k_cache, v_cache, n_past], [out],
                [tokens, hq, hkv, dh, dv, n_ctx, q.offset, k_cache.offset, v_cache.offset,
                 n_past.offset, out.offset, float(scale)], groups=tokens * hq)

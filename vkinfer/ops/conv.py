@@ -6,19 +6,13 @@ from math import ceil
 
 import numpy as np
 
-from ..gpu import Graph, Tensor, check_tensor, require
+from ..gpu import Graph, Tensor, check_tensor, output, require
 
 WG = 64
 TOKENS_PER_INVOCATION = 8    # grouped conv: outputs per invocation along time (3.7x on lavapipe)
 MAX_K = 32                   # the grouped conv unrolls its loops over the kernel taps
 MAX_INDEX = 2**32 - 1    # shaders index elements with 32-bit uints
 
-
-def _out(g: Graph, op: str, out: Tensor | None, shape: tuple) -> Tensor:
-    if out is None:
-        return g.dev.empty(shape, "f32")
-    check_tensor(op, "out", out, dtype="f32", shape=shape)
-    return out
 
 
 def _input(op: str, x: Tensor, K: int) -> tuple:
@@ -35,7 +29,7 @@ def im2col1d(g: Graph, x: Tensor, K: int, out: Tensor | None = None) -> Tensor:
     T_out, C = _input(op, x, K)
     n = T_out * C * K
     require(n <= MAX_INDEX, f"{op}: {n} outputs exceed 32-bit indexing; split by rows")
-    out = _out(g, op, out, (T_out, C * K))
+    out = output(g, op, out, (T_out, C * K))
     g.dispatch("conv1d.im2col", [x], [out], [n, C, K, x.offset, out.offset], ceil(n / WG))
     return out
 
@@ -58,7 +52,7 @@ def conv1d_grouped(g: Graph, x: Tensor, w: Tensor, b: Tensor | None, groups: int
         check_tensor(op, "b", b, dtype="f32", shape=(C_out,))
     n = T_out * C_out
     require(n <= MAX_INDEX, f"{op}: {n} outputs exceed 32-bit indexing; split by rows")
-    out = _out(g, op, out, (T_out, C_out))
+    out = output(g, op, out, (T_out, C_out))
     ins = [x, w] + ([b] if b is not None else [])
     tokens = TOKENS_PER_INVOCATION if T_out > 1 else 1     # decode: no wasted unrolled work
     n_invocations = ceil(T_out / tokens) * C_out

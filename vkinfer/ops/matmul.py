@@ -5,18 +5,12 @@ from math import ceil
 
 import numpy as np
 
-from ..gpu import Graph, Tensor, check_tensor, require
+from ..gpu import Graph, Tensor, check_tensor, output, require
 from ..gpu.weights import check_weight
 
 VEC_ROWS = 4                       # rows per work group of the vector kernels (ROWS_PER_GROUP)
 TILE_ROWS, TILE_TOKENS = 32, 16   # output tile of the batched kernel
 
-
-def _output(g: Graph, op: str, out: Tensor | None, shape: tuple) -> Tensor:
-    if out is None:
-        return g.dev.empty(shape, "f32")
-    check_tensor(op, "out", out, dtype="f32", shape=shape)
-    return out
 
 
 def _check_x(op: str, x: Tensor, n_in: int) -> int:
@@ -32,7 +26,7 @@ def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None) -> Tensor:
     W = check_weight("matmul", W, 2)
     n_out, n_in = W.shape
     n = _check_x("matmul", x, n_in)
-    out = _output(g, "matmul", out, (n, n_out))
+    out = output(g, "matmul", out, (n, n_out))
     for start, part in W.parts:
         rows = part.shape[0]
         push = [part.offset, rows, n_in, x.offset, n, out.offset, n_out, start]
@@ -52,7 +46,7 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
     n_experts, n_out, n_in = W.shape
     n = _check_x("matmul_id", x, n_in)
     check_tensor("matmul_id", "expert_ids", expert_ids, dtype="u32", shape=(n,))
-    out = _output(g, "matmul_id", out, (n, n_out))
+    out = output(g, "matmul_id", out, (n, n_out))
     for start, part in W.parts:
         push = [part.offset, n_out, n_in, x.offset, n, out.offset, n_out, 0,
                 expert_ids.offset, start, part.shape[0], n_experts]

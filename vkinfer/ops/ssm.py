@@ -9,7 +9,7 @@ from math import ceil
 
 import numpy as np
 
-from ..gpu import Graph, Tensor, check_tensor, require
+from ..gpu import Graph, Tensor, check_tensor, output, require
 
 WG = 64              # both shaders: one invocation per channel
 MAX_D_STATE = 256    # the scan keeps a channel's states in registers
@@ -23,12 +23,6 @@ def _row_stride(op: str, name: str, t: Tensor, shape: tuple) -> int:
             f"{op}: {name} {t} is not contiguous along its rows; insert ops.copy() first")
     return t.strides[0] if rows > 1 else cols
 
-
-def _out(g: Graph, op: str, out: Tensor | None, shape: tuple) -> Tensor:
-    if out is None:
-        return g.dev.empty(shape, "f32")
-    check_tensor(op, "out", out, dtype="f32", shape=shape)
-    return out
 
 
 def ssm_conv(g: Graph, x: Tensor, state: Tensor, w: Tensor, b: Tensor | None,
@@ -49,7 +43,7 @@ def ssm_conv(g: Graph, x: Tensor, state: Tensor, w: Tensor, b: Tensor | None,
     require(T + S >= K, f"{op}: window of {S} state + {T} tokens is shorter than the kernel ({K})")
     if b is not None:
         check_tensor(op, "b", b, dtype="f32", shape=(C,))
-    out = _out(g, op, out, (T + S - K + 1, C))
+    out = output(g, op, out, (T + S - K + 1, C))
     variant = ("bias" if b is not None else "nobias") + ("_silu" if silu else "")
     ins = [x, w] + ([b] if b is not None else [])
     g.dispatch(f"ssm_conv.{variant}", ins, [state, out],
@@ -75,7 +69,7 @@ def ssm_scan(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     check_tensor(op, "D", D, dtype="f32", shape=(Dn,))
     check_tensor(op, "state", state, dtype="f32", shape=(Dn, N))
     z_rs = _row_stride(op, "z", z, (T, Dn)) if z is not None else 0
-    out = _out(g, op, out, (T, Dn))
+    out = output(g, op, out, (T, Dn))
     ins = [x, dt, A, B, C, D] + ([z] if z is not None else [])
     g.dispatch("ssm_scan.gate" if z is not None else "ssm_scan.plain", ins, [state, out],
                [T, Dn, x.offset, strides["x"], dt.offset, strides["dt"], A.offset,
