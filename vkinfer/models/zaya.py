@@ -1,5 +1,9 @@
 """ZAYA1 in the llama.cpp draft's GGUF layout (even blocks CCA attention, odd blocks top-1 MoE).
 
+`Zaya` runs it on the GPU: the engine's model class (vkinfer/engine.py), recording one chunk of T
+tokens per graph from the ops in vkinfer/ops, with the per-sequence state (KV caches, conv state,
+delayed-value state) in device buffers. Math: zaya1.md §3.
+
 `ZayaNumpy` is the numpy reference executor: the ground truth the Vulkan executor is compared
 with, layer by layer. It computes with the numpy twins of the ops (`*_ref` in vkinfer/ops), so
 running it also exercises them; weights are dequantized to float32 once and cached.
@@ -10,8 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import VkInferError
 from ..gguf import GGUFFile, open_gguf
-from ..gpu.weights import bf16_to_f32, decode
+from ..gpu import Graph, Tensor
+from ..gpu.weights import Weight, as_weight, bf16_to_f32, decode
+from ..ops import attention as att
+from ..ops import cca
+from ..ops import conv
+from ..ops import copy as copy_ops
+from ..ops import elementwise as ew
+from ..ops import get_rows as gr
+from ..ops import matmul as mm
+from ..ops import moe
+from ..ops import norm
+from ..ops import sampling_ops
+from ..ops import softmax as sm
+from ..ops import ssm
 from ..ops.attention import attention_ref, head_norm_ref, kv_store_ref, rope_neox_ref
 from ..ops.conv import conv1d_grouped_ref
 from ..ops.elementwise import gelu_ref, res_scale_ref, swiglu_ref
@@ -28,8 +46,235 @@ log = logging.getLogger("vkinfer")
 # "identity": the MoE input scaled by the skip probability (original legacy Zyphra code);
 # "never": the slot is never chosen, top-1 over the real experts only (llama.cpp draft).
 SKIP_MODES = ("zero", "identity", "never")
+KV_TYPES = ("f32", "f16")
+NEVER_BIAS = -3.0e38      # the skip slot's balancing bias in skip_mode "never": it cannot win
 
 
+class Zaya:
+    """Builds recorded graphs for chunks of T tokens over one sequence's state.
+
+    Options: skip_mode (SKIP_MODES; "zero" is the reference) and kv_type ("f32", or "f16" for
+    a half-size KV cache)."""
+
+    def __init__(self, dev, f, weights: dict, n_ctx: int, n_batch: int, skip_mode: str = "zero",
+                 kv_type: str = "f32"):
+        if skip_mode not in SKIP_MODES:
+            raise ValueError(f"Zaya: skip_mode {skip_mode!r} is not one of {', '.join(SKIP_MODES)}")
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"Zaya: kv_type {kv_type!r} is not one of {', '.join(KV_TYPES)}")
+        self.dev, self.p, self.w = dev, f.params, weights
+        self.n_ctx, self.skip_mode, self.kv_type = n_ctx, skip_mode, kv_type
+        self.n_vocab = f.n_vocab
+        p = self.p
+        self.n_taps = p.n_block + 1          # the residual after every block's merge, and the last
+        self.cca_blocks = list(range(0, p.n_block, 2))
+        self.moe_blocks = list(range(1, p.n_block, 2))
+        self.grouped_taps = weights["blk.0.cca_conv_grp.weight"].shape[-1]
+        self.conv_width = p.d_conv - 1 + self.grouped_taps - 1
+        self.v1_width = weights["blk.0.cca_val_proj1.weight"].shape[0]
+        self.v2_width = weights["blk.0.cca_val_proj2.weight"].shape[0]
+        if self.v1_width + self.v2_width != p.n_head_kv * p.value_dim:
+            raise VkInferError(f"{f.path.name}: value projections of {self.v1_width} + {self.v2_width} rows "
+                               f"do not fill {p.n_head_kv} kv heads of {p.value_dim}")
+        self._prepare_weights(f.path.name)
+        # Scratch for up to n_batch tokens, shared by every block and every graph. "xs" holds the
+        # previous token's normalised input in row 0 and this chunk's in rows 1..T; "d" the
+        # T + grouped_taps - 1 outputs of the depthwise conv.
+        H, Hkv, dh, dv, E = p.n_head, p.n_head_kv, p.head_dim, p.value_dim, p.n_expert
+        B = n_batch
+        shapes = {"h": (B, p.n_embd), "hs": (B, p.n_embd), "res": (B, p.n_embd),
+                  "xs": (B + 1, p.n_embd), "y_out": (B, p.n_embd),
+                  "q_raw": (B, H * dh), "k_raw": (B, Hkv * dh), "c": (B, p.n_qk),
+                  "d": (B + self.grouped_taps - 1, p.n_qk), "conv": (B, p.n_qk),
+                  "q": (B, H, dh), "k": (B, Hkv, dh), "v1": (B, self.v1_width), "v2": (B, self.v2_width),
+                  "v": (B, Hkv, dv), "attn": (B, H, dv),
+                  "router0": (B, p.n_router), "router1": (B, p.n_router),
+                  "z0": (B, p.n_router), "z1": (B, p.n_router),
+                  "probs": (B, E + 1), "biased": (B, E + 1),
+                  "gate_up": (B, 2 * p.n_ff_expert), "gate": (B, p.n_ff_expert), "up": (B, p.n_ff_expert)}
+        self.scratch = {k: dev.empty(shape, "f32", name=k) for k, shape in shapes.items()}
+        # The chosen slot of every token in every MoE block, in host memory so that the skip
+        # slot can be reported (log_skips) without a copy.
+        self.experts = dev.empty((max(len(self.moe_blocks), 1), B), "u32", kind="host", name="experts")
+
+    def _prepare_weights(self, file_name: str):
+        """Per-block weights in the form the graph uses, made once at load time."""
+        p, w, dev = self.p, self.w, self.dev
+        self.wqk, self.conv_dw, self.conv_grp, self.router_biases = {}, {}, {}, {}
+        for l in self.cca_blocks:
+            b = f"blk.{l}."
+            # q and k projections as one [n_qk, n_embd] weight when they share a type: its parts
+            # are theirs, so one matmul writes the raw q||k stream with no concat.
+            wq, wk = as_weight(w[b + "attn_q.weight"]), as_weight(w[b + "attn_k.weight"])
+            if wq.dtype == wk.dtype:
+                rows = wq.shape[0]
+                self.wqk[l] = Weight(wq.parts + tuple((rows + s, t) for s, t in wk.parts),
+                                     (p.n_qk, p.n_embd), wq.dtype)
+            self.conv_dw[l] = self._f32_tensor(b + "ssm_conv1d.weight", file_name)
+            self.conv_grp[l] = self._f32_tensor(b + "cca_conv_grp.weight", file_name)
+        for l in self.moe_blocks:
+            name = f"blk.{l}.zaya_router_biases.weight"
+            if self.skip_mode == "never":
+                biases = dev.read(w[name])
+                biases[p.n_expert] = NEVER_BIAS
+                self.router_biases[l] = dev.upload(biases.astype(np.float32), name=name + ".never")
+            else:
+                self.router_biases[l] = w[name]
+
+    def _f32_tensor(self, name: str, file_name: str) -> Tensor:
+        """An F32 tensor for the conv ops: kept as is, or (F16/BF16 weights) cast once with ops.copy."""
+        t = self.w[name]
+        if isinstance(t, Tensor) and t.dtype == "f32":
+            return t
+        wt = as_weight(t)
+        if wt.dtype not in copy_ops.VARIANT:
+            raise VkInferError(f"{file_name}: {name} is {wt.dtype.upper()}; ZAYA keeps it F32, F16 or BF16")
+        out = self.dev.empty(wt.shape, "f32", name=name + ".f32")
+        g = Graph(self.dev, "cast " + name)
+        for start, part in wt.parts:
+            copy_ops.copy(g, part, out=out.slice(0, start, start + part.shape[0]))
+        g.run()
+        return out
+
+    def new_state(self) -> dict:
+        """Zeroed state of one sequence: "conv" [n_cca, n_qk, conv_width] (raw q||k of the last
+        tokens, oldest first), "prev_x" [n_cca, n_embd] (the previous token's normalised input),
+        and per CCA block l the caches "k.l" [n_ctx, n_head_kv, head_dim] and "v.l" [n_ctx,
+        n_head_kv, value_dim] in kv_type (ZayaNumpy.new_state's layout, stacked)."""
+        p, dev = self.p, self.dev
+        state = {"conv": dev.zeros((len(self.cca_blocks), p.n_qk, self.conv_width), name="conv_state"),
+                 "prev_x": dev.zeros((len(self.cca_blocks), p.n_embd), name="prev_x")}
+        for l in self.cca_blocks:
+            state[f"k.{l}"] = dev.zeros((self.n_ctx, p.n_head_kv, p.head_dim), self.kv_type, name=f"k.{l}")
+            state[f"v.{l}"] = dev.zeros((self.n_ctx, p.n_head_kv, p.value_dim), self.kv_type, name=f"v.{l}")
+        return state
+
+    # ---- graph ----------------------------------------------------------------------------------
+    def build(self, g: Graph, state: dict, inputs: dict, logits: Tensor, all_logits: bool,
+              taps: Tensor | None = None):
+        """Record one chunk: inputs["ids"] u32 [T] -> logits [T or 1, n_vocab]. With `taps`
+        [n_block + 1, T, n_embd], the residual after each block's merge is copied there
+        (ZayaNumpy's ("res", l) entries)."""
+        p, w = self.p, self.w
+        T = inputs["ids"].shape[0]
+        s = {k: t.slice(0, 0, T) for k, t in self.scratch.items()}
+        s["xs"] = self.scratch["xs"].slice(0, 0, T + 1)
+        s["d"] = self.scratch["d"].slice(0, 0, T + self.grouped_taps - 1)
+        x = s["xs"].slice(0, 1, T + 1)
+        h, res = s["h"], s["res"]
+        gr.get_rows(g, w["token_embd.weight"], inputs["ids"], out=h)
+        router = None
+        for l in range(p.n_block):
+            b = f"blk.{l}."
+            self._merge(g, b, h, res, s["hs"], first=l == 0)
+            if taps is not None:
+                copy_ops.copy(g, res, out=taps[l])
+            norm.rms_norm(g, res, w[b + "attn_norm.weight"], p.eps, out=x)
+            if l % 2 == 0:
+                self._cca(g, l, s, state, inputs, out=h)
+            else:
+                router = self._moe(g, l, x, router, s, out=h)
+        self._merge(g, "", h, res, s["hs"], first=False)
+        if taps is not None:
+            copy_ops.copy(g, res, out=taps[p.n_block])
+        last = res if all_logits else res.slice(0, T - 1, T)
+        y = norm.rms_norm(g, last, w["output_norm.weight"], p.eps, out=s["y_out"].slice(0, 0, last.shape[0]))
+        mm.matmul(g, w["token_embd.weight"], y, out=logits)
+
+    def _merge(self, g, b, h, res, hs, first):
+        """The delayed residual merge before every norm (zaya1.md §3.1), in place on res."""
+        w = self.w
+        if first:
+            ew.res_scale(g, h, w[b + "res_scale_hs.bias"], w[b + "res_scale_hs.weight"], out=res)
+            return
+        ew.res_scale(g, h, w[b + "res_scale_hs.bias"], w[b + "res_scale_hs.weight"], out=hs)
+        ew.res_scale(g, res, w[b + "res_scale_res.bias"], w[b + "res_scale_res.weight"], out=res)
+        ew.add(g, res, hs, out=res)
+
+    def _cca(self, g, l, s, state, inputs, out):
+        """CCA attention, zaya1.md §3.2, reading x = s["xs"] rows 1..T; writes out [T, n_embd]."""
+        p, w, b, i = self.p, self.w, f"blk.{l}.", l // 2
+        H, Hkv, dh = p.n_head, p.n_head_kv, p.head_dim
+        xs = s["xs"]
+        T = xs.shape[0] - 1
+        x = xs.slice(0, 1, T + 1)
+        if l in self.wqk:
+            c = mm.matmul(g, self.wqk[l], x, out=s["c"])
+        else:
+            q_raw = mm.matmul(g, w[b + "attn_q.weight"], x, out=s["q_raw"])
+            k_raw = mm.matmul(g, w[b + "attn_k.weight"], x, out=s["k_raw"])
+            c = copy_ops.concat(g, [q_raw, k_raw], axis=1, out=s["c"])
+        # causal depthwise conv with the carried state, then the grouped conv, both in F32
+        d = ssm.ssm_conv(g, c, state["conv"][i], self.conv_dw[l], w.get(b + "ssm_conv1d.bias"), out=s["d"])
+        y = conv.conv1d_grouped(g, d, self.conv_grp[l], w.get(b + "cca_conv_grp.bias"), groups=H + Hkv,
+                                out=s["conv"])
+        q, k = cca.qk_mean(g, c, y, H, Hkv, dh, q_out=s["q"], k_out=s["k"])
+        att.head_norm(g, q, sqrt(dh), out=q)
+        att.head_norm(g, k, sqrt(dh), w[b + "cca_k_scale.weight"], out=k)
+        att.rope_neox(g, q, inputs["positions"], p.n_rot, p.rope_theta, out=q)
+        att.rope_neox(g, k, inputs["positions"], p.n_rot, p.rope_theta, out=k)
+
+        # values: the first kv heads from this token's x, the rest from the previous token's
+        prev_x = state["prev_x"].slice(0, i, i + 1)
+        copy_ops.copy(g, prev_x, out=xs.slice(0, 0, 1))
+        copy_ops.copy(g, xs.slice(0, T, T + 1), out=prev_x)
+        v1 = mm.matmul(g, w[b + "cca_val_proj1.weight"], x, out=s["v1"])
+        v2 = mm.matmul(g, w[b + "cca_val_proj2.weight"], xs.slice(0, 0, T), out=s["v2"])
+        v = copy_ops.concat(g, [v1, v2], axis=1, out=s["v"].reshape(T, Hkv * p.value_dim))
+
+        k_cache, v_cache = state[f"k.{l}"], state[f"v.{l}"]
+        att.kv_store(g, k, v.reshape(T, Hkv, p.value_dim), k_cache, v_cache, inputs["n_past"])
+        o = att.attention(g, q, k_cache, v_cache, inputs["n_past"], 1.0 / sqrt(dh), out=s["attn"])
+        mm.matmul(g, w[b + "attn_output.weight"], o.reshape(T, H * p.value_dim), out=out)
+
+    def _moe(self, g, l, x, router, s, out):
+        """Top-1 MoE, zaya1.md §3.3; returns the router state (post-EDA) for the next MoE block."""
+        p, w, b, m = self.p, self.w, f"blk.{l}.", l // 2
+        T = x.shape[0]
+        r = s[f"router{m % 2}"]
+        mm.matmul(g, w[b + "ffn_gate_inp.weight"], x, out=r)
+        ew.add(g, r, w[b + "ffn_gate_inp.bias"], out=r)
+        eda = w.get(b + "zaya_router_eda.weight")          # absent on the first MoE block
+        if router is not None and eda is not None:
+            ew.mul(g, router, eda, out=router)             # the previous state is not needed after
+            ew.add(g, r, router, out=r)
+        z = norm.rms_norm(g, r, w[b + "ffn_norm.weight"], p.eps, out=s["z0"])
+        for name, dst in (("ffn_gate", s["z1"]), ("zaya_router_mlp2", s["z0"])):
+            mm.matmul(g, w[b + name + ".weight"], z, out=dst)
+            ew.add(g, dst, w[b + name + ".bias"], out=dst)
+            z = ew.gelu(g, dst, out=dst)
+        probs = mm.matmul(g, w[b + "zaya_router_mlp4.weight"], z, out=s["probs"])
+        sm.softmax(g, probs, out=probs)
+        biased = ew.add(g, probs, self.router_biases[l], out=s["biased"])
+        experts = sampling_ops.argmax(g, biased, out=self.experts[m].slice(0, 0, T))
+
+        n_ff = p.n_ff_expert
+        gate_up = mm.matmul_id(g, w[b + "ffn_gate_up_exps.weight"], x, experts, out=s["gate_up"])
+        gate, up = gate_up.slice(1, 0, n_ff), gate_up.slice(1, n_ff, 2 * n_ff)
+        if T > 1:                    # column halves of several rows: strided, copy them out
+            gate = copy_ops.copy(g, gate, out=s["gate"])
+            up = copy_ops.copy(g, up, out=s["up"])
+        act = ew.swiglu(g, gate, up, out=s["gate"])
+        mm.matmul_id(g, w[b + "ffn_down_exps.weight"], act, experts, out=out)
+        skip = "identity" if self.skip_mode == "identity" else "zero"
+        moe.moe_combine(g, out, probs, experts, skip=skip, x=x if skip == "identity" else None, out=out)
+        return r
+
+    def log_skips(self, T: int, n_past: int) -> dict:
+        """After a run of T tokens starting at position n_past: {block: [positions]} where the
+        skip slot won, also logged at debug level (zaya1.md §3.3 step 8)."""
+        chosen = self.experts.buf.view().reshape(self.experts.shape)
+        found = {}
+        for m, l in enumerate(self.moe_blocks):
+            at = np.flatnonzero(chosen[m, :T] >= self.p.n_expert)
+            if at.size:
+                found[l] = (n_past + at).tolist()
+                log.debug("zaya block %d: skip slot chosen at positions %s (skip_mode=%s)",
+                          l, found[l], self.skip_mode)
+        return found
+
+
+# ---- numpy executor ------------------------------------------------------------------------------
 def dequantize(t) -> np.ndarray:
     """The float32 values of a GGUF tensor (TensorInfo), in numpy shape."""
     if t.type in ("F32", "F16"):
