@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("-c", "--ctx", type=int, default=4096, help="context for the memory estimate")
     add_global_options(info, defaults=False)
     info.set_defaults(run=cmd_info)
+    add_bench_commands(commands)
     return parser
 
 
@@ -196,6 +197,64 @@ def cmd_info(args) -> int:
     mem = memory_estimate(f, args.ctx)
     print(f"device memory at context {args.ctx}: " +
           ", ".join(f"{k} {format_bytes(v)}" for k, v in mem.items()))
+    return 0
+
+
+# ---- vkinfer bench, vkinfer synth --------------------------------------------------------------
+def add_bench_commands(commands):
+    bench = commands.add_parser("bench", help="prompt and generation speed (llama-bench style), roofline")
+    bench.add_argument("model", help="GGUF file")
+    bench.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens (0: skip)")
+    bench.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (0: skip)")
+    bench.add_argument("-r", "--repetitions", type=int, default=3, help="repetitions after a warm-up")
+    bench.add_argument("-b", "--batch", type=int, default=32, help="prompt micro-batch size")
+    bench.add_argument("--roofline", action="store_true",
+                       help="measure read bandwidth; decode speed against its ideal; Python overhead")
+    bench.add_argument("--profile", action="store_true", help="time a decode step kernel by kernel")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    add_global_options(bench, defaults=False)
+    bench.set_defaults(run=cmd_bench)
+
+    synth = commands.add_parser("synth", help="write real-shaped GGUF models with random weights")
+    synth.add_argument("models", nargs="+", metavar="model",
+                       help="mamba-130m, mamba-370m, mamba-1.4b, mamba-2.8b, zaya1-8b")
+    synth.add_argument("-t", "--types", nargs="+", default=["q8_0"], help="f16, q8_0, q4_k_m")
+    synth.add_argument("-o", "--out", default="models-synth", help="directory (default: models-synth)")
+    synth.add_argument("--force", action="store_true", help="rewrite files that exist")
+    add_global_options(synth, defaults=False)
+    synth.set_defaults(run=cmd_synth)
+
+
+def cmd_bench(args) -> int:
+    import json
+    from .bench import bench, report, to_json
+    if args.n_prompt < 0 or args.n_gen < 0 or args.repetitions < 1 or args.batch < 1:
+        raise VkInferError("-p and -n must be >= 0, -r and -b >= 1")
+    out = bench(args.model, args.n_prompt, args.n_gen, args.repetitions, args.batch, args.device,
+                with_roofline=args.roofline, with_profile=args.profile)
+    print(json.dumps(to_json(out), indent=1) if args.json else report(out))
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from pathlib import Path
+    from . import synth
+    for model in args.models:
+        for wtype in args.types:
+            try:
+                synth.plan(model, wtype)
+            except ValueError as e:
+                raise VkInferError(str(e)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for model in args.models:
+        for wtype in args.types:
+            path = out / synth.file_name(model, wtype)
+            if path.exists() and not args.force:
+                print(f"{path}: exists (--force rewrites it)")
+                continue
+            synth.write(path, model, wtype)
+            print(f"{path}: {format_bytes(path.stat().st_size)}")
     return 0
 
 

@@ -1,0 +1,349 @@
+"""`vkinfer bench`: prompt-processing and generation speed in the style of llama-bench, and a
+roofline report that puts the decode speed next to what the device's memory bandwidth allows.
+
+* pp<N>: a fresh sequence evaluates N random tokens (in micro-batches of n_batch) — tokens/s.
+* tg<N>: a fresh sequence evaluates N random tokens one at a time — tokens/s.
+Each test runs once to warm up (recording its graphs), then `reps` times; t/s is the mean and
+standard deviation over the repetitions.
+
+The roofline: `stream_read` sums a buffer larger than the last-level cache (256 MiB) with
+uvec4 loads, which gives the device's read bandwidth; a decode step must read every weight it
+uses (the tied output head in full, one embedding row, one expert per MoE layer), the
+recurrent state (read and written) and the KV cache; bandwidth / those bytes is the ideal
+decode speed. Python overhead is the part of each decode eval() not spent inside the graph's
+run() (kp's Sequence.eval()).
+"""
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import __version__
+from .gpu import Device, Graph
+from .ops.stream_read import stream_read
+
+BACKEND = "Vulkan (kp)"
+RULER_BYTES = 256 << 20
+RULER_PER_THREAD = (16, 64, 256)
+
+
+@dataclass
+class Result:
+    """One row of the table: a test and its speed over the repetitions."""
+    model: str
+    size: int                  # bytes of weights
+    params: int
+    backend: str
+    weight_type: str
+    device: str
+    driver: str
+    version: str
+    test: str                  # pp512, tg128
+    n_tokens: int
+    samples: list = field(default_factory=list)    # tokens/s of each repetition
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.samples)
+
+    @property
+    def stdev(self) -> float:
+        return statistics.stdev(self.samples) if len(self.samples) > 1 else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "avg_ts": self.mean, "stddev_ts": self.stdev}
+
+
+# ---- describing a model -----------------------------------------------------------------------------
+def weight_type(f) -> str:
+    """The file's type as llama.cpp names it (Q4_K_M, Q8_0, F16), from general.file_type, else
+    the type holding the most bytes."""
+    import gguf
+    ftype = f.get("general.file_type")
+    if ftype is not None:
+        try:
+            return gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            pass
+    return next(iter(f.bytes_by_type()))
+
+
+def model_label(f) -> str:
+    label = f.get("general.size_label") or format_count(f.n_params())
+    return f"{f.arch} {label}"
+
+
+def format_count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(int(n))
+
+
+def format_size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+# ---- speed tests -----------------------------------------------------------------------------------
+class RunTimer:
+    """Accumulates the seconds spent inside the run() of the graphs it wraps."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def wrap(self, graph: Graph):
+        run = graph.run
+
+        def timed_run():
+            t0 = time.perf_counter()
+            run()
+            self.seconds += time.perf_counter() - t0
+        graph.run = timed_run
+
+
+def run_tests(model, n_prompt: int, n_gen: int, reps: int, seed: int = 0) -> tuple[list, dict]:
+    """[Result] for pp<n_prompt> and tg<n_gen> (a test with 0 tokens is skipped), and the decode
+    timing split {"eval_s", "run_s", "steps"} over the tg repetitions."""
+    f, dev = model.file, model.dev
+    rng = np.random.default_rng(seed)
+    n_ids = min(model.n_vocab, len(f.get("tokenizer.ggml.tokens") or []) or model.n_vocab)
+    base = dict(model=model_label(f), size=f.weight_bytes(), params=f.n_params(), backend=BACKEND,
+                weight_type=weight_type(f), device=dev.name, driver=dev.info.driver,
+                version=__version__)
+    session = model.session()
+    results, split = [], {"eval_s": 0.0, "run_s": 0.0, "steps": 0}
+    if n_prompt:
+        prompt = rng.integers(0, n_ids, n_prompt).tolist()
+        row = Result(**base, test=f"pp{n_prompt}", n_tokens=n_prompt)
+        for rep in range(reps + 1):
+            session.reset()
+            t0 = time.perf_counter()
+            session.eval(prompt)
+            if rep:                                            # rep 0 is the warm-up
+                row.samples.append(n_prompt / (time.perf_counter() - t0))
+        results.append(row)
+    if n_gen:
+        tokens = rng.integers(0, n_ids, n_gen).tolist()
+        row = Result(**base, test=f"tg{n_gen}", n_tokens=n_gen)
+        timer = RunTimer()
+        for rep in range(reps + 1):
+            session.reset()
+            if rep == 1:
+                for g in session._graphs.values():
+                    timer.wrap(g)
+            eval_s = 0.0
+            for token in tokens:
+                t0 = time.perf_counter()
+                session.eval([token])
+                eval_s += time.perf_counter() - t0
+            if rep:
+                row.samples.append(n_gen / eval_s)
+                split["eval_s"] += eval_s
+                split["steps"] += n_gen
+        split["run_s"] = timer.seconds
+        results.append(row)
+    return results, split
+
+
+# ---- roofline -------------------------------------------------------------------------------------
+def measure_bandwidth(device=None, total_bytes: int = RULER_BYTES, reps: int = 3) -> dict:
+    """Read bandwidth of the device: stream_read over `total_bytes` split into buffers of at
+    most one binding, the best median over a few per-invocation read counts. Runs on its own
+    Device, closed afterwards, so the ruler's memory is freed."""
+    dev = Device(device)
+    try:
+        chunk = dev.max_binding_bytes // 64 * 64
+        srcs, left = [], total_bytes
+        while left > 0:
+            n = min(chunk, left) // 4
+            t = dev.empty((n,), "u32", name="ruler")
+            dev.fill(t, 0x01020304)       # touch every page: untouched memory may read as zeros for free
+            srcs.append(t)
+            left -= n * 4
+        nbytes = sum(t.nbytes for t in srcs)
+        best = {}
+        for per_thread in RULER_PER_THREAD:
+            g = Graph(dev, f"stream-read-{per_thread}")
+            for t in srcs:
+                stream_read(g, t, per_thread)
+            g.run()
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                g.run()
+                times.append(time.perf_counter() - t0)
+            gbps = nbytes / statistics.median(times) / 1e9
+            if gbps > best.get("gbps", 0):
+                best = {"gbps": gbps, "per_thread": per_thread}
+        return {**best, "bytes": nbytes, "buffers": len(srcs)}
+    finally:
+        dev.close()
+
+
+def decode_bytes(f, n_past: float) -> dict:
+    """Bytes one decode step at context n_past must move: weights it reads, recurrent state
+    (read and written), KV cache (read, plus the new row written)."""
+    p = f.params
+    tied = "output.weight" not in f.tensors
+    weights = 0
+    for name, t in f.tensors.items():
+        if name == "token_embd.weight":
+            weights += t.nbytes // t.shape[0] + (t.nbytes if tied else 0)
+        elif "_exps." in name:
+            weights += t.nbytes // t.shape[0] * p.n_expert_used
+        else:
+            weights += t.nbytes
+    if f.arch == "zaya":
+        n_cca = p.n_block // 2
+        state = 2 * 4 * n_cca * (2 * p.n_qk + p.n_embd)
+        kv = 2 * 4 * n_cca * p.n_head_kv * p.head_dim * (n_past + 2)     # K and V rows, + the new one
+    else:
+        state, kv = 2 * p.state_bytes(0), 0
+    return {"weights": weights, "state": state, "kv": int(kv), "total": int(weights + state + kv)}
+
+
+def roofline(model, results: list, split: dict, n_gen: int, device=None, ruler_bytes: int = RULER_BYTES) -> dict:
+    bw = measure_bandwidth(device, ruler_bytes)
+    need = decode_bytes(model.file, n_gen / 2)
+    ideal = bw["gbps"] * 1e9 / need["total"]
+    tg = next((r for r in results if r.test.startswith("tg")), None)
+    out = {"bandwidth_gbps": bw["gbps"], "ruler": bw, "decode_bytes": need, "ideal_tps": ideal}
+    if tg is not None:
+        out["achieved_tps"] = tg.mean
+        out["achieved_pct"] = 100 * tg.mean / ideal
+        out["achieved_gbps"] = tg.mean * need["total"] / 1e9
+    if split["steps"]:
+        out["step_ms"] = 1e3 * split["eval_s"] / split["steps"]
+        out["python_ms"] = 1e3 * (split["eval_s"] - split["run_s"]) / split["steps"]
+        out["python_pct"] = 100 * (split["eval_s"] - split["run_s"]) / split["eval_s"]
+    return out
+
+
+# ---- where a decode step's time goes ----------------------------------------------------------------
+def _replay_seconds(g: Graph, reps: int) -> float:
+    g.run()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        g.run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _weight_bytes(node) -> int:
+    """Weight bytes one token's matmul dispatch reads (0 for other kernels)."""
+    kernel, ins, _, push, _, _ = node
+    if kernel.startswith("matmul.vec_"):
+        return ins[0].nbytes
+    if kernel.startswith("matmul.id_"):
+        return ins[0].nbytes // max(int(push[10]), 1)       # one expert of the part
+    return 0
+
+
+def profile_decode(model, reps: int = 3) -> dict:
+    """Replay time of the decode graph (one token), of the graphs holding only each kernel's
+    dispatches, and of as many empty-sized dispatches (the fixed cost of a dispatch)."""
+    session = model.session()
+    session.eval([0])
+    full = session._graphs[(1, False)]
+    kernels = {}
+    for node in full.nodes:
+        kernels.setdefault(node[0], []).append(node)
+    rows = []
+    for kernel, nodes in kernels.items():
+        g = Graph(model.dev, f"profile-{kernel}")
+        g.nodes = list(nodes)
+        seconds = _replay_seconds(g, reps)
+        nbytes = sum(_weight_bytes(n) for n in nodes)
+        rows.append({"kernel": kernel, "dispatches": len(nodes), "ms": 1e3 * seconds,
+                     "weight_bytes": nbytes, "gbps": nbytes / seconds / 1e9 if nbytes else None})
+    rows.sort(key=lambda r: -r["ms"])
+    tiny = model.dev.empty((4,), "u32", name="profile-tiny")
+    g = Graph(model.dev, "profile-empty")
+    for _ in range(len(full.nodes)):
+        g.dispatch("fill_words", [], [tiny.buf], [0, 4, 0], groups=1)
+    return {"step_ms": 1e3 * _replay_seconds(full, reps), "dispatches": len(full.nodes),
+            "empty_dispatches_ms": 1e3 * _replay_seconds(g, reps), "kernels": rows}
+
+
+# ---- the command --------------------------------------------------------------------------------------
+def bench(path, n_prompt: int = 512, n_gen: int = 128, reps: int = 3, n_batch: int = 32,
+          device=None, with_roofline: bool = False, with_profile: bool = False,
+          ruler_bytes: int = RULER_BYTES) -> dict:
+    """Everything `vkinfer bench` prints, as a dict."""
+    from .engine import Model
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    model = Model(path, device=device, n_ctx=max(n_prompt, n_gen, 1), n_batch=n_batch, quiet=True)
+    load_s = time.perf_counter() - t0
+    try:
+        results, split = run_tests(model, n_prompt, n_gen, reps)
+        out = {"results": results, "load_s": load_s, "n_batch": n_batch, "reps": reps,
+               "host": platform.node(), "cpus": os.cpu_count()}
+        if with_profile:
+            out["profile"] = profile_decode(model, reps)
+        if with_roofline:
+            out["roofline"] = roofline(model, results, split, n_gen, device, ruler_bytes)
+    finally:
+        model.close()
+    out["loadavg"] = [load, os.getloadavg()]
+    return out
+
+
+COLUMNS = ("model", "size", "params", "backend", "type", "device", "driver", "vkinfer", "test", "t/s")
+
+
+def table(results: list) -> str:
+    rows = [(r.model, format_size(r.size), format_count(r.params), r.backend, r.weight_type,
+             r.device, r.driver, r.version, r.test, f"{r.mean:.2f} ± {r.stdev:.2f}") for r in results]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
+    right = {"size", "params", "test", "t/s"}
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if name in right else c.ljust(w)
+                                 for c, w, name in zip(cells, widths, COLUMNS)) + " |"
+    rule = "| " + " | ".join(("-" * (w - 1) + ":") if name in right else "-" * w
+                             for w, name in zip(widths, COLUMNS)) + " |"
+    return "\n".join([line(COLUMNS), rule, *map(line, rows)])
+
+
+def report(out: dict) -> str:
+    lines = [table(out["results"]) if out["results"] else "(no tests: -p 0 -n 0)"]
+    lines.append(f"load {out['load_s']:.2f} s; n_batch {out['n_batch']}; {out['reps']} repetitions after "
+                 f"a warm-up; load average {out['loadavg'][0][0]:.2f} -> {out['loadavg'][1][0]:.2f} "
+                 f"on {out['cpus']} CPUs")
+    prof = out.get("profile")
+    if prof:
+        lines.append(f"decode step: {prof['step_ms']:.2f} ms for {prof['dispatches']} dispatches "
+                     f"(as many empty dispatches: {prof['empty_dispatches_ms']:.2f} ms)")
+        lines.append(f"    {'kernel':24} {'n':>4} {'ms':>9} {'%':>6} {'weight MB':>10} {'GB/s':>7}")
+        for k in prof["kernels"]:
+            gbps = f"{k['gbps']:7.2f}" if k["gbps"] else f"{'':7}"
+            mb = f"{k['weight_bytes'] / 1e6:10.1f}" if k["weight_bytes"] else f"{'':10}"
+            lines.append(f"    {k['kernel']:24} {k['dispatches']:4d} {k['ms']:9.2f} "
+                         f"{100 * k['ms'] / prof['step_ms']:6.1f} {mb} {gbps}")
+    roof = out.get("roofline")
+    if roof:
+        need = roof["decode_bytes"]
+        lines.append(f"roofline: read bandwidth {roof['bandwidth_gbps']:.2f} GB/s (stream_read over "
+                     f"{format_size(roof['ruler']['bytes'])}, {roof['ruler']['per_thread']} uvec4 per invocation)")
+        lines.append(f"    decode step reads {need['total'] / 1e6:.1f} MB (weights {need['weights'] / 1e6:.1f}, "
+                     f"state {need['state'] / 1e6:.2f}, KV cache {need['kv'] / 1e6:.2f}): ideal "
+                     f"{roof['ideal_tps']:.2f} t/s")
+        if "achieved_tps" in roof:
+            lines.append(f"    achieved {roof['achieved_tps']:.2f} t/s = {roof['achieved_pct']:.1f} % of the "
+                         f"roofline ({roof['achieved_gbps']:.2f} GB/s)")
+        if "python_pct" in roof:
+            lines.append(f"    outside Sequence.eval() (Python): {roof['python_ms']:.2f} ms of a "
+                         f"{roof['step_ms']:.2f} ms decode step = {roof['python_pct']:.1f} %")
+    return "\n".join(lines)
+
+
+def to_json(out: dict) -> dict:
+    return {**out, "results": [r.as_dict() for r in out["results"]]}

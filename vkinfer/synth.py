@@ -1,0 +1,230 @@
+"""Synthetic GGUF models for measuring speed: the tensor names, shapes, types and metadata of
+real Mamba-1 and ZAYA1 checkpoints, random weights, and a real tokenizer copied from a fixture.
+
+    vkinfer synth mamba-130m mamba-370m -t f16 q8_0 q4_k_m -o models-synth/
+
+Weight types follow the real tools: `f16` and `q8_0` as convert_hf_to_gguf writes them (rows
+that are not a multiple of 32 stay F16 in Q8_0 files), `q4_k_m` as llama-quantize writes it:
+Q4_K for matrices, Q6_K for the tied output head and for ffn_down on the layers its
+use_more_bits rule picks, with its fall-backs when a row is not a multiple of 256 (Q4_K -> Q5_0,
+Q6_K -> Q8_0, F16 when not a multiple of 32 either). Norms, biases, conv weights, A, D and the
+ZAYA router's input projection stay F32 everywhere.
+
+Random block-type weights are random bytes with fp16 scale fields chosen so that the decoded
+weights have about the standard deviation asked for (1/sqrt(fan_in) for matrices), so the
+activations stay finite through every layer. Files are written tensor by tensor: host memory
+peaks at the largest tensor, not at the file.
+"""
+import lzma
+import shutil
+import tempfile
+from dataclasses import fields
+from math import ceil, sqrt
+from pathlib import Path
+
+import numpy as np
+
+from .gguf import MambaParams, ZayaParams, mamba_tensors, open_gguf, zaya_tensors
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+
+MAMBA_SIZES = {"mamba-130m": (24, 768), "mamba-370m": (48, 1024), "mamba-1.4b": (48, 2048),
+               "mamba-2.8b": (64, 2560)}
+MODELS = (*MAMBA_SIZES, "zaya1-8b")
+WEIGHT_TYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15}          # general.file_type values
+MAMBA_VOCAB, ZAYA_VOCAB = 50280, 262147
+
+# Tensors llama-quantize and the converters keep in F32 (besides every 1-D tensor).
+ALWAYS_F32 = ("_norm.weight", "ssm_conv1d.weight", "ssm_a", "ffn_gate_inp.weight")
+
+# Block layouts for random data: bytes per block, elements per block, the byte offsets of the
+# fp16 scale fields, and the RMS of the decoded values when those scales are 1 (for Q4_K with
+# dmin = 7.5 d, which centres sc*q - dmin*m on zero; for Q6_K with sub-scales in -16..15).
+BLOCKS = {"Q8_0": (34, 32, (0,), 73.90), "Q5_0": (22, 32, (0,), 9.247),
+          "Q4_K": (144, 256, (0,), 258.3), "Q6_K": (210, 256, (208,), 170.9)}
+
+
+def use_more_bits(i: int, n: int) -> bool:
+    """llama-quantize's choice of the layers that get more bits in *_M mixes."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def tensor_type(name: str, shape: tuple, wtype: str, more_bits: bool = False) -> str:
+    """The GGML type a real `wtype` file gives this tensor; `more_bits` marks an ffn_down
+    tensor on a layer that use_more_bits picks."""
+    if len(shape) == 1 or name.endswith(ALWAYS_F32):
+        return "F32"
+    if "cca_conv_grp" in name:               # never quantized; BF16 when converted as BF16
+        return "BF16" if wtype == "q4_k_m" else "F16"
+    row = shape[-1]
+    if wtype == "f16":
+        return "F16"
+    if wtype == "q8_0":
+        return "Q8_0" if row % 32 == 0 else "F16"
+    want = "Q6_K" if name in ("output.weight", "token_embd.weight") or more_bits else "Q4_K"
+    if row % 256:
+        want = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}[want]
+    return want if row % 32 == 0 else "F16"
+
+
+# ---- models: metadata and tensor plans -------------------------------------------------------------
+def mamba_params(model: str, n_layer: int | None = None) -> MambaParams:
+    layers, d = MAMBA_SIZES[model]
+    return MambaParams(n_embd=d, n_layer=n_layer or layers, d_conv=4, d_inner=2 * d, d_state=16,
+                       dt_rank=ceil(d / 16), eps=1e-5, dt_b_c_rms=False, n_ctx_train=1 << 20)
+
+
+def zaya_params(n_block: int | None = None) -> ZayaParams:
+    if n_block is not None and (n_block < 2 or n_block % 2):
+        raise ValueError(f"ZAYA needs an even number of blocks (CCA, MoE pairs), not {n_block}")
+    return ZayaParams(n_block=n_block or 80, n_embd=2048, n_head=8, n_head_kv=2, head_dim=128,
+                      value_dim=128, n_rot=64, rope_theta=5e6, d_conv=2, n_expert=16,
+                      n_expert_used=1, n_ff_expert=2048, n_router=256, eps=1e-5, n_ctx_train=131072)
+
+
+def plan(model: str, wtype: str, n_layer: int | None = None, n_vocab: int | None = None):
+    """(arch, params, extra metadata, [(name, numpy shape, GGML type)]) of a synthetic model.
+    n_layer and n_vocab shrink it for tests (the tokenizer keeps all its tokens)."""
+    if wtype not in WEIGHT_TYPES:
+        raise ValueError(f"weight type {wtype!r} is not one of {', '.join(WEIGHT_TYPES)}")
+    if model in MAMBA_SIZES:
+        arch, p = "mamba", mamba_params(model, n_layer)
+        shapes = mamba_tensors(p, n_vocab or MAMBA_VOCAB)
+        shapes.pop("output.weight")                          # tied, as the converter writes it
+        extra = {"feed_forward_length": 0, "attention.head_count": 0}
+    elif model == "zaya1-8b":
+        arch, p = "zaya", zaya_params(n_layer)
+        shapes = zaya_tensors(p, n_vocab or ZAYA_VOCAB)
+        for name in shapes:
+            if name.endswith("cca_conv_grp.weight"):
+                shapes[name] = (p.n_qk, p.head_dim, p.d_conv)
+            elif name.endswith("ssm_conv1d.bias"):
+                shapes[name] = (p.n_qk,)
+        extra = {"vocab_size": ZAYA_VOCAB, "attention.layer_norm_epsilon": 1e-5}
+    else:
+        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+    downs = [name for name in shapes if "ffn_down" in name]
+    tensors = [(name, shape, tensor_type(name, shape, wtype,
+                                         name in downs and use_more_bits(downs.index(name), len(downs))))
+               for name, shape in shapes.items()]
+    return arch, p, extra, tensors
+
+
+# ---- random values ----------------------------------------------------------------------------------
+def values(rng, name: str, shape: tuple) -> np.ndarray:
+    """Float32 values of a plausible scale for the tensor's role."""
+    n = int(np.prod(shape))
+    if name.endswith("ssm_a"):                           # A = -exp(A_log), A_log ~ log(1..d_state)
+        a_log = np.log(np.arange(1, shape[-1] + 1, dtype=np.float32)) + 0.1 * rng.standard_normal(shape)
+        return -np.exp(a_log).astype(np.float32)
+    if name.endswith("ssm_dt.bias"):                     # softplus(bias) = dt in [1e-3, 1e-1]
+        dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), n))
+        return (dt + np.log(-np.expm1(-dt))).astype(np.float32)
+    if name.endswith("zaya_router_biases.weight"):        # the skip slot starts at -1
+        out = np.zeros(n, np.float32)
+        out[-1] = -1.0
+        return out
+    if len(shape) == 1 and not name.endswith(".bias"):   # norms, scales, D: around one
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+    if len(shape) == 1:
+        return (0.1 * rng.standard_normal(n)).astype(np.float32)
+    fan_in = shape[-1] * (shape[-2] if "cca_conv_grp" in name else 1)
+    return rng.standard_normal(shape, np.float32) * np.float32(1 / sqrt(fan_in))
+
+
+def random_blocks(rng, qtype: str, n_elems: int, std: float) -> np.ndarray:
+    """Random GGUF blocks of `qtype` whose decoded values have about this RMS: uint8 bytes."""
+    nbytes, elems, scale_at, unit = BLOCKS[qtype]
+    n_blocks = n_elems // elems
+    blocks = np.frombuffer(rng.bytes(n_blocks * nbytes), np.uint8).reshape(n_blocks, nbytes).copy()
+    d = (std / unit * rng.uniform(0.75, 1.25, n_blocks)).astype(np.float16)
+    for at in scale_at:
+        blocks[:, at:at + 2] = d.view(np.uint8).reshape(-1, 2)
+    if qtype == "Q4_K":
+        blocks[:, 2:4] = (d.astype(np.float32) * 7.5).astype(np.float16).view(np.uint8).reshape(-1, 2)
+    if qtype == "Q6_K":
+        blocks[:, 192:208] = ((blocks[:, 192:208] & 31).astype(np.int16) - 16).astype(np.int8).view(np.uint8)
+    return blocks
+
+
+def tensor_bytes(rng, name: str, shape: tuple, qtype: str) -> np.ndarray:
+    """The tensor's data as GGUF bytes, uint8 [..., row bytes]."""
+    rows, row = int(np.prod(shape[:-1])), shape[-1]
+    if qtype in BLOCKS:
+        std = 1 / sqrt(row)
+        return random_blocks(rng, qtype, rows * row, std).reshape(rows, -1)
+    v = values(rng, name, shape).reshape(rows, row)
+    if qtype == "F32":
+        return v.view(np.uint8)
+    if qtype == "F16":
+        return v.astype(np.float16).view(np.uint8)
+    if qtype == "BF16":
+        from .gpu.weights import f32_to_bf16
+        return f32_to_bf16(v).view(np.uint8)
+    raise ValueError(f"no random data for {qtype}")
+
+
+# ---- writing -------------------------------------------------------------------------------------------
+def tokenizer_source(arch: str, workdir: Path) -> Path:
+    """A fixture GGUF holding the architecture's real tokenizer (the ZAYA one unpacked)."""
+    if arch == "mamba":
+        return FIXTURES / "mamba-tiny-f16.gguf"
+    packed = FIXTURES / "zaya-small-q4_k_m.gguf.xz"
+    out = workdir / "zaya-tokenizer.gguf"
+    with lzma.open(packed) as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return out
+
+
+def copy_tokenizer(writer, source: Path):
+    from gguf import GGUFValueType
+    f = open_gguf(source, weights=False)
+    for key, field in f.reader.fields.items():
+        if key.startswith("tokenizer."):
+            kind = field.types[0]
+            sub = field.types[1] if kind == GGUFValueType.ARRAY else None
+            writer.add_key_value(key, f.get(key), kind, sub)
+
+
+def add_params(writer, arch: str, params, extra: dict):
+    from gguf import GGUFValueType
+    kinds = {bool: GGUFValueType.BOOL, int: GGUFValueType.UINT32, float: GGUFValueType.FLOAT32}
+    items = {f.metadata["key"]: getattr(params, f.name) for f in fields(params)}
+    for key, value in {**items, **extra}.items():
+        writer.add_key_value(f"{arch}.{key}", value, kinds[type(value)])
+
+
+def write(path, model: str, wtype: str, n_layer: int | None = None, n_vocab: int | None = None,
+          seed: int = 0, tokenizer_from=None) -> Path:
+    """Write the synthetic `model` in `wtype` to `path`; returns the path."""
+    import gguf
+    arch, params, extra, tensors = plan(model, wtype, n_layer, n_vocab)
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_name(f"{model} (synthetic, random weights)")
+    writer.add_size_label(model.split("-")[-1].upper())
+    writer.add_description("vkinfer synth: real shapes and types, random weights; for speed tests")
+    writer.add_file_type(WEIGHT_TYPES[wtype])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    add_params(writer, arch, params, extra)
+    with tempfile.TemporaryDirectory(dir=path.parent) as workdir:
+        copy_tokenizer(writer, Path(tokenizer_from) if tokenizer_from else tokenizer_source(arch, Path(workdir)))
+    for name, shape, qtype in tensors:
+        kind = gguf.GGMLQuantizationType[qtype]
+        elems, nbytes = gguf.GGML_QUANT_SIZES[kind]
+        rows, row_bytes = int(np.prod(shape[:-1])), shape[-1] // elems * nbytes
+        writer.add_tensor_info(name, (*shape[:-1], row_bytes), np.dtype(np.uint8), rows * row_bytes, kind)
+    tmp = path.with_suffix(".part")
+    writer.write_header_to_file(tmp)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for name, shape, qtype in tensors:
+        writer.write_tensor_data(tensor_bytes(rng, name, shape, qtype))
+    writer.close()
+    tmp.replace(path)
+    return path
+
+
+def file_name(model: str, wtype: str) -> str:
+    return f"{model}-{wtype}.gguf"
