@@ -35,7 +35,7 @@ def test_bench_json(capsys):
 
 
 def test_roofline_and_profile():
-    out = bench.bench(TINY, 8, 4, 1, with_roofline=True, with_profile=True, ruler_bytes=32 << 20)
+    out = bench.bench(TINY, 8, 4, 1, with_roofline=True, with_profile=True, ruler_size=32 << 20)
     roof = out["roofline"]
     assert 0.05 < roof["bandwidth_gbps"] < 1e4
     f = open_gguf(TINY)

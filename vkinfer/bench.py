@@ -26,7 +26,7 @@ from .gpu import Device, Graph
 from .ops.stream_read import stream_read
 
 BACKEND = "Vulkan (kp)"
-RULER_BYTES = 256 << 20
+RULER_BYTES = 256 << 20          # at least; on a CPU device at least twice the host's largest cache
 RULER_PER_THREAD = (16, 64, 256)
 
 
@@ -152,12 +152,30 @@ def run_tests(model, n_prompt: int, n_gen: int, reps: int, seed: int = 0) -> tup
 
 
 # ---- roofline -------------------------------------------------------------------------------------
-def measure_bandwidth(device=None, total_bytes: int = RULER_BYTES, reps: int = 3) -> dict:
-    """Read bandwidth of the device: stream_read over `total_bytes` split into buffers of at
-    most one binding, the best median over a few per-invocation read counts. Runs on its own
-    Device, closed afterwards, so the ruler's memory is freed."""
+def host_cache_bytes() -> int:
+    """The largest CPU cache this host reports (Linux sysfs), 0 when unknown."""
+    from pathlib import Path
+    sizes = [0]
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip()
+        if text[:-1].isdigit():
+            sizes.append(int(text[:-1]) << {"K": 10, "M": 20, "G": 30}.get(text[-1], 0))
+    return max(sizes)
+
+
+def ruler_bytes(dev) -> int:
+    if dev.info.device_type == "cpu":
+        return max(RULER_BYTES, 2 * host_cache_bytes())
+    return RULER_BYTES
+
+
+def measure_bandwidth(device=None, total_bytes: int | None = None, reps: int = 3) -> dict:
+    """Read bandwidth of the device: stream_read over `total_bytes` (default ruler_bytes())
+    split into buffers of at most one binding, the best median over a few per-invocation read
+    counts. Runs on its own Device, closed afterwards, so the ruler's memory is freed."""
     dev = Device(device)
     try:
+        total_bytes = total_bytes or ruler_bytes(dev)
         chunk = dev.max_binding_bytes // 64 * 64
         srcs, left = [], total_bytes
         while left > 0:
@@ -186,7 +204,7 @@ def measure_bandwidth(device=None, total_bytes: int = RULER_BYTES, reps: int = 3
         dev.close()
 
 
-def decode_bytes(f, n_past: float) -> dict:
+def decode_bytes(f, n_past: float, kv_elem_bytes: int = 4) -> dict:
     """Bytes one decode step at context n_past must move: weights it reads, recurrent state
     (read and written), KV cache (read, plus the new row written)."""
     p = f.params
@@ -202,15 +220,17 @@ def decode_bytes(f, n_past: float) -> dict:
     if f.arch == "zaya":
         n_cca = p.n_block // 2
         state = 2 * 4 * n_cca * (2 * p.n_qk + p.n_embd)
-        kv = 2 * 4 * n_cca * p.n_head_kv * p.head_dim * (n_past + 2)     # K and V rows, + the new one
+        kv = 2 * kv_elem_bytes * n_cca * p.n_head_kv * p.head_dim * (n_past + 2)     # K and V rows, + the new one
     else:
         state, kv = 2 * p.state_bytes(0), 0
     return {"weights": weights, "state": state, "kv": int(kv), "total": int(weights + state + kv)}
 
 
-def roofline(model, results: list, split: dict, n_gen: int, device=None, ruler_bytes: int = RULER_BYTES) -> dict:
-    bw = measure_bandwidth(device, ruler_bytes)
-    need = decode_bytes(model.file, n_gen / 2)
+def roofline(model, results: list, split: dict, n_gen: int, device=None,
+             ruler_size: int | None = None) -> dict:
+    bw = measure_bandwidth(device, ruler_size)
+    kv_elem_bytes = {"f32": 4, "f16": 2}[getattr(model.impl, "kv_type", "f32")]
+    need = decode_bytes(model.file, n_gen / 2, kv_elem_bytes)
     ideal = bw["gbps"] * 1e9 / need["total"]
     tg = next((r for r in results if r.test.startswith("tg")), None)
     out = {"bandwidth_gbps": bw["gbps"], "ruler": bw, "decode_bytes": need, "ideal_tps": ideal}
@@ -275,7 +295,7 @@ def profile_decode(model, reps: int = 3) -> dict:
 # ---- the command --------------------------------------------------------------------------------------
 def bench(path, n_prompt: int = 512, n_gen: int = 128, reps: int = 3, n_batch: int = 32,
           device=None, with_roofline: bool = False, with_profile: bool = False,
-          ruler_bytes: int = RULER_BYTES) -> dict:
+          ruler_size: int | None = None) -> dict:
     """Everything `vkinfer bench` prints, as a dict."""
     from .engine import Model
     load = os.getloadavg()
@@ -289,7 +309,7 @@ def bench(path, n_prompt: int = 512, n_gen: int = 128, reps: int = 3, n_batch: i
         if with_profile:
             out["profile"] = profile_decode(model, reps)
         if with_roofline:
-            out["roofline"] = roofline(model, results, split, n_gen, device, ruler_bytes)
+            out["roofline"] = roofline(model, results, split, n_gen, device, ruler_size)
     finally:
         model.close()
     out["loadavg"] = [load, os.getloadavg()]

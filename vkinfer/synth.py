@@ -203,7 +203,8 @@ def write(path, model: str, wtype: str, n_layer: int | None = None, n_vocab: int
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(path, arch)
     writer.add_name(f"{model} (synthetic, random weights)")
-    writer.add_size_label(model.split("-")[-1].upper())
+    if n_layer is None and n_vocab is None:        # a cut-down model gets its size computed
+        writer.add_size_label(model.split("-")[-1].upper())
     writer.add_description("vkinfer synth: real shapes and types, random weights; for speed tests")
     writer.add_file_type(WEIGHT_TYPES[wtype])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
