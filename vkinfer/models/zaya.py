@@ -93,9 +93,8 @@ class Zaya:
                   "probs": (B, E + 1), "biased": (B, E + 1),
                   "gate_up": (B, 2 * p.n_ff_expert), "gate": (B, p.n_ff_expert), "up": (B, p.n_ff_expert)}
         self.scratch = {k: dev.empty(shape, "f32", name=k) for k, shape in shapes.items()}
-        # The chosen slot of every token in every MoE block, in host memory so that the skip
-        # slot can be reported (log_skips) without a copy.
-        self.experts = dev.empty((max(len(self.moe_blocks), 1), B), "u32", kind="host", name="experts")
+        # The chosen slot of every token in every MoE block (read back only by log_skips).
+        self.experts = dev.empty((max(len(self.moe_blocks), 1), B), "u32", name="experts")
 
     def _prepare_weights(self, file_name: str):
         """Per-block weights in the form the graph uses, made once at load time."""
@@ -262,8 +261,9 @@ class Zaya:
 
     def log_skips(self, T: int, n_past: int) -> dict:
         """After a run of T tokens starting at position n_past: {block: [positions]} where the
-        skip slot won, also logged at debug level (zaya1.md §3.3 step 8)."""
-        chosen = self.experts.buf.view().reshape(self.experts.shape)
+        skip slot won, also logged at debug level (zaya1.md §3.3 step 8). Reads the chosen slots
+        back from the device: for debugging, not for every step."""
+        chosen = self.dev.read(self.experts)
         found = {}
         for m, l in enumerate(self.moe_blocks):
             at = np.flatnonzero(chosen[m, :T] >= self.p.n_expert)
