@@ -226,14 +226,15 @@ def decode_bytes(f, n_past: float, kv_elem_bytes: int = 4) -> dict:
     return {"weights": weights, "state": state, "kv": int(kv), "total": int(weights + state + kv)}
 
 
-def roofline(model, results: list, split: dict, n_gen: int, device=None,
-             ruler_size: int | None = None) -> dict:
-    bw = measure_bandwidth(device, ruler_size)
+def roofline(model, results: list, split: dict, n_gen: int, rulers: list) -> dict:
+    """Decode speed against the bandwidth the rulers measured (their mean: they run just
+    before and just after the speed tests, so they share the load those saw)."""
+    gbps = statistics.fmean(r["gbps"] for r in rulers)
     kv_elem_bytes = {"f32": 4, "f16": 2}[getattr(model.impl, "kv_type", "f32")]
     need = decode_bytes(model.file, n_gen / 2, kv_elem_bytes)
-    ideal = bw["gbps"] * 1e9 / need["total"]
+    ideal = gbps * 1e9 / need["total"]
     tg = next((r for r in results if r.test.startswith("tg")), None)
-    out = {"bandwidth_gbps": bw["gbps"], "ruler": bw, "decode_bytes": need, "ideal_tps": ideal}
+    out = {"bandwidth_gbps": gbps, "rulers": rulers, "decode_bytes": need, "ideal_tps": ideal}
     if tg is not None:
         out["achieved_tps"] = tg.mean
         out["achieved_pct"] = 100 * tg.mean / ideal
@@ -299,6 +300,7 @@ def bench(path, n_prompt: int = 512, n_gen: int = 128, reps: int = 3, n_batch: i
     """Everything `vkinfer bench` prints, as a dict."""
     from .engine import Model
     load = os.getloadavg()
+    rulers = [measure_bandwidth(device, ruler_size)] if with_roofline else []
     t0 = time.perf_counter()
     model = Model(path, device=device, n_ctx=max(n_prompt, n_gen, 1), n_batch=n_batch, quiet=True)
     load_s = time.perf_counter() - t0
@@ -306,10 +308,11 @@ def bench(path, n_prompt: int = 512, n_gen: int = 128, reps: int = 3, n_batch: i
         results, split = run_tests(model, n_prompt, n_gen, reps)
         out = {"results": results, "load_s": load_s, "n_batch": n_batch, "reps": reps,
                "host": platform.node(), "cpus": os.cpu_count()}
+        if with_roofline:
+            rulers.append(measure_bandwidth(device, ruler_size))
+            out["roofline"] = roofline(model, results, split, n_gen, rulers)
         if with_profile:
             out["profile"] = profile_decode(model, reps)
-        if with_roofline:
-            out["roofline"] = roofline(model, results, split, n_gen, device, ruler_size)
     finally:
         model.close()
     out["loadavg"] = [load, os.getloadavg()]
@@ -351,8 +354,10 @@ def report(out: dict) -> str:
     roof = out.get("roofline")
     if roof:
         need = roof["decode_bytes"]
+        before, after = roof["rulers"][0], roof["rulers"][-1]
         lines.append(f"roofline: read bandwidth {roof['bandwidth_gbps']:.2f} GB/s (stream_read over "
-                     f"{format_size(roof['ruler']['bytes'])}, {roof['ruler']['per_thread']} uvec4 per invocation)")
+                     f"{format_size(before['bytes'])}: {before['gbps']:.2f} before the tests, "
+                     f"{after['gbps']:.2f} after)")
         lines.append(f"    decode step reads {need['total'] / 1e6:.1f} MB (weights {need['weights'] / 1e6:.1f}, "
                      f"state {need['state'] / 1e6:.2f}, KV cache {need['kv'] / 1e6:.2f}): ideal "
                      f"{roof['ideal_tps']:.2f} t/s")
