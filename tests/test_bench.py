@@ -45,10 +45,12 @@ def test_roofline_and_profile():
     assert roof["ideal_tps"] == pytest.approx(roof["bandwidth_gbps"] * 1e9 / need["total"])
     assert 0 < roof["achieved_pct"] < 100
     assert 0 <= roof["python_pct"] < 100 and roof["python_ms"] < roof["step_ms"]
-    prof = out["profile"]
-    assert sum(k["dispatches"] for k in prof["kernels"]) == prof["dispatches"]
-    matmuls = [k for k in prof["kernels"] if k["kernel"].startswith("matmul.vec_")]
-    assert matmuls and all(k["gbps"] > 0 for k in matmuls)
+    decode, prompt = out["profiles"]
+    assert decode["n_tokens"] == 1 and prompt["n_tokens"] == 8
+    for prof, kind in ((decode, "matmul.vec_"), (prompt, "matmul.mat_")):
+        assert sum(k["dispatches"] for k in prof["kernels"]) == prof["dispatches"]
+        matmuls = [k for k in prof["kernels"] if k["kernel"].startswith(kind)]
+        assert matmuls and all(k["gbps"] > 0 for k in matmuls)
     assert "roofline: read bandwidth" in bench.report(out)
 
 

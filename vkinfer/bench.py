@@ -258,21 +258,22 @@ def _replay_seconds(g: Graph, reps: int) -> float:
 
 
 def _weight_bytes(node) -> int:
-    """Weight bytes one token's matmul dispatch reads (0 for other kernels)."""
+    """Weight bytes a matmul dispatch reads at least once (0 for other kernels)."""
     kernel, ins, _, push, _, _ = node
-    if kernel.startswith("matmul.vec_"):
+    if kernel.startswith(("matmul.vec_", "matmul.mat_")):
         return ins[0].nbytes
     if kernel.startswith("matmul.id_"):
-        return ins[0].nbytes // max(int(push[10]), 1)       # one expert of the part
+        return ins[0].nbytes // max(int(push[10]), 1) * int(push[4])    # an expert per token
     return 0
 
 
-def profile_decode(model, reps: int = 3) -> dict:
-    """Replay time of the decode graph (one token), of the graphs holding only each kernel's
-    dispatches, and of as many empty-sized dispatches (the fixed cost of a dispatch)."""
+def profile(model, n_tokens: int = 1, reps: int = 3) -> dict:
+    """Replay time of the graph for a chunk of n_tokens (1: a decode step), of the graphs
+    holding only each kernel's dispatches, and of as many empty-sized dispatches (the fixed
+    cost of a dispatch)."""
     session = model.session()
-    session.eval([0])
-    full = session._graphs[(1, False)]
+    session.eval([0] * n_tokens)
+    full = session._graphs[(n_tokens, False)]
     kernels = {}
     for node in full.nodes:
         kernels.setdefault(node[0], []).append(node)
@@ -289,8 +290,9 @@ def profile_decode(model, reps: int = 3) -> dict:
     g = Graph(model.dev, "profile-empty")
     for _ in range(len(full.nodes)):
         g.dispatch("fill_words", [], [tiny.buf], [0, 4, 0], groups=1)
-    return {"step_ms": 1e3 * _replay_seconds(full, reps), "dispatches": len(full.nodes),
-            "empty_dispatches_ms": 1e3 * _replay_seconds(g, reps), "kernels": rows}
+    return {"n_tokens": n_tokens, "step_ms": 1e3 * _replay_seconds(full, reps),
+            "dispatches": len(full.nodes), "empty_dispatches_ms": 1e3 * _replay_seconds(g, reps),
+            "kernels": rows}
 
 
 # ---- the command --------------------------------------------------------------------------------------
@@ -312,7 +314,9 @@ def bench(path, n_prompt: int = 512, n_gen: int = 128, reps: int = 3, n_batch: i
             rulers.append(measure_bandwidth(device, ruler_size))
             out["roofline"] = roofline(model, results, split, n_gen, rulers)
         if with_profile:
-            out["profile"] = profile_decode(model, reps)
+            out["profiles"] = [profile(model, 1, reps)]
+            if n_prompt:
+                out["profiles"].append(profile(model, min(n_batch, n_prompt), reps))
     finally:
         model.close()
     out["loadavg"] = [load, os.getloadavg()]
@@ -341,9 +345,9 @@ def report(out: dict) -> str:
     lines.append(f"load {out['load_s']:.2f} s; n_batch {out['n_batch']}; {out['reps']} repetitions after "
                  f"a warm-up; load average {out['loadavg'][0][0]:.2f} -> {out['loadavg'][1][0]:.2f} "
                  f"on {out['cpus']} CPUs")
-    prof = out.get("profile")
-    if prof:
-        lines.append(f"decode step: {prof['step_ms']:.2f} ms for {prof['dispatches']} dispatches "
+    for prof in out.get("profiles", []):
+        what = "decode step" if prof["n_tokens"] == 1 else f"prompt micro-batch of {prof['n_tokens']} tokens"
+        lines.append(f"{what}: {prof['step_ms']:.2f} ms for {prof['dispatches']} dispatches "
                      f"(as many empty dispatches: {prof['empty_dispatches_ms']:.2f} ms)")
         lines.append(f"    {'kernel':24} {'n':>4} {'ms':>9} {'%':>6} {'weight MB':>10} {'GB/s':>7}")
         for k in prof["kernels"]:
