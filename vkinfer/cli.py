@@ -105,6 +105,10 @@ def add_model_options(p: argparse.ArgumentParser):
     p.add_argument("-c", "--ctx", type=int, default=4096, help="context size in tokens")
     p.add_argument("-b", "--batch", type=int, default=32, help="prompt micro-batch size")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar while loading")
+    p.add_argument("--kv-type", choices=("f32", "f16"), default=None,
+                   help="KV cache type for attention models (ZAYA1; default f32)")
+    p.add_argument("--skip-mode", choices=("zero", "identity", "never"), default=None,
+                   help="ZAYA1 router skip slot: zero (reference), identity (legacy), never (llama.cpp)")
 
 
 def resolve_model(path):
@@ -124,8 +128,15 @@ def resolve_model(path):
 
 def open_model(args):
     from .engine import Model
-    return Model(resolve_model(args.model), device=args.device, n_ctx=args.ctx, n_batch=args.batch,
-                 quiet=args.quiet)
+    options = {k: v for k, v in (("kv_type", args.kv_type), ("skip_mode", args.skip_mode)) if v}
+    path = resolve_model(args.model)
+    if options:
+        from .gguf import open_gguf
+        arch = open_gguf(path, weights=False).arch
+        if arch != "zaya":
+            raise VkInferError(f"--kv-type and --skip-mode apply to ZAYA1 models, not {arch}")
+    return Model(path, device=args.device, n_ctx=args.ctx, n_batch=args.batch, quiet=args.quiet,
+                 **options)
 
 
 def sampling_args(args) -> dict:

@@ -168,6 +168,8 @@ class Session:
         graph.run()
         rows = T if all_logits else 1
         logits = m.logits_out.buf.view()[:rows * m.n_vocab].view(np.float32).reshape(rows, m.n_vocab).copy()
+        if log.isEnabledFor(logging.DEBUG) and hasattr(m.impl, "log_skips"):
+            m.impl.log_skips(T, self.n_past)
         self.n_past += T
         return logits
 
