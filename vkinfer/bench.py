@@ -267,6 +267,14 @@ def _weight_bytes(node) -> int:
     return 0
 
 
+def _flops(node) -> int:
+    """Multiply-adds x 2 of a matmul dispatch (0 for other kernels)."""
+    kernel, _, _, push, _, _ = node
+    if kernel.startswith("matmul."):
+        return 2 * int(push[1]) * int(push[2]) * int(push[4])      # rows x n_in x tokens
+    return 0
+
+
 def profile(model, n_tokens: int = 1, reps: int = 3) -> dict:
     """Replay time of the graph for a chunk of n_tokens (1: a decode step), of the graphs
     holding only each kernel's dispatches, and of as many empty-sized dispatches (the fixed
@@ -283,8 +291,10 @@ def profile(model, n_tokens: int = 1, reps: int = 3) -> dict:
         g.nodes = list(nodes)
         seconds = _replay_seconds(g, reps)
         nbytes = sum(_weight_bytes(n) for n in nodes)
+        flops = sum(_flops(n) for n in nodes)
         rows.append({"kernel": kernel, "dispatches": len(nodes), "ms": 1e3 * seconds,
-                     "weight_bytes": nbytes, "gbps": nbytes / seconds / 1e9 if nbytes else None})
+                     "weight_bytes": nbytes, "gbps": nbytes / seconds / 1e9 if nbytes else None,
+                     "gflops": flops / seconds / 1e9 if flops else None})
     rows.sort(key=lambda r: -r["ms"])
     tiny = model.dev.empty((4,), "u32", name="profile-tiny")
     g = Graph(model.dev, "profile-empty")
@@ -349,12 +359,13 @@ def report(out: dict) -> str:
         what = "decode step" if prof["n_tokens"] == 1 else f"prompt micro-batch of {prof['n_tokens']} tokens"
         lines.append(f"{what}: {prof['step_ms']:.2f} ms for {prof['dispatches']} dispatches "
                      f"(as many empty dispatches: {prof['empty_dispatches_ms']:.2f} ms)")
-        lines.append(f"    {'kernel':24} {'n':>4} {'ms':>9} {'%':>6} {'weight MB':>10} {'GB/s':>7}")
+        lines.append(f"    {'kernel':24} {'n':>4} {'ms':>9} {'%':>6} {'weight MB':>10} {'GB/s':>7} {'GFLOP/s':>8}")
         for k in prof["kernels"]:
             gbps = f"{k['gbps']:7.2f}" if k["gbps"] else f"{'':7}"
+            gflops = f"{k['gflops']:8.2f}" if k.get("gflops") else f"{'':8}"
             mb = f"{k['weight_bytes'] / 1e6:10.1f}" if k["weight_bytes"] else f"{'':10}"
             lines.append(f"    {k['kernel']:24} {k['dispatches']:4d} {k['ms']:9.2f} "
-                         f"{100 * k['ms'] / prof['step_ms']:6.1f} {mb} {gbps}")
+                         f"{100 * k['ms'] / prof['step_ms']:6.1f} {mb} {gbps} {gflops}")
     roof = out.get("roofline")
     if roof:
         need = roof["decode_bytes"]
