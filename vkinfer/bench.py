@@ -248,13 +248,14 @@ def roofline(model, results: list, split: dict, n_gen: int, rulers: list) -> dic
 
 # ---- where a decode step's time goes ----------------------------------------------------------------
 def _replay_seconds(g: Graph, reps: int) -> float:
+    """The fastest of `reps` replays after a warm-up: on a shared machine the least disturbed."""
     g.run()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         g.run()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def _weight_bytes(node) -> int:
