@@ -8,43 +8,69 @@
 //   MAT: tiles of TILE_ROWS rows x TILE_TOKENS tokens; each step decodes a TILE_ROWS x TILE_K
 //        slice of W into shared memory once and uses every value for TILE_TOKENS tokens.
 //! variant vec_f32 VEC WTYPE_F32
+//! variant vecsg_f32 VEC SUBGROUP_SUM WTYPE_F32
 //! variant vec_f16 VEC WTYPE_F16
+//! variant vecsg_f16 VEC SUBGROUP_SUM WTYPE_F16
 //! variant vec_bf16 VEC WTYPE_BF16
+//! variant vecsg_bf16 VEC SUBGROUP_SUM WTYPE_BF16
 //! variant id_f32 VEC MATMUL_ID WTYPE_F32
+//! variant idsg_f32 VEC MATMUL_ID SUBGROUP_SUM WTYPE_F32
 //! variant id_f16 VEC MATMUL_ID WTYPE_F16
+//! variant idsg_f16 VEC MATMUL_ID SUBGROUP_SUM WTYPE_F16
 //! variant id_bf16 VEC MATMUL_ID WTYPE_BF16
+//! variant idsg_bf16 VEC MATMUL_ID SUBGROUP_SUM WTYPE_BF16
 //! variant mat_f32 MAT WTYPE_F32
 //! variant mat_f16 MAT WTYPE_F16
 //! variant mat_bf16 MAT WTYPE_BF16
 //! variant vec_q4_0 VEC WTYPE_Q4_0
+//! variant vecsg_q4_0 VEC SUBGROUP_SUM WTYPE_Q4_0
 //! variant id_q4_0 VEC MATMUL_ID WTYPE_Q4_0
+//! variant idsg_q4_0 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q4_0
 //! variant mat_q4_0 MAT WTYPE_Q4_0
 //! variant vec_q4_1 VEC WTYPE_Q4_1
+//! variant vecsg_q4_1 VEC SUBGROUP_SUM WTYPE_Q4_1
 //! variant id_q4_1 VEC MATMUL_ID WTYPE_Q4_1
+//! variant idsg_q4_1 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q4_1
 //! variant mat_q4_1 MAT WTYPE_Q4_1
 //! variant vec_q5_0 VEC WTYPE_Q5_0
+//! variant vecsg_q5_0 VEC SUBGROUP_SUM WTYPE_Q5_0
 //! variant id_q5_0 VEC MATMUL_ID WTYPE_Q5_0
+//! variant idsg_q5_0 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q5_0
 //! variant mat_q5_0 MAT WTYPE_Q5_0
 //! variant vec_q5_1 VEC WTYPE_Q5_1
+//! variant vecsg_q5_1 VEC SUBGROUP_SUM WTYPE_Q5_1
 //! variant id_q5_1 VEC MATMUL_ID WTYPE_Q5_1
+//! variant idsg_q5_1 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q5_1
 //! variant mat_q5_1 MAT WTYPE_Q5_1
 //! variant vec_q8_0 VEC WTYPE_Q8_0
+//! variant vecsg_q8_0 VEC SUBGROUP_SUM WTYPE_Q8_0
 //! variant id_q8_0 VEC MATMUL_ID WTYPE_Q8_0
+//! variant idsg_q8_0 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q8_0
 //! variant mat_q8_0 MAT WTYPE_Q8_0
 //! variant vec_q2_k VEC WTYPE_Q2_K
+//! variant vecsg_q2_k VEC SUBGROUP_SUM WTYPE_Q2_K
 //! variant id_q2_k VEC MATMUL_ID WTYPE_Q2_K
+//! variant idsg_q2_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q2_K
 //! variant mat_q2_k MAT WTYPE_Q2_K
 //! variant vec_q3_k VEC WTYPE_Q3_K
+//! variant vecsg_q3_k VEC SUBGROUP_SUM WTYPE_Q3_K
 //! variant id_q3_k VEC MATMUL_ID WTYPE_Q3_K
+//! variant idsg_q3_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q3_K
 //! variant mat_q3_k MAT WTYPE_Q3_K
 //! variant vec_q4_k VEC WTYPE_Q4_K
+//! variant vecsg_q4_k VEC SUBGROUP_SUM WTYPE_Q4_K
 //! variant id_q4_k VEC MATMUL_ID WTYPE_Q4_K
+//! variant idsg_q4_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q4_K
 //! variant mat_q4_k MAT WTYPE_Q4_K
 //! variant vec_q5_k VEC WTYPE_Q5_K
+//! variant vecsg_q5_k VEC SUBGROUP_SUM WTYPE_Q5_K
 //! variant id_q5_k VEC MATMUL_ID WTYPE_Q5_K
+//! variant idsg_q5_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q5_K
 //! variant mat_q5_k MAT WTYPE_Q5_K
 //! variant vec_q6_k VEC WTYPE_Q6_K
+//! variant vecsg_q6_k VEC SUBGROUP_SUM WTYPE_Q6_K
 //! variant id_q6_k VEC MATMUL_ID WTYPE_Q6_K
+//! variant idsg_q6_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q6_K
 //! variant mat_q6_k MAT WTYPE_Q6_K
 #include "common.glsl"
 #include "weights.glsl"
@@ -68,11 +94,34 @@ layout(push_constant) uniform P {
 vec4 x4(uint i) { return vec4(x[i], x[i + 1], x[i + 2], x[i + 3]); }
 
 #ifdef VEC
-#define LANES 32
+// One row's dot product is shared by a team of lanes, each taking 32-element chunks in turn
+// (a chunk is one legacy block or one K-quant sub-block, so its scales are read once per
+// chunk). With SUBGROUP_SUM a team is a subgroup, of whatever size the device runs, summed with
+// subgroupAdd; otherwise a team is LANES threads summed in shared memory.
+#define CHUNK 32u
 #define ROWS_PER_GROUP 4
+#if defined(SUBGROUP_SUM)
+#extension GL_KHR_shader_subgroup_arithmetic : require
+layout(local_size_x = 64) in;
+#else
+#define LANES 32
 layout(local_size_x = LANES * ROWS_PER_GROUP) in;
-
 shared float partial[LANES * ROWS_PER_GROUP];
+#endif
+
+float row_dot(uint w_row, uint x_row, uint lane, uint n_lanes) {
+    vec4 acc = vec4(0.0);
+    uint n_chunks = p.n_in / CHUNK;
+    for (uint c = lane; c < n_chunks; c += n_lanes) {
+        uint k = c * CHUNK;
+        [[unroll]] for (uint j = 0; j < CHUNK; j += 4)
+            acc += weight4(w_row + k + j) * x4(x_row + k + j);
+    }
+    float sum = acc.x + acc.y + acc.z + acc.w;
+    for (uint k = n_chunks * CHUNK + lane; k < p.n_in; k += n_lanes)   // plain types only
+        sum += weight1(w_row + k) * x[x_row + k];
+    return sum;
+}
 
 void main() {
     uint row_groups = (p.rows + ROWS_PER_GROUP - 1) / ROWS_PER_GROUP;
@@ -80,34 +129,37 @@ void main() {
     uint token = g / row_groups;
     if (token >= p.n_tokens)
         return;                       // the grid may round up; uniform over the group
-    uint tid = gl_LocalInvocationID.x;
-    uint lane = tid % LANES;
-    uint row = (g % row_groups) * ROWS_PER_GROUP + tid / LANES;
-    uint out_index = p.o_off + token * p.o_stride + p.col0 + row;
+    uint first_row = (g % row_groups) * ROWS_PER_GROUP;
+    uint out_base = p.o_off + token * p.o_stride + p.col0;
     uint w_base = p.w_off;
 #ifdef MATMUL_ID
     uint expert = ids[p.ids_off + token];
     if (expert >= p.e_total) {
-        if (p.e_start == 0 && lane == 0 && row < p.rows)
-            y[out_index] = 0.0;
+        uint r = first_row + gl_LocalInvocationID.x;
+        if (p.e_start == 0 && gl_LocalInvocationID.x < ROWS_PER_GROUP && r < p.rows)
+            y[out_base + r] = 0.0;
         return;
     }
     if (expert < p.e_start || expert >= p.e_start + p.e_count)
         return;                       // another part holds this expert
     w_base += (expert - p.e_start) * p.rows * p.n_in;
 #endif
-
-    float acc = 0.0;
-    if (row < p.rows) {
-        uint w_row = w_base + row * p.n_in;
-        uint x_row = p.x_off + token * p.n_in;
-        uint n4 = p.n_in / 4;
-        for (uint c = lane; c < n4; c += LANES)
-            acc += dot(weight4(w_row + 4 * c), x4(x_row + 4 * c));
-        for (uint k = 4 * n4 + lane; k < p.n_in; k += LANES)
-            acc += weight1(w_row + k) * x[x_row + k];
+    uint x_row = p.x_off + token * p.n_in;
+#if defined(SUBGROUP_SUM)
+    for (uint r = gl_SubgroupID; r < ROWS_PER_GROUP; r += gl_NumSubgroups) {
+        uint row = first_row + r;
+        if (row >= p.rows)
+            break;                    // uniform over the subgroup
+        float sum = subgroupAdd(row_dot(w_base + row * p.n_in, x_row, gl_SubgroupInvocationID,
+                                        gl_SubgroupSize));
+        if (subgroupElect())
+            y[out_base + row] = sum;
     }
-    partial[tid] = acc;
+#else
+    uint tid = gl_LocalInvocationID.x;
+    uint lane = tid % LANES;
+    uint row = first_row + tid / LANES;
+    partial[tid] = row < p.rows ? row_dot(w_base + row * p.n_in, x_row, lane, LANES) : 0.0;
     barrier();
     [[unroll]] for (uint s = LANES / 2; s > 0; s >>= 1) {
         if (lane < s)
@@ -115,7 +167,8 @@ void main() {
         barrier();
     }
     if (lane == 0 && row < p.rows)
-        y[out_index] = partial[tid];
+        y[out_base + row] = partial[tid];
+#endif
 }
 #endif
 

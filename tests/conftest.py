@@ -90,3 +90,13 @@ def zaya_weights_only(zaya_path, tmp_path_factory):
                               "tokenizer.ggml.token_type", "tokenizer.ggml.merges")}
     rewrite_gguf(zaya_path, out, fields=drop)
     return out
+
+
+@pytest.fixture(params=["subgroup", "shared"])
+def vec_reduction(request, dev, monkeypatch):
+    """Runs a test with the vector kernels' subgroup-sum variant (where the device has it) and
+    with the shared-memory one."""
+    if request.param == "subgroup" and not dev.subgroup_arithmetic:
+        pytest.skip("the device has no subgroup arithmetic")
+    monkeypatch.setattr(dev, "subgroup_arithmetic", request.param == "subgroup")
+    return request.param

@@ -29,7 +29,7 @@ def random_weight(rng, shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_out,n_in", [(7, 33), (1, 65), (130, 1000)])
 @pytest.mark.parametrize("n", [1, 5, 33])
-def test_matmul(dev, rng, dtype, n_out, n_in, n):
+def test_matmul(dev, rng, dtype, n_out, n_in, n, vec_reduction):
     array, w = random_weight(rng, (n_out, n_in), dtype)
     x = rng.standard_normal((n, n_in)).astype(np.float32)
     weight = upload_weight(dev, array, dtype)
@@ -64,7 +64,7 @@ def test_matmul_at_offsets(dev, rng, dtype, n):
     ("f16", 270_001, 9, 1),       # more than 65535 work groups of the vector kernel
     ("bf16", 2_097_153, 3, 2),    # more than 65535 work groups of the tiled kernel
 ])
-def test_matmul_large_grid(dev, rng, dtype, n_out, n_in, n):
+def test_matmul_large_grid(dev, rng, dtype, n_out, n_in, n, vec_reduction):
     array, w = random_weight(rng, (n_out, n_in), dtype)
     x = rng.standard_normal((n, n_in)).astype(np.float32)
     weight = upload_weight(dev, array, dtype)
@@ -88,7 +88,7 @@ def test_matmul_split_weight(small_bindings, rng, dtype, n_out, n_in, n):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ids", [[2, 0, 3, 1, 2, 7], [1], [17]])
-def test_matmul_id(dev, rng, dtype, ids):
+def test_matmul_id(dev, rng, dtype, ids, vec_reduction):
     """Each row its own expert; ids 3 and 7 (>= E) and 17 are skip slots: rows of zeros."""
     n_experts, n_out, n_in = 3, 7, 65
     array, w = random_weight(rng, (n_experts, n_out, n_in), dtype)

@@ -14,6 +14,7 @@ from .tensor import BLOCK_TYPES, Buffer, Tensor, nbytes_of
 from .vulkan_info import DeviceInfo, query_devices
 
 log = logging.getLogger("vkinfer")
+SUBGROUP_FEATURE_ARITHMETIC = 0x4
 STAGING_BYTES = int(os.environ.get("VKINFER_STAGING_MB", "16")) << 20
 
 
@@ -57,6 +58,10 @@ class Device:
         if not self.kp_barrier_fix:
             log.warning("kp was built without vkinfer's barrier fix (run ./setup.sh to rebuild it); "
                         "using the slower OpTensorSyncLocal barriers")
+        # Subgroup arithmetic (optional in Vulkan 1.1) selects the faster reduction variants;
+        # VKINFER_NO_SUBGROUPS=1 turns them off (tests cover both paths).
+        self.subgroup_arithmetic = bool(self.info.subgroup_operations & SUBGROUP_FEATURE_ARITHMETIC) \
+            and not os.environ.get("VKINFER_NO_SUBGROUPS")
         self._algos = {}
         self._staging = None
         self.allocated_bytes = 0

@@ -19,6 +19,11 @@ def _check_x(op: str, x: Tensor, n_in: int) -> int:
     return x.shape[0]
 
 
+def _vec(g: Graph, kind: str = "vec") -> str:
+    """The vector kernel's variant prefix: the subgroup-sum one where the device has it."""
+    return kind + "sg" if g.dev.subgroup_arithmetic else kind
+
+
 def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None) -> Tensor:
     """out[n] = W @ x[n] for W [out, in] (a Weight or a Tensor), x f32 [N, in]; out f32
     [N, out], contiguous (it may sit at an offset inside a bigger buffer). N = 1 runs the
@@ -31,7 +36,7 @@ def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None) -> Tensor:
         rows = part.shape[0]
         push = [part.offset, rows, n_in, x.offset, n, out.offset, n_out, start]
         if n == 1:
-            g.dispatch(f"matmul.vec_{W.dtype}", [part, x], [out], push, groups=ceil(rows / VEC_ROWS))
+            g.dispatch(f"matmul.{_vec(g)}_{W.dtype}", [part, x], [out], push, groups=ceil(rows / VEC_ROWS))
         else:
             groups = ceil(rows / TILE_ROWS) * ceil(n / TILE_TOKENS)
             g.dispatch(f"matmul.mat_{W.dtype}", [part, x], [out], push, groups=groups)
@@ -50,7 +55,7 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
     for start, part in W.parts:
         push = [part.offset, n_out, n_in, x.offset, n, out.offset, n_out, 0,
                 expert_ids.offset, start, part.shape[0], n_experts]
-        g.dispatch(f"matmul.id_{W.dtype}", [part, x, expert_ids], [out], push,
+        g.dispatch(f"matmul.{_vec(g, 'id')}_{W.dtype}", [part, x, expert_ids], [out], push,
                    groups=n * ceil(n_out / VEC_ROWS))
     return out
 
