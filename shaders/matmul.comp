@@ -9,68 +9,94 @@
 //        slice of W into shared memory once and uses every value for TILE_TOKENS tokens.
 //! variant vec_f32 VEC WTYPE_F32
 //! variant vecsg_f32 VEC SUBGROUP_SUM WTYPE_F32
+//! variant vecrow_f32 VEC ROW_PER_THREAD WTYPE_F32
 //! variant vec_f16 VEC WTYPE_F16
 //! variant vecsg_f16 VEC SUBGROUP_SUM WTYPE_F16
+//! variant vecrow_f16 VEC ROW_PER_THREAD WTYPE_F16
 //! variant vec_bf16 VEC WTYPE_BF16
 //! variant vecsg_bf16 VEC SUBGROUP_SUM WTYPE_BF16
+//! variant vecrow_bf16 VEC ROW_PER_THREAD WTYPE_BF16
 //! variant id_f32 VEC MATMUL_ID WTYPE_F32
 //! variant idsg_f32 VEC MATMUL_ID SUBGROUP_SUM WTYPE_F32
+//! variant idrow_f32 VEC MATMUL_ID ROW_PER_THREAD WTYPE_F32
 //! variant id_f16 VEC MATMUL_ID WTYPE_F16
 //! variant idsg_f16 VEC MATMUL_ID SUBGROUP_SUM WTYPE_F16
+//! variant idrow_f16 VEC MATMUL_ID ROW_PER_THREAD WTYPE_F16
 //! variant id_bf16 VEC MATMUL_ID WTYPE_BF16
 //! variant idsg_bf16 VEC MATMUL_ID SUBGROUP_SUM WTYPE_BF16
+//! variant idrow_bf16 VEC MATMUL_ID ROW_PER_THREAD WTYPE_BF16
 //! variant mat_f32 MAT WTYPE_F32
 //! variant mat_f16 MAT WTYPE_F16
 //! variant mat_bf16 MAT WTYPE_BF16
 //! variant vec_q4_0 VEC WTYPE_Q4_0
 //! variant vecsg_q4_0 VEC SUBGROUP_SUM WTYPE_Q4_0
+//! variant vecrow_q4_0 VEC ROW_PER_THREAD WTYPE_Q4_0
 //! variant id_q4_0 VEC MATMUL_ID WTYPE_Q4_0
 //! variant idsg_q4_0 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q4_0
+//! variant idrow_q4_0 VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q4_0
 //! variant mat_q4_0 MAT WTYPE_Q4_0
 //! variant vec_q4_1 VEC WTYPE_Q4_1
 //! variant vecsg_q4_1 VEC SUBGROUP_SUM WTYPE_Q4_1
+//! variant vecrow_q4_1 VEC ROW_PER_THREAD WTYPE_Q4_1
 //! variant id_q4_1 VEC MATMUL_ID WTYPE_Q4_1
 //! variant idsg_q4_1 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q4_1
+//! variant idrow_q4_1 VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q4_1
 //! variant mat_q4_1 MAT WTYPE_Q4_1
 //! variant vec_q5_0 VEC WTYPE_Q5_0
 //! variant vecsg_q5_0 VEC SUBGROUP_SUM WTYPE_Q5_0
+//! variant vecrow_q5_0 VEC ROW_PER_THREAD WTYPE_Q5_0
 //! variant id_q5_0 VEC MATMUL_ID WTYPE_Q5_0
 //! variant idsg_q5_0 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q5_0
+//! variant idrow_q5_0 VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q5_0
 //! variant mat_q5_0 MAT WTYPE_Q5_0
 //! variant vec_q5_1 VEC WTYPE_Q5_1
 //! variant vecsg_q5_1 VEC SUBGROUP_SUM WTYPE_Q5_1
+//! variant vecrow_q5_1 VEC ROW_PER_THREAD WTYPE_Q5_1
 //! variant id_q5_1 VEC MATMUL_ID WTYPE_Q5_1
 //! variant idsg_q5_1 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q5_1
+//! variant idrow_q5_1 VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q5_1
 //! variant mat_q5_1 MAT WTYPE_Q5_1
 //! variant vec_q8_0 VEC WTYPE_Q8_0
 //! variant vecsg_q8_0 VEC SUBGROUP_SUM WTYPE_Q8_0
+//! variant vecrow_q8_0 VEC ROW_PER_THREAD WTYPE_Q8_0
 //! variant id_q8_0 VEC MATMUL_ID WTYPE_Q8_0
 //! variant idsg_q8_0 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q8_0
+//! variant idrow_q8_0 VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q8_0
 //! variant mat_q8_0 MAT WTYPE_Q8_0
 //! variant vec_q2_k VEC WTYPE_Q2_K
 //! variant vecsg_q2_k VEC SUBGROUP_SUM WTYPE_Q2_K
+//! variant vecrow_q2_k VEC ROW_PER_THREAD WTYPE_Q2_K
 //! variant id_q2_k VEC MATMUL_ID WTYPE_Q2_K
 //! variant idsg_q2_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q2_K
+//! variant idrow_q2_k VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q2_K
 //! variant mat_q2_k MAT WTYPE_Q2_K
 //! variant vec_q3_k VEC WTYPE_Q3_K
 //! variant vecsg_q3_k VEC SUBGROUP_SUM WTYPE_Q3_K
+//! variant vecrow_q3_k VEC ROW_PER_THREAD WTYPE_Q3_K
 //! variant id_q3_k VEC MATMUL_ID WTYPE_Q3_K
 //! variant idsg_q3_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q3_K
+//! variant idrow_q3_k VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q3_K
 //! variant mat_q3_k MAT WTYPE_Q3_K
 //! variant vec_q4_k VEC WTYPE_Q4_K
 //! variant vecsg_q4_k VEC SUBGROUP_SUM WTYPE_Q4_K
+//! variant vecrow_q4_k VEC ROW_PER_THREAD WTYPE_Q4_K
 //! variant id_q4_k VEC MATMUL_ID WTYPE_Q4_K
 //! variant idsg_q4_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q4_K
+//! variant idrow_q4_k VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q4_K
 //! variant mat_q4_k MAT WTYPE_Q4_K
 //! variant vec_q5_k VEC WTYPE_Q5_K
 //! variant vecsg_q5_k VEC SUBGROUP_SUM WTYPE_Q5_K
+//! variant vecrow_q5_k VEC ROW_PER_THREAD WTYPE_Q5_K
 //! variant id_q5_k VEC MATMUL_ID WTYPE_Q5_K
 //! variant idsg_q5_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q5_K
+//! variant idrow_q5_k VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q5_K
 //! variant mat_q5_k MAT WTYPE_Q5_K
 //! variant vec_q6_k VEC WTYPE_Q6_K
 //! variant vecsg_q6_k VEC SUBGROUP_SUM WTYPE_Q6_K
+//! variant vecrow_q6_k VEC ROW_PER_THREAD WTYPE_Q6_K
 //! variant id_q6_k VEC MATMUL_ID WTYPE_Q6_K
 //! variant idsg_q6_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q6_K
+//! variant idrow_q6_k VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q6_K
 //! variant mat_q6_k MAT WTYPE_Q6_K
 #include "common.glsl"
 #include "weights.glsl"
@@ -99,11 +125,18 @@ vec4 x4(uint i) { return vec4(x[i], x[i + 1], x[i + 2], x[i + 3]); }
 // chunk). With SUBGROUP_SUM a team is a subgroup, of whatever size the device runs, summed with
 // subgroupAdd; otherwise a team is LANES threads summed in shared memory.
 #define CHUNK 32u
-#define ROWS_PER_GROUP 4
-#if defined(SUBGROUP_SUM)
+#if defined(ROW_PER_THREAD)
+// Short rows (the host picks this for n_in <= 256): one thread per row, no reduction.
+#define ROWS_PER_GROUP 64
+layout(local_size_x = ROWS_PER_GROUP) in;
+#elif defined(SUBGROUP_SUM)
 #extension GL_KHR_shader_subgroup_arithmetic : require
+// Rows per group: the host sets it to the group's expected number of subgroups; the loop over
+// rows below is right for any subgroup size the device actually runs.
+layout(constant_id = 0) const uint ROWS_PER_GROUP = 4;
 layout(local_size_x = 64) in;
 #else
+#define ROWS_PER_GROUP 4
 #define LANES 32
 layout(local_size_x = LANES * ROWS_PER_GROUP) in;
 shared float partial[LANES * ROWS_PER_GROUP];
@@ -145,7 +178,11 @@ void main() {
     w_base += (expert - p.e_start) * p.rows * p.n_in;
 #endif
     uint x_row = p.x_off + token * p.n_in;
-#if defined(SUBGROUP_SUM)
+#if defined(ROW_PER_THREAD)
+    uint row = first_row + gl_LocalInvocationID.x;
+    if (row < p.rows)
+        y[out_base + row] = row_dot(w_base + row * p.n_in, x_row, 0u, 1u);
+#elif defined(SUBGROUP_SUM)
     for (uint r = gl_SubgroupID; r < ROWS_PER_GROUP; r += gl_NumSubgroups) {
         uint row = first_row + r;
         if (row >= p.rows)

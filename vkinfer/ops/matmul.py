@@ -19,9 +19,19 @@ def _check_x(op: str, x: Tensor, n_in: int) -> int:
     return x.shape[0]
 
 
-def _vec(g: Graph, kind: str = "vec") -> str:
-    """The vector kernel's variant prefix: the subgroup-sum one where the device has it."""
-    return kind + "sg" if g.dev.subgroup_arithmetic else kind
+SHORT_ROW = 256       # rows up to this long get one thread each (no reduction)
+
+
+def _vec(g: Graph, n_in: int, kind: str = "vec") -> tuple:
+    """(variant prefix, rows per work group, spec constants) of the vector kernel: one thread
+    per row for short rows; else the subgroup-sum one where the device has it (one row per
+    expected subgroup of 64 threads); else 32 threads per row summed in shared memory."""
+    if n_in <= SHORT_ROW:
+        return kind + "row", 64, ()
+    if g.dev.subgroup_arithmetic:
+        rows = max(1, 64 // max(g.dev.info.subgroup_size, 1))
+        return kind + "sg", rows, (rows,)
+    return kind, VEC_ROWS, ()
 
 
 def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None) -> Tensor:
@@ -32,11 +42,13 @@ def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None) -> Tensor:
     n_out, n_in = W.shape
     n = _check_x("matmul", x, n_in)
     out = output(g, "matmul", out, (n, n_out))
+    vec, per_group, spec = _vec(g, n_in)
     for start, part in W.parts:
         rows = part.shape[0]
         push = [part.offset, rows, n_in, x.offset, n, out.offset, n_out, start]
         if n == 1:
-            g.dispatch(f"matmul.{_vec(g)}_{W.dtype}", [part, x], [out], push, groups=ceil(rows / VEC_ROWS))
+            g.dispatch(f"matmul.{vec}_{W.dtype}", [part, x], [out], push, groups=ceil(rows / per_group),
+                       spec=spec)
         else:
             groups = ceil(rows / TILE_ROWS) * ceil(n / TILE_TOKENS)
             g.dispatch(f"matmul.mat_{W.dtype}", [part, x], [out], push, groups=groups)
@@ -52,11 +64,12 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
     n = _check_x("matmul_id", x, n_in)
     check_tensor("matmul_id", "expert_ids", expert_ids, dtype="u32", shape=(n,))
     out = output(g, "matmul_id", out, (n, n_out))
+    vec, per_group, spec = _vec(g, n_in, "id")
     for start, part in W.parts:
         push = [part.offset, n_out, n_in, x.offset, n, out.offset, n_out, 0,
                 expert_ids.offset, start, part.shape[0], n_experts]
-        g.dispatch(f"matmul.{_vec(g, 'id')}_{W.dtype}", [part, x, expert_ids], [out], push,
-                   groups=n * ceil(n_out / VEC_ROWS))
+        g.dispatch(f"matmul.{vec}_{W.dtype}", [part, x, expert_ids], [out], push,
+                   groups=n * ceil(n_out / per_group), spec=spec)
     return out
 
 
