@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import run, view_then_copy
+from vkinfer.gguf import open_gguf
 from vkinfer.gpu import Graph
 from vkinfer.gpu.tensor import BLOCK_TYPES
 from vkinfer.gpu.weights import decode, upload_weight
@@ -152,7 +153,7 @@ def test_matmul_refuses_strided_x_then_takes_a_copy(dev, rng):
 @pytest.fixture(scope="module")
 def zaya_k_tensors(zaya_path):
     """A few K-quant tensors of the ZAYA fixture: name -> (dtype, raw bytes)."""
-    reader = gguf.GGUFReader(zaya_path)
+    reader = open_gguf(zaya_path, weights=False).reader      # fast metadata reader
     wanted = {"blk.1.ffn_gate.weight", "blk.1.zaya_router_mlp4.weight",
               "blk.1.ffn_down_exps.weight", "blk.5.ffn_down_exps.weight"}
     found = {t.name: (t.tensor_type.name.lower(), np.array(t.data)) for t in reader.tensors

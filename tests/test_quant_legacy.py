@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import check_matmul, run, view_then_copy
+from vkinfer.gguf import open_gguf
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.gpu.tensor import BLOCK_TYPES
 from vkinfer.gpu.weights import decode, upload_weight
@@ -75,7 +76,7 @@ def fixture_tensors(zaya_path):
                          "blk.1.ffn_gate_up_exps.weight"]}
     found = {}
     for path, names in picks.items():
-        reader = gguf.GGUFReader(path)
+        reader = open_gguf(path, weights=False).reader      # fast metadata reader
         for t in reader.tensors:
             if t.name in names:
                 found[f"{path.name}:{t.name}"] = (t.tensor_type.name.lower(), np.array(t.data))
