@@ -11,7 +11,6 @@ Bounds:
 gguf-py cannot quantize K types, so the random weights are random bytes with the fp16 d/dmin
 fields set to values in [1e-3, 1e-1]; the real ones are the ZAYA fixture's Q4_K and Q6_K tensors.
 Tall matrices repeat a pool of random rows, so their reference costs only the pool's product."""
-import gguf
 import numpy as np
 import pytest
 
