@@ -3,7 +3,7 @@ fortune-cookie English.
 
     apt-get install fortunes fortunes-min          # the training text (Debian, BSD licence)
     pip install -e '.[train]'                      # torch, transformers (training only)
-    python examples/train_demo_model.py            # ~25 min on a shared 2-core machine
+    python examples/train_demo_model.py            # ~27 min on one core of a shared 2-core machine
 
 Steps: a byte-level BPE tokenizer (HF `tokenizers`, GPT-2 style) on the fortunes; a
 `MambaForCausalLM` trained on them with AdamW and a warm-up + cosine schedule; an export to GGUF
@@ -11,7 +11,7 @@ in llama.cpp's Mamba layout (F16 matrices, F32 vectors); and a check that vkinfe
 PyTorch's on a prompt. Seeded: the same machine gives the same file.
 
 Training runs its own forward pass over the `MambaForCausalLM` parameters (a plain sequential
-scan, ~50x faster on CPU than the transformers reference path); the end of the script checks it
+scan, much faster on CPU than the transformers reference path); the end of the script checks it
 against `MambaForCausalLM`'s own forward.
 """
 import argparse
@@ -212,6 +212,8 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=1234)
+    # One thread: with two, OpenMP threads that share their cores with other work wait on each
+    # other, and the scan's small operations became ~100x slower here.
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
