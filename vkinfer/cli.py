@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default=None, help="system message")
     chat.add_argument("--reasoning", choices=("show", "hide"), default="show",
                       help="show <think> reasoning dimmed, or hide it")
-    add_model_options(chat)
+    add_model_options(chat, CHATTY)
     add_global_options(chat, defaults=False)
     chat.set_defaults(run=cmd_chat)
 
@@ -95,12 +95,22 @@ def cmd_devices(args) -> int:
     return 0
 
 
-def add_model_options(p: argparse.ArgumentParser):
-    p.add_argument("--temp", type=float, default=0.0, help="temperature; 0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the best")
-    p.add_argument("--repeat-penalty", type=float, default=1.0, help="penalty for repeated tokens")
+# Sampling defaults: `run` is greedy (reproducible); `chat` samples as llama.cpp's CLI does.
+GREEDY = dict(temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+CHATTY = dict(temp=0.8, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1)
+
+
+def add_model_options(p: argparse.ArgumentParser, defaults: dict = GREEDY):
+    p.add_argument("--temp", type=float, default=defaults["temp"],
+                   help=f"temperature; 0 = greedy (default {defaults['temp']})")
+    p.add_argument("--top-k", type=int, default=defaults["top_k"],
+                   help=f"keep the k most likely tokens, 0 = all (default {defaults['top_k']})")
+    p.add_argument("--top-p", type=float, default=defaults["top_p"],
+                   help=f"nucleus sampling threshold (default {defaults['top_p']})")
+    p.add_argument("--min-p", type=float, default=defaults["min_p"],
+                   help=f"drop tokens below min-p x the best (default {defaults['min_p']})")
+    p.add_argument("--repeat-penalty", type=float, default=defaults["repeat_penalty"],
+                   help=f"penalty for repeated tokens (default {defaults['repeat_penalty']})")
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     p.add_argument("-c", "--ctx", type=int, default=4096, help="context size in tokens")
     p.add_argument("-b", "--batch", type=int, default=32, help="prompt micro-batch size")
