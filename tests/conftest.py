@@ -51,6 +51,21 @@ def at_offset(dev, guard, array, before=5, after=3):
     return Tensor(whole.buf, array.shape, "f32", before), whole
 
 
+def skip_bias_for_half(probs, biases):
+    """ZAYA router biases whose skip-slot (last) bias makes that slot win for half the tokens:
+    halfway between the middle two of the tokens' margins (best real expert's p + bias minus
+    the skip slot's p). probs [T, E+1] are one block's router probabilities. Returns (biases,
+    mask of the tokens that then pick the skip slot)."""
+    skip = len(biases) - 1
+    best_real = (probs[:, :skip] + biases[:skip]).max(axis=1) - probs[:, skip]
+    ordered = np.sort(best_real)
+    half = len(ordered) // 2
+    assert ordered[half] - ordered[half - 1] > 1e-3, "no clear split between tokens"
+    out = biases.copy()
+    out[skip] = (ordered[half - 1] + ordered[half]) / 2
+    return out, best_real < out[skip]
+
+
 @pytest.fixture
 def small_bindings(dev, monkeypatch):
     """A 1 MiB binding limit, as VKINFER_MAX_BINDING_BYTES=1048576 would set."""

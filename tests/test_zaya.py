@@ -20,6 +20,7 @@ import pytest
 
 from vkinfer.engine import Model
 from vkinfer.models.zaya import ZayaNumpy
+from conftest import skip_bias_for_half
 
 REF_TOL = 1e-3
 CHUNK_TOL = 1e-4
@@ -201,13 +202,7 @@ def variant(zaya_weights_only, numpy_model, ref, tmp_path_factory):
     numpy_model.forward(numpy_model.new_state(64), ref["prompt_ids"], collect)
     probs = [a for name, l, a in collect if name == "probs" and l == SKIP_BLOCK][0]
     name = f"blk.{SKIP_BLOCK}.zaya_router_biases.weight"
-    biases = numpy_model.weight(name).copy()
-    skip = numpy_model.p.n_expert
-    best_real = (probs[:, :skip] + biases[:skip]).max(axis=1) - probs[:, skip]
-    ordered = np.sort(best_real)
-    half = len(ordered) // 2
-    assert ordered[half] - ordered[half - 1] > 1e-3, "no clear split between tokens"
-    biases[skip] = (ordered[half - 1] + ordered[half]) / 2
+    biases, skips = skip_bias_for_half(probs, numpy_model.weight(name))
     grp0 = numpy_model.weight("blk.0.cca_conv_grp.weight")
     grp2 = numpy_model.weight("blk.2.cca_conv_grp.weight")
     out = tmp_path_factory.mktemp("zaya") / "zaya-variant.gguf"
@@ -216,7 +211,7 @@ def variant(zaya_weights_only, numpy_model, ref, tmp_path_factory):
         "blk.0.cca_conv_grp.weight": (f32_to_bf16(grp0).reshape(grp0.shape), "BF16"),
         "blk.2.cca_conv_grp.weight": (grp2.astype(np.float16), "F16"),
         "blk.2.attn_k.weight": (numpy_model.weight("blk.2.attn_k.weight"), "F32")})
-    return out, ZayaNumpy(out), best_real < biases[skip]
+    return out, ZayaNumpy(out), skips
 
 
 @pytest.mark.parametrize("skip_mode", ["zero", "identity", "never"])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from vkinfer.models.zaya import ZayaNumpy
+from conftest import skip_bias_for_half
 
 REF_TOL = 1e-4
 CHUNK_TOL = 1e-5
@@ -135,18 +136,12 @@ def skip_variant(zaya_path, tmp_path_factory, prefill, model, ref):
     _, _, collect = prefill
     probs = collected(collect, "probs", SKIP_BLOCK)
     name = f"blk.{SKIP_BLOCK}.zaya_router_biases.weight"
-    biases = model.weight(name).copy()
-    skip = model.p.n_expert
-    best_real = (probs[:, :skip] + biases[:skip]).max(axis=1) - probs[:, skip]
-    ordered = np.sort(best_real)
-    half = len(ordered) // 2
-    assert ordered[half] - ordered[half - 1] > 1e-3, "no clear split between tokens"
-    biases[skip] = (ordered[half - 1] + ordered[half]) / 2
+    biases, skips = skip_bias_for_half(probs, model.weight(name))
     out = tmp_path_factory.mktemp("zaya") / "zaya-skip.gguf"
     drop = {k: None for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores",
                               "tokenizer.ggml.token_type", "tokenizer.ggml.merges")}
     rewrite_gguf(zaya_path, out, tensors={name: (biases, "F32")}, fields=drop)
-    return ZayaNumpy(out), best_real < biases[skip]
+    return ZayaNumpy(out), skips
 
 
 def test_skip_slot_fires_where_the_biases_say(skip_variant, ref, caplog):

@@ -30,6 +30,16 @@ class TensorInfo:
     def raw(self) -> np.ndarray:
         return self.data.reshape(-1).view(np.uint8)
 
+    def dequantize(self) -> np.ndarray:
+        """The values as float32 in numpy shape (block types decoded by gguf-py); for numpy
+        executors and tests, never for uploads."""
+        if self.type in ("F32", "F16"):
+            return np.asarray(self.data, np.float32).reshape(self.shape)
+        import gguf
+        qtype = gguf.GGMLQuantizationType[self.type]
+        return gguf.quants.dequantize(self.raw().reshape(*self.shape[:-1], -1), qtype) \
+            .astype(np.float32).reshape(self.shape)
+
 
 # ---- hyper-parameters -------------------------------------------------------------------------
 def _key(*names):

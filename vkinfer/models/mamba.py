@@ -4,7 +4,6 @@ Math: spec mamba.md."""
 import numpy as np
 
 from ..gpu import Graph, Tensor
-from ..gpu.weights import decode
 from ..ops import copy as copy_ops
 from ..ops import elementwise as ew
 from ..ops import get_rows as gr
@@ -72,21 +71,12 @@ class Mamba:
 
 
 # ---- numpy executor ------------------------------------------------------------------------------
-def _dense(t) -> np.ndarray:
-    """A GGUF tensor's values as float32 (block types decoded by gguf-py)."""
-    if t.type in ("F32", "F16"):
-        return np.asarray(t.data, np.float32).reshape(t.shape)
-    if t.type == "BF16":
-        return decode(t.raw().view(np.uint16).reshape(t.shape), "bf16")
-    return decode(t.raw().reshape(*t.shape[:-1], -1), t.type.lower())
-
-
 class MambaNumpy:
     """The same model on the CPU with the ops' numpy twins; state carried like the GPU's."""
 
     def __init__(self, f):
         self.p = f.params
-        self.w = {name: _dense(t) for name, t in f.tensors.items()}
+        self.w = {name: t.dequantize() for name, t in f.tensors.items()}
         self.output = self.w.get("output.weight", self.w["token_embd.weight"])
 
     def new_state(self) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import VkInferError
 from ..gguf import GGUFFile, open_gguf
 from ..gpu import Graph, Tensor
-from ..gpu.weights import Weight, as_weight, bf16_to_f32, decode
+from ..gpu.weights import Weight, as_weight
 from ..ops import attention as att
 from ..ops import cca
 from ..ops import conv
@@ -275,15 +275,6 @@ class Zaya:
 
 
 # ---- numpy executor ------------------------------------------------------------------------------
-def dequantize(t) -> np.ndarray:
-    """The float32 values of a GGUF tensor (TensorInfo), in numpy shape."""
-    if t.type in ("F32", "F16"):
-        return np.asarray(t.data, np.float32).reshape(t.shape)
-    if t.type == "BF16":
-        return bf16_to_f32(t.raw().view(np.uint16)).reshape(t.shape)
-    return decode(t.raw().reshape(*t.shape[:-1], -1), t.type.lower()).reshape(t.shape)
-
-
 class ZayaNumpy:
     """forward(state, ids, collect) runs a chunk of T tokens of one sequence and returns the logits
     [T, n_vocab]; the state carries everything between chunks, so any chunking gives the same
@@ -318,7 +309,7 @@ class ZayaNumpy:
         """Dequantized float32 tensor `name`, or None for an absent optional tensor."""
         if name not in self._weights:
             t = self.file.tensors.get(name)
-            self._weights[name] = None if t is None else dequantize(t)
+            self._weights[name] = None if t is None else t.dequantize()
         return self._weights[name]
 
     def _check_skip_mode(self):
