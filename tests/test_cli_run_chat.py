@@ -108,3 +108,9 @@ def test_ctrl_c_keeps_the_conversation_consistent(model, monkeypatch):
     monkeypatch.undo()
     runner.turn("Again", lambda text, r: None)      # the next turn still works
     assert runner.conv.n_fed == runner.session.n_past
+
+
+def test_chat_runs_the_zaya_fixture(zaya_path):
+    res = vkinfer("chat", zaya_path, "-n", "4", "-q", "--kv-type", "f16", stdin="Hello!\n")
+    assert res.returncode == 0, res.stderr
+    assert "(zaya)" in res.stderr and "Traceback" not in res.stderr
