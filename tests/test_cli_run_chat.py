@@ -114,3 +114,25 @@ def test_chat_runs_the_zaya_fixture(zaya_path):
     res = vkinfer("chat", zaya_path, "-n", "4", "-q", "--kv-type", "f16", stdin="Hello!\n")
     assert res.returncode == 0, res.stderr
     assert "(zaya)" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_session_save_load_round_trip(tmp_path, zaya_path):
+    """A saved session continues exactly like the original; position-indexed state (the KV
+    cache) is saved only up to n_past."""
+    model = load(zaya_path, n_ctx=256)
+    ids = np.load(FIX / "zaya-small-q4_k_m.ref.npz")["prompt_ids"].tolist()
+    s = model.session()
+    s.eval(ids[:10])
+    s.save(tmp_path / "s.npz", note="kept")
+    assert np.load(tmp_path / "s.npz")["state_k.0"].shape[0] == 10
+    want = s.eval(ids[10:])
+    other = model.session()
+    extra = other.load(tmp_path / "s.npz")
+    assert str(extra["note"]) == "kept" and other.n_past == 10
+    np.testing.assert_array_equal(other.eval(ids[10:]), want)
+    from vkinfer.errors import VkInferError
+    mamba = load(MODEL)
+    with pytest.raises(VkInferError, match="saved with a zaya model"):
+        mamba.session().load(tmp_path / "s.npz")
+    model.close()
+    mamba.close()

@@ -6,7 +6,6 @@ turn. Ctrl-C stops an answer and keeps the program; Ctrl-D exits."""
 import json
 import sys
 
-import numpy as np
 
 from .chat import Conversation, ReasoningFilter, stop_ids
 from .errors import VkInferError
@@ -19,6 +18,7 @@ HELP = """commands:
   /help         this text
   Ctrl-C stops an answer, Ctrl-D (or /quit) leaves."""
 DIM, RESET = "\x1b[2m", "\x1b[0m"
+KEEP_SNAPSHOTS = 4      # besides the empty conversation's: where a rewritten template can go back
 
 
 class ChatRunner:
@@ -56,6 +56,8 @@ class ChatRunner:
                                f"left of {self.model.n_ctx}; /reset, or restart with a larger -c")
         logits = self.session.eval(ids)
         self.snapshots[self.conv.n_fed] = self.session.snapshot()
+        for old in sorted(self.snapshots)[1:-KEEP_SNAPSHOTS]:     # bound the memory they take
+            del self.snapshots[old]
         return logits
 
     def turn(self, text: str, emit) -> str:
@@ -102,22 +104,13 @@ class ChatRunner:
         return answer
 
     def save(self, path):
-        snap = self.session.snapshot()
-        np.savez(path, conversation=json.dumps(self.conv.state()), n_past=snap["n_past"],
-                 arch=self.model.arch, **{f"state_{k}": v for k, v in snap["state"].items()})
+        self.session.save(path, conversation=json.dumps(self.conv.state()))
 
     def load(self, path):
-        try:
-            data = np.load(path)
-            state = {k: data[f"state_{k}"] for k in self.session.state}
-            conv = json.loads(str(data["conversation"]))
-            n_past, arch = int(data["n_past"]), str(data["arch"])
-        except (OSError, KeyError, ValueError) as e:
-            raise VkInferError(f"{path}: not a saved vkinfer chat ({e})") from None
-        if arch != self.model.arch or any(state[k].shape != t.shape for k, t in self.session.state.items()):
-            raise VkInferError(f"{path}: saved with a different model")
-        self.session.restore({"n_past": n_past, "state": state})
-        self.conv.load_state(conv)
+        extra = self.session.load(path)
+        if "conversation" not in extra:
+            raise VkInferError(f"{path}: a saved session without a conversation")
+        self.conv.load_state(json.loads(str(extra["conversation"])))
         self.snapshots = {0: self.snapshots[0], self.conv.n_fed: self.session.snapshot()}
 
 

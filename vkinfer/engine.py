@@ -204,28 +204,50 @@ class Session:
         return m.dev.read(taps)
 
     def snapshot(self) -> dict:
-        """The sequence's state, copied to host memory."""
-        return {"n_past": self.n_past,
-                "state": {name: self.model.dev.read(t) for name, t in self.state.items()}}
+        """The sequence's state, copied to host memory. Position-indexed state (KV caches,
+        the model's `positional_state`) is copied only up to n_past."""
+        positional = getattr(self.model.impl, "positional_state", ())
+        state = {}
+        for name, t in self.state.items():
+            rows = t.slice(0, 0, self.n_past) if name in positional else t
+            state[name] = self.model.dev.read(rows) if rows.numel else np.zeros(rows.shape, np.float32)
+        return {"n_past": self.n_past, "state": state}
 
     def restore(self, snap: dict):
+        self._check_snapshot(snap, "snapshot")
         for name, t in self.state.items():
-            self.model.dev.write(t, snap["state"][name])
+            data = snap["state"][name]
+            if data.size:
+                self.model.dev.write(t.slice(0, 0, data.shape[0]), data)
         self.n_past = snap["n_past"]
 
-    def save(self, path):
-        np.savez(path, n_past=self.n_past, arch=self.model.arch,
-                 **{f"state_{k}": v for k, v in self.snapshot()["state"].items()})
+    def _check_snapshot(self, snap: dict, what: str):
+        positional = getattr(self.model.impl, "positional_state", ())
+        for name, t in self.state.items():
+            data = snap["state"].get(name)
+            ok = data is not None and (data.shape[1:] == t.shape[1:] and data.shape[0] <= t.shape[0]
+                                       if name in positional else data.shape == t.shape)
+            if not ok:
+                raise VkInferError(f"{what} does not fit this model's state ({name})")
 
-    def load(self, path):
+    def save(self, path, **extra):
+        """The state in an .npz file, with `extra` values (strings, arrays) kept beside it."""
+        snap = self.snapshot()
+        np.savez(path, n_past=snap["n_past"], arch=self.model.arch, **extra,
+                 **{f"state_{k}": v for k, v in snap["state"].items()})
+
+    def load(self, path) -> dict:
+        """Restore a saved state; returns the extra values saved with it."""
         try:
             data = np.load(path)
-            snap = {"n_past": int(data["n_past"]),
-                    "state": {k: data[f"state_{k}"] for k in self.state}}
+            snap = {"n_past": int(data["n_past"]), "state": {k: data[f"state_{k}"] for k in self.state}}
+            arch = str(data["arch"])
+            extra = {k: data[k] for k in data.files
+                     if not k.startswith("state_") and k not in ("n_past", "arch")}
         except (OSError, KeyError, ValueError) as e:
-            raise VkInferError(f"{path}: not a saved session of this model ({e})") from None
-        if str(data["arch"]) != self.model.arch or any(
-                snap["state"][k].shape != t.shape for k, t in self.state.items()):
-            raise VkInferError(f"{path}: saved by a different model")
+            raise VkInferError(f"{path}: not a saved vkinfer session ({e})") from None
+        if arch != self.model.arch:
+            raise VkInferError(f"{path}: saved with a {arch} model, this one is {self.model.arch}")
+        self._check_snapshot(snap, str(path))
         self.restore(snap)
-
+        return extra

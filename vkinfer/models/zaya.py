@@ -68,6 +68,8 @@ class Zaya:
         p = self.p
         self.n_taps = p.n_block + 1          # the residual after every block's merge, and the last
         self.cca_blocks = list(range(0, p.n_block, 2))
+        # State indexed by position (axis 0): snapshots copy only the rows before n_past.
+        self.positional_state = {f"{kv}.{l}" for l in self.cca_blocks for kv in "kv"}
         self.moe_blocks = list(range(1, p.n_block, 2))
         self.grouped_taps = weights["blk.0.cca_conv_grp.weight"].shape[-1]
         self.conv_width = p.d_conv - 1 + self.grouped_taps - 1
