@@ -240,14 +240,15 @@ class Session:
         """Restore a saved state; returns the extra values saved with it."""
         try:
             data = np.load(path)
-            snap = {"n_past": int(data["n_past"]), "state": {k: data[f"state_{k}"] for k in self.state}}
             arch = str(data["arch"])
+            if arch != self.model.arch:
+                raise VkInferError(f"{path}: saved with a {arch} model, this one is {self.model.arch}")
+            snap = {"n_past": int(data["n_past"]),
+                    "state": {k[6:]: data[k] for k in data.files if k.startswith("state_")}}
             extra = {k: data[k] for k in data.files
                      if not k.startswith("state_") and k not in ("n_past", "arch")}
         except (OSError, KeyError, ValueError) as e:
             raise VkInferError(f"{path}: not a saved vkinfer session ({e})") from None
-        if arch != self.model.arch:
-            raise VkInferError(f"{path}: saved with a {arch} model, this one is {self.model.arch}")
         self._check_snapshot(snap, str(path))
         self.restore(snap)
         return extra
