@@ -47,6 +47,7 @@ def test_split_under_small_binding_limit(dev, monkeypatch):
 def test_does_not_fit(dev, monkeypatch):
     f = open_gguf(FIX / "mamba-tiny-f16.gguf")
     monkeypatch.setattr(dev.info, "heaps", [(4 << 20, True)])
+    monkeypatch.setattr(dev.info, "device_type", "discrete")    # a CPU device counts host RAM
     before = dev.allocated_bytes
     with pytest.raises(VkInferError, match=r"needs 12\.\d\d MiB of device memory .* has 4\.00 MiB"):
         check_fits(dev, f, 4096)

@@ -18,10 +18,24 @@ def format_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def device_memory(dev) -> int:
+    """Bytes the model may use: the largest device-local heap; for a CPU device (lavapipe),
+    whose reported heap is a fixed size, the host's physical memory."""
+    have = dev.info.device_local_bytes
+    if dev.info.device_type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+            have = max(have, total)
+        except (OSError, StopIteration):
+            pass
+    return have
+
+
 def check_fits(dev, f: GGUFFile, n_ctx: int) -> dict:
     """The memory estimate; a VkInferError naming both numbers when it exceeds the device heap."""
     need = memory_estimate(f, n_ctx)
-    have = dev.info.device_local_bytes
+    have = device_memory(dev)
     if have and need["total"] > have:
         parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in need.items() if k != "total")
         raise VkInferError(f"{f.path.name} needs {format_bytes(need['total'])} of device memory ({parts}) "
