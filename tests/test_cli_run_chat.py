@@ -136,3 +136,15 @@ def test_session_save_load_round_trip(tmp_path, zaya_path):
         mamba.session().load(tmp_path / "s.npz")
     model.close()
     mamba.close()
+
+
+def test_chat_message_past_the_context_keeps_the_conversation(model):
+    small = load(MODEL, n_ctx=24)
+    runner = ChatRunner(small, {"temperature": 0.0}, max_tokens=3)
+    runner.turn("Hi", lambda text, r: None)
+    state, n_past = runner.conv.state(), runner.session.n_past
+    from vkinfer.errors import VkInferError
+    with pytest.raises(VkInferError, match="left of 24"):
+        runner.turn("a long message " * 5, lambda text, r: None)
+    assert runner.conv.state() == state and runner.session.n_past == n_past
+    small.close()

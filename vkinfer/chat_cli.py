@@ -45,15 +45,18 @@ class ChatRunner:
     def _feed_prompt(self, text: str):
         before = self.conv.state()
         ids = self.conv.add_user(text)
+        checkpoint = None
         if ids is None:      # the template rewrote an earlier turn: go back to a checkpoint
-            n = max(k for k in self.conv.checkpoints() if k in self.snapshots)
-            self.session.restore(self.snapshots[n])
-            ids = self.conv.rewind(n)
-        room = self.model.n_ctx - self.session.n_past
+            checkpoint = max(k for k in self.conv.checkpoints() if k in self.snapshots)
+            ids = self.conv.rewind(checkpoint)
+        start = self.session.n_past if checkpoint is None else self.snapshots[checkpoint]["n_past"]
+        room = self.model.n_ctx - start
         if len(ids) + 1 > room:
             self.conv.load_state(before)
             raise VkInferError(f"this message needs {len(ids)} tokens but the context has {room} "
                                f"left of {self.model.n_ctx}; /reset, or restart with a larger -c")
+        if checkpoint is not None:
+            self.session.restore(self.snapshots[checkpoint])
         logits = self.session.eval(ids)
         self.snapshots[self.conv.n_fed] = self.session.snapshot()
         for old in sorted(self.snapshots)[1:-KEEP_SNAPSHOTS]:     # bound the memory they take
