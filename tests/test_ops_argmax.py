@@ -6,6 +6,7 @@ import pytest
 from conftest import run, view_then_copy
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.ops import sampling_ops as so
+from vkinfer.ops import copy as copy_ops
 
 VOCAB = 262147          # ZAYA1's vocabulary: not a multiple of any work-group or chunk size
 
@@ -98,16 +99,15 @@ def test_replay_reads_new_logits(dev, rng):
 
 
 def test_refuses_non_contiguous_then_copies(dev, rng):
-    copy = pytest.importorskip("vkinfer.ops.copy")
     x = rng.standard_normal((6, 9)).astype(np.float32)
     view = view_then_copy(dev, x)
     with pytest.raises(ValueError, match="argmax: x .* not contiguous"):
         run(dev, lambda g: so.argmax(g, view))
     with pytest.raises(ValueError, match="topk: x .* not contiguous"):
         run(dev, lambda g: so.topk(g, view, 3))
-    out = run(dev, lambda g: so.argmax(g, copy.copy(g, view)))
+    out = run(dev, lambda g: so.argmax(g, copy_ops.copy(g, view)))
     assert np.array_equal(dev.read(out), so.argmax_ref(x))
-    ids, vals = run(dev, lambda g: so.topk(g, copy.copy(g, view), 3))
+    ids, vals = run(dev, lambda g: so.topk(g, copy_ops.copy(g, view), 3))
     assert np.array_equal(dev.read(ids), so.topk_ref(x, 3)[0])
 
 

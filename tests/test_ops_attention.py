@@ -20,6 +20,7 @@ import pytest
 from conftest import run
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.ops import attention as at
+from vkinfer.ops import copy as copy_ops
 
 NP_DTYPE = {"f32": np.float32, "f16": np.float16}
 
@@ -221,7 +222,6 @@ def test_attention_large_grid(dev, rng):
 
 # ---- contiguity and shape errors -----------------------------------------------------------------
 def test_refuses_non_contiguous_then_copies(dev, rng):
-    copy = pytest.importorskip("vkinfer.ops.copy")
     q, k, v, k_cache, v_cache = _kv_case(rng, 9, 4, 2, 16, 16, 3)
     positions = np.array([3, 4, 5], np.uint32)
     kc, vc = dev.upload(k_cache), dev.upload(v_cache)
@@ -236,12 +236,12 @@ def test_refuses_non_contiguous_then_copies(dev, rng):
     with pytest.raises(ValueError, match="kv_store: k .* not contiguous"):
         run(dev, lambda g: at.kv_store(g, transposed_view(dev, k), dev.upload(v), kc, vc, t_past))
 
-    normed = run(dev, lambda g: at.head_norm(g, copy.copy(g, view), 1.0))
+    normed = run(dev, lambda g: at.head_norm(g, copy_ops.copy(g, view), 1.0))
     _check(dev.read(normed), at.head_norm_ref(q, 1.0), 1e-6)
-    rotated = run(dev, lambda g: at.rope_neox(g, copy.copy(g, view), dev.upload(positions), 16, 1e4))
+    rotated = run(dev, lambda g: at.rope_neox(g, copy_ops.copy(g, view), dev.upload(positions), 16, 1e4))
     _rope_check(dev.read(rotated), q, positions, 16, 1e4)
-    out = run(dev, lambda g: (at.kv_store(g, copy.copy(g, transposed_view(dev, k)), dev.upload(v), kc, vc, t_past),
-                              at.attention(g, copy.copy(g, view), kc, vc, t_past, 0.25))[1])
+    out = run(dev, lambda g: (at.kv_store(g, copy_ops.copy(g, transposed_view(dev, k)), dev.upload(v), kc, vc, t_past),
+                              at.attention(g, copy_ops.copy(g, view), kc, vc, t_past, 0.25))[1])
     want_k, want_v = at.kv_store_ref(k, v, k_cache, v_cache, 3)
     _check(dev.read(out), at.attention_ref(q, want_k, want_v, 3, 0.25), 2e-6)
 

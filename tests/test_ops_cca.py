@@ -8,6 +8,7 @@ import pytest
 from conftest import run, view_then_copy
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.ops import cca
+from vkinfer.ops import copy as copy_ops
 
 BOUND = 1e-6
 
@@ -82,13 +83,12 @@ def test_large_grid(dev, rng):
 
 
 def test_refuses_non_contiguous_then_copies(dev, rng):
-    copy = pytest.importorskip("vkinfer.ops.copy")
     T, H, Hkv, dh = 6, 4, 2, 4
     c, y = _inputs(rng, T, H, Hkv, dh)
     view = view_then_copy(dev, c)
     with pytest.raises(ValueError, match="qk_mean: c .* not contiguous"):
         run(dev, lambda g: cca.qk_mean(g, view, dev.upload(y), H, Hkv, dh))
-    q, k = run(dev, lambda g: cca.qk_mean(g, copy.copy(g, view), dev.upload(y), H, Hkv, dh))
+    q, k = run(dev, lambda g: cca.qk_mean(g, copy_ops.copy(g, view), dev.upload(y), H, Hkv, dh))
     want_q, want_k = cca.qk_mean_ref(c, y, H, Hkv, dh)
     _check(dev.read(q), want_q)
     _check(dev.read(k), want_k)

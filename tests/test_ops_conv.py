@@ -11,6 +11,7 @@ import pytest
 
 from conftest import at_offset, check_scaled, run, view_then_copy
 from vkinfer.ops import conv, ssm
+from vkinfer.ops import copy as copy_ops
 
 GUARD = -3.5
 
@@ -117,7 +118,7 @@ def test_refuses_non_contiguous(dev, rng):
         run(dev, lambda g: conv.im2col1d(g, xt, 2))
     with pytest.raises(ValueError, match="conv1d_grouped: x .* not contiguous"):
         run(dev, lambda g: conv.conv1d_grouped(g, xt, dev.upload(w), None, 4))
-    copy = pytest.importorskip("vkinfer.ops.copy").copy
+    copy = copy_ops.copy
     cols = run(dev, lambda g: conv.im2col1d(g, copy(g, xt), 2))
     assert np.array_equal(dev.read(cols), conv.im2col1d_ref(x, 2))
     out = run(dev, lambda g: conv.conv1d_grouped(g, copy(g, xt), dev.upload(w), None, 4))

@@ -9,6 +9,7 @@ from conftest import run
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.gpu.weights import decode, f32_to_bf16, upload_weight
 from vkinfer.ops.get_rows import get_rows, get_rows_ref
+from vkinfer.ops import copy as copy_ops
 
 DTYPES = ["f32", "f16", "bf16"]
 
@@ -93,8 +94,7 @@ def test_refuses_non_contiguous_then_copy(dev, rng):
         run(dev, lambda g: get_rows(g, weight, strided))
     with pytest.raises(ValueError, match="get_rows: weight part .* not contiguous"):
         run(dev, lambda g: get_rows(g, weight.parts[0][1].transpose(), dev.upload(ids)))
-    ops_copy = pytest.importorskip("vkinfer.ops.copy")
-    out = run(dev, lambda g: get_rows(g, weight, ops_copy.copy(g, strided)))
+    out = run(dev, lambda g: get_rows(g, weight, copy_ops.copy(g, strided)))
     np.testing.assert_array_equal(dev.read(out), w[ids])
 
 

@@ -10,6 +10,7 @@ from conftest import check_matmul, run, view_then_copy
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.gpu.weights import Weight, decode, f32_to_bf16, upload_weight
 from vkinfer.ops.matmul import matmul, matmul_id, matmul_id_ref, matmul_ref
+from vkinfer.ops import copy as copy_ops
 
 DTYPES = ["f32", "f16", "bf16"]
 
@@ -139,15 +140,21 @@ def test_matmul_id_large_grid(dev, rng):
     check_matmul(dev.read(y), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
 
 
-def test_refuses_non_contiguous_then_copy(dev, rng):
-    n_out, n_in = 7, 9
-    array, w = random_weight(rng, (n_out, n_in), "f16")
-    weight = upload_weight(dev, array, "f16")
+@pytest.mark.parametrize("dtype,n_in", [("f16", 9), ("q5_0", 64)])
+def test_refuses_non_contiguous_then_copy(dev, rng, dtype, n_in):
+    n_out = 7
+    if dtype == "q5_0":
+        import gguf
+        array = gguf.quants.quantize(rng.standard_normal((n_out, n_in)).astype(np.float32),
+                                     gguf.GGMLQuantizationType.Q5_0)
+        w = decode(array, dtype)
+    else:
+        array, w = random_weight(rng, (n_out, n_in), dtype)
+    weight = upload_weight(dev, array, dtype)
     x = rng.standard_normal((6, n_in)).astype(np.float32)
     with pytest.raises(ValueError, match="matmul: x .* not contiguous"):
         run(dev, lambda g: matmul(g, weight, view_then_copy(dev, x)))
-    ops_copy = pytest.importorskip("vkinfer.ops.copy")
-    y = run(dev, lambda g: matmul(g, weight, ops_copy.copy(g, view_then_copy(dev, x))))
+    y = run(dev, lambda g: matmul(g, weight, copy_ops.copy(g, view_then_copy(dev, x))))
     check_matmul(dev.read(y), w, x, matmul_ref(w, x))
 
 

@@ -8,6 +8,7 @@ import pytest
 from conftest import run, view_then_copy
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.ops import moe
+from vkinfer.ops import copy as copy_ops
 
 
 def _inputs(rng, T, n, E):
@@ -66,14 +67,13 @@ def test_large_grid(dev, rng):
 
 
 def test_refuses_non_contiguous_then_copies(dev, rng):
-    copy = pytest.importorskip("vkinfer.ops.copy")
     T, n, E = 6, 9, 4
     h, _, probs, ids = _inputs(rng, T, n, E)
     view = view_then_copy(dev, h)
     tp, tids = dev.upload(probs), dev.upload(ids)
     with pytest.raises(ValueError, match="moe_combine: h .* not contiguous"):
         run(dev, lambda g: moe.moe_combine(g, view, tp, tids))
-    out = run(dev, lambda g: moe.moe_combine(g, copy.copy(g, view), tp, tids))
+    out = run(dev, lambda g: moe.moe_combine(g, copy_ops.copy(g, view), tp, tids))
     np.testing.assert_array_equal(dev.read(out), moe.moe_combine_ref(h, probs, ids))
 
 

@@ -6,6 +6,7 @@ import pytest
 from conftest import run, view_then_copy
 from vkinfer.gpu import Tensor
 from vkinfer.ops.norm import rms_norm, rms_norm_ref
+from vkinfer.ops import copy as copy_ops
 
 BOUND = 2e-6
 
@@ -72,7 +73,6 @@ def test_refuses_bad_input(dev, rng):
 
 
 def test_non_contiguous_then_copy(dev, rng):
-    copy_ops = pytest.importorskip("vkinfer.ops.copy")
     x = rng.standard_normal((6, 9)).astype(np.float32)
     view = view_then_copy(dev, x)
     with pytest.raises(ValueError, match="rms_norm: x .* is not contiguous"):

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import at_offset, check_scaled, run, view_then_copy
 from vkinfer.ops import ssm
+from vkinfer.ops import copy as copy_ops
 
 GUARD = 7.25          # sentinel around tensors placed inside bigger buffers
 
@@ -111,7 +112,7 @@ def test_ssm_conv_refuses_non_contiguous(dev, rng):
     xt = view_then_copy(dev, x)
     with pytest.raises(ValueError, match="ssm_conv: x .* not contiguous"):
         run(dev, lambda g: ssm.ssm_conv(g, xt, dev.upload(state), dev.upload(w), None))
-    copy = pytest.importorskip("vkinfer.ops.copy").copy
+    copy = copy_ops.copy
     tstate = dev.upload(state)
     out = run(dev, lambda g: ssm.ssm_conv(g, copy(g, xt), tstate, dev.upload(w), None))
     want, want_state = ssm.ssm_conv_ref(x, state, w, None)
@@ -208,7 +209,7 @@ def test_ssm_scan_refuses_non_contiguous(dev, rng):
     rest = [dev.upload(a) for a in (dt, A, B, C, D)]
     with pytest.raises(ValueError, match="ssm_scan: x .* not contiguous"):
         run(dev, lambda g: ssm.ssm_scan(g, xt, *rest, dev.upload(state)))
-    copy = pytest.importorskip("vkinfer.ops.copy").copy
+    copy = copy_ops.copy
     tstate = dev.upload(state)
     y = run(dev, lambda g: ssm.ssm_scan(g, copy(g, xt), *rest, tstate))
     check_scaled(dev.read(y), ssm.ssm_scan_ref(x, dt, A, B, C, D, state)[0], 2e-5, "ssm_scan after copy")

@@ -21,6 +21,7 @@ from vkinfer.gpu.tensor import BLOCK_TYPES
 from vkinfer.gpu.weights import decode, upload_weight
 from vkinfer.ops.get_rows import get_rows, get_rows_ref
 from vkinfer.ops.matmul import matmul, matmul_id, matmul_id_ref, matmul_ref
+from vkinfer.ops import copy as copy_ops
 
 K_TYPES = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
 # Byte offsets of the fp16 fields (d, dmin) in each block.
@@ -136,7 +137,7 @@ def test_matmul_id(dev, rng, dtype, vec_reduction):
 
 
 def test_matmul_refuses_strided_x_then_takes_a_copy(dev, rng):
-    copy = pytest.importorskip("vkinfer.ops.copy").copy
+    copy = copy_ops.copy
     raw = random_blocks(rng, "q4_k", (11,), 2)
     w = decode(raw, "q4_k")
     weight = upload_weight(dev, raw, "q4_k")

@@ -195,18 +195,6 @@ def test_fixture_tensors(dev, rng, fixture_tensors):
 
 
 # ---- refusals ------------------------------------------------------------------------------------
-def test_refuses_non_contiguous_then_copy(dev, rng):
-    n_out, n_in = 7, 64
-    raw = random_blocks(rng, (n_out, n_in), "q5_0")
-    weight, w = upload_weight(dev, raw, "q5_0"), decode(raw, "q5_0")
-    x = rng.standard_normal((6, n_in)).astype(np.float32)
-    with pytest.raises(ValueError, match="matmul: x .* not contiguous"):
-        run(dev, lambda g: matmul(g, weight, view_then_copy(dev, x)))
-    ops_copy = pytest.importorskip("vkinfer.ops.copy")
-    y = run(dev, lambda g: matmul(g, weight, ops_copy.copy(g, view_then_copy(dev, x))))
-    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
-
-
 def test_refuses_bad_blocks(dev, rng):
     raw = random_blocks(rng, (3, 64), "q4_0")
     with pytest.raises(ValueError, match="not whole q4_0 blocks"):

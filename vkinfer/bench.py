@@ -190,13 +190,7 @@ def measure_bandwidth(device=None, total_bytes: int | None = None, reps: int = 3
             g = Graph(dev, f"stream-read-{per_thread}")
             for t in srcs:
                 stream_read(g, t, per_thread)
-            g.run()
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                g.run()
-                times.append(time.perf_counter() - t0)
-            gbps = nbytes / statistics.median(times) / 1e9
+            gbps = nbytes / statistics.median(_replay_times(g, reps)) / 1e9
             if gbps > best.get("gbps", 0):
                 best = {"gbps": gbps, "per_thread": per_thread}
         return {**best, "bytes": nbytes, "buffers": len(srcs)}
@@ -247,15 +241,20 @@ def roofline(model, results: list, split: dict, n_gen: int, rulers: list) -> dic
 
 
 # ---- where a decode step's time goes ----------------------------------------------------------------
-def _replay_seconds(g: Graph, reps: int) -> float:
-    """The fastest of `reps` replays after a warm-up: on a shared machine the least disturbed."""
+def _replay_times(g: Graph, reps: int) -> list:
+    """Seconds of each of `reps` replays after a warm-up run."""
     g.run()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         g.run()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return times
+
+
+def _replay_seconds(g: Graph, reps: int) -> float:
+    """The fastest of `reps` replays: on a shared machine the least disturbed."""
+    return min(_replay_times(g, reps))
 
 
 def _weight_bytes(node) -> int:
