@@ -5,7 +5,8 @@
 //   Q4_*: elements j..j+3 (j < 16) are the low nibbles of qs[j..j+3], j >= 16 the high nibbles
 //         of qs[j-16..j-13]: one u32 read.
 //   Q5_*: the same nibbles plus bits j..j+3 of the block's u32 qh as the fifth bit.
-//   Q8_0: qs[j..j+3] as signed bytes.
+//   Q8_0: not in GGUF order on the device (vkinfer/gpu/tensor.py): superblocks of 8 blocks, 64
+//         words of quants then 4 words of fp16 scales, so elements e..e+3 are one aligned word.
 // Values are computed as gguf-py's dequantizer does, in f32: d * q, and for the _1 types
 // (d * q) + m rounded twice (`precise` stops the compiler fusing them into an fma).
 #include "bytes.glsl"
@@ -20,8 +21,6 @@
 #define BLOCK_BYTES 22u
 #elif defined(WTYPE_Q5_1)
 #define BLOCK_BYTES 24u
-#elif defined(WTYPE_Q8_0)
-#define BLOCK_BYTES 34u
 #endif
 
 // The 4 bytes of a little-endian word, lowest first.
@@ -40,6 +39,23 @@ uvec4 high_bits4(uint qh, uint j) {
     return ((uvec4(qh >> j) >> uvec4(0u, 1u, 2u, 3u)) & 1u) << 4;
 }
 
+// Signed bytes of a word, lowest first.
+ivec4 word_i8(uint word) {
+    return ivec4(int(word) << 24, int(word) << 16, int(word) << 8, int(word)) >> 24;
+}
+
+#if defined(WTYPE_Q8_0)
+#define Q8_SUPER_WORDS 68u
+// The scale of element e's block.
+float q8_scale(uint e) {
+    uint word = w_words[(e >> 8) * Q8_SUPER_WORDS + 64u + ((e & 255u) >> 6)];
+    return unpackHalf2x16(word >> ((e & 32u) >> 1)).x;
+}
+
+vec4 weight4(uint e) {
+    return vec4(word_i8(w_words[(e >> 8) * Q8_SUPER_WORDS + ((e & 255u) >> 2)])) * q8_scale(e);
+}
+#else
 vec4 weight4(uint e) {
     uint block = e / 32u;
     uint j = e % 32u;
@@ -51,10 +67,6 @@ vec4 weight4(uint e) {
     float d = read_f16(b);
     uvec4 q = nibbles4(b + 6u, j) | high_bits4(read_u32_unaligned(b + 2u), j);
     return d * (vec4(q) - 16.0);
-#elif defined(WTYPE_Q8_0)
-    float d = read_f16(b);
-    ivec4 q = bitfieldExtract(ivec4(word_bytes(read_u32_unaligned(b + 2u + j))), 0, 8);
-    return vec4(q) * d;
 #else
     // Q4_1 (20 bytes) and Q5_1 (24 bytes) blocks start word-aligned: d and m share word 0.
     vec2 dm = unpackHalf2x16(w_words[b >> 2]);
@@ -68,6 +80,7 @@ vec4 weight4(uint e) {
     return value;
 #endif
 }
+#endif
 
 // Only reached for a row tail shorter than 4, which a block type never has; kept for callers.
 float weight1(uint e) {

@@ -10,7 +10,8 @@ from math import ceil
 import numpy as np
 
 from ..errors import VkInferError
-from .tensor import BLOCK_TYPES, Buffer, Tensor, nbytes_of
+from .tensor import (BLOCK_TYPES, Q8_0_SUPER, Buffer, Tensor, from_device_layout, nbytes_of,
+                     to_device_layout)
 from .vulkan_info import DeviceInfo, query_devices
 
 log = logging.getLogger("vkinfer")
@@ -119,6 +120,10 @@ class Device:
         if not t.contiguous:
             raise ValueError(f"write: {t} is not contiguous")
         raw = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
+        if t.dtype in BLOCK_TYPES:
+            if t.dtype == "q8_0" and t.offset % (32 * Q8_0_SUPER):
+                raise ValueError(f"write: {t} does not start on a Q8_0 superblock")
+            raw = to_device_layout(t.dtype, raw)
         if raw.size != t.nbytes:
             raise ValueError(f"write: {raw.size} bytes for {t} ({t.nbytes} bytes)")
         self.write_bytes(t.buf, t.byte_offset, raw)
@@ -154,7 +159,7 @@ class Device:
         nwords = ceil((skip + nbytes) / 4)
         raw = self.read_words(t.buf, start_word, nwords).view(np.uint8)[skip:skip + nbytes]
         if t.dtype in BLOCK_TYPES:
-            return raw.copy()
+            return from_device_layout(t.dtype, raw, t.numel).copy()
         if t.dtype == "bf16":
             return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(t.shape)
         return raw.view(_numpy_dtype(t.dtype)).reshape(t.shape).copy()

@@ -13,14 +13,46 @@ BLOCK_TYPES = {"q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32
                "q5_k": (256, 176), "q6_k": (256, 210)}
 
 
+# Q8_0 is stored on the device in superblocks of 8 GGUF blocks: their 256 quants (64 words),
+# then their 8 fp16 scales (4 words). Every quant word and every 32-quant chunk is then
+# aligned for wide loads (shaders/include/quant_legacy.glsl); the bytes are the same but for
+# a last superblock padded with zero blocks.
+Q8_0_SUPER = 8
+
+
 def nbytes_of(dtype: str, n: int) -> int:
-    """Bytes that n elements of dtype take."""
+    """Bytes that n elements of dtype take on the device."""
     if dtype in BLOCK_TYPES:
         elems, nbytes = BLOCK_TYPES[dtype]
         if n % elems:
             raise ValueError(f"{n} elements is not a whole number of {dtype} blocks of {elems}")
+        if dtype == "q8_0":
+            return -(-n // (elems * Q8_0_SUPER)) * nbytes * Q8_0_SUPER
         return n // elems * nbytes
     return n * ELEM_BYTES[dtype]
+
+
+def to_device_layout(dtype: str, raw: np.ndarray) -> np.ndarray:
+    """GGUF block bytes (uint8, whole blocks) as the device stores them."""
+    if dtype != "q8_0":
+        return raw
+    blocks = raw.reshape(-1, 34)
+    n_super = -(-blocks.shape[0] // Q8_0_SUPER)
+    padded = np.zeros((n_super * Q8_0_SUPER, 34), np.uint8)
+    padded[:blocks.shape[0]] = blocks
+    supers = padded.reshape(n_super, Q8_0_SUPER, 34)
+    return np.concatenate([supers[:, :, 2:].reshape(n_super, -1),
+                           supers[:, :, :2].reshape(n_super, -1)], axis=1).reshape(-1)
+
+
+def from_device_layout(dtype: str, stored: np.ndarray, n: int) -> np.ndarray:
+    """The GGUF block bytes of n elements from their device layout (to_device_layout's inverse)."""
+    if dtype != "q8_0":
+        return stored
+    supers = stored.reshape(-1, 32 * Q8_0_SUPER + 2 * Q8_0_SUPER)
+    quants = supers[:, :32 * Q8_0_SUPER].reshape(-1, Q8_0_SUPER, 32)
+    scales = supers[:, 32 * Q8_0_SUPER:].reshape(-1, Q8_0_SUPER, 2)
+    return np.concatenate([scales, quants], axis=2).reshape(-1, 34)[:n // 32].reshape(-1)
 NUMPY_DTYPES = {"f32": np.float32, "u32": np.uint32, "i32": np.int32, "f16": np.float16}
 
 

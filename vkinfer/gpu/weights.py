@@ -95,9 +95,13 @@ def upload_weight(dev, array: np.ndarray, dtype: str | None = None, name: str = 
         if shape[-1] % block_bytes:
             raise ValueError(f"upload_weight: rows of {shape[-1]} bytes are not whole {dtype} blocks")
         shape = shape[:-1] + (shape[-1] // block_bytes * elems,)
-    slice_bytes = nbytes_of(dtype, prod(shape[1:]))
+    slice_elems = prod(shape[1:])
+    slice_bytes = nbytes_of(dtype, slice_elems)
     # Device buffers are whole 16-byte units, and the binding covers the whole buffer.
-    per_part = (dev.max_binding_bytes // 16 * 16) // slice_bytes
+    limit = dev.max_binding_bytes // 16 * 16
+    per_part = limit * 256 // nbytes_of(dtype, slice_elems * 256)   # an estimate, then...
+    while per_part and nbytes_of(dtype, per_part * slice_elems) > limit:     # ...exact
+        per_part -= 1
     if per_part == 0:
         raise VkInferError(f"weight '{name}' {array.shape}: one slice along axis 0 takes {slice_bytes} "
                            f"bytes, over the device's binding limit of {dev.max_binding_bytes} bytes")
