@@ -98,10 +98,53 @@
 //! variant idsg_q6_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q6_K
 //! variant idrow_q6_k VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q6_K
 //! variant mat_q6_k MAT WTYPE_Q6_K
+//! variant lane_f32 LANE LANE_TOKENS=1 WTYPE_F32
+//! variant lanemat_f32 LANE LANE_TOKENS=8 WTYPE_F32
+//! variant idlane_f32 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_F32
+//! variant lane_f16 LANE LANE_TOKENS=1 WTYPE_F16
+//! variant lanemat_f16 LANE LANE_TOKENS=8 WTYPE_F16
+//! variant idlane_f16 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_F16
+//! variant lane_bf16 LANE LANE_TOKENS=1 WTYPE_BF16
+//! variant lanemat_bf16 LANE LANE_TOKENS=8 WTYPE_BF16
+//! variant idlane_bf16 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_BF16
+//! variant lane_q4_0 LANE LANE_TOKENS=1 WTYPE_Q4_0
+//! variant lanemat_q4_0 LANE LANE_TOKENS=8 WTYPE_Q4_0
+//! variant idlane_q4_0 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_0
+//! variant lane_q4_1 LANE LANE_TOKENS=1 WTYPE_Q4_1
+//! variant lanemat_q4_1 LANE LANE_TOKENS=8 WTYPE_Q4_1
+//! variant idlane_q4_1 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_1
+//! variant lane_q5_0 LANE LANE_TOKENS=1 WTYPE_Q5_0
+//! variant lanemat_q5_0 LANE LANE_TOKENS=8 WTYPE_Q5_0
+//! variant idlane_q5_0 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_0
+//! variant lane_q5_1 LANE LANE_TOKENS=1 WTYPE_Q5_1
+//! variant lanemat_q5_1 LANE LANE_TOKENS=8 WTYPE_Q5_1
+//! variant idlane_q5_1 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_1
+//! variant lane_q8_0 LANE LANE_TOKENS=1 WTYPE_Q8_0
+//! variant lanemat_q8_0 LANE LANE_TOKENS=8 WTYPE_Q8_0
+//! variant idlane_q8_0 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q8_0
+//! variant lane_q2_k LANE LANE_TOKENS=1 WTYPE_Q2_K
+//! variant lanemat_q2_k LANE LANE_TOKENS=8 WTYPE_Q2_K
+//! variant idlane_q2_k LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q2_K
+//! variant lane_q3_k LANE LANE_TOKENS=1 WTYPE_Q3_K
+//! variant lanemat_q3_k LANE LANE_TOKENS=8 WTYPE_Q3_K
+//! variant idlane_q3_k LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q3_K
+//! variant lane_q4_k LANE LANE_TOKENS=1 WTYPE_Q4_K
+//! variant lanemat_q4_k LANE LANE_TOKENS=8 WTYPE_Q4_K
+//! variant idlane_q4_k LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_K
+//! variant lane_q5_k LANE LANE_TOKENS=1 WTYPE_Q5_K
+//! variant lanemat_q5_k LANE LANE_TOKENS=8 WTYPE_Q5_K
+//! variant idlane_q5_k LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_K
+//! variant lane_q6_k LANE LANE_TOKENS=1 WTYPE_Q6_K
+//! variant lanemat_q6_k LANE LANE_TOKENS=8 WTYPE_Q6_K
+//! variant idlane_q6_k LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q6_K
 #include "common.glsl"
 #include "weights.glsl"
 
+#ifdef LANE
+layout(binding = 1) readonly buffer X { vec4 xq[]; };       // x_off and n_in multiples of 4
+#else
 layout(binding = 1) readonly buffer X { float x[]; };
+#endif
 #ifdef MATMUL_ID
 layout(binding = 2) readonly buffer Ids { uint ids[]; };
 layout(binding = 3) writeonly buffer Y { float y[]; };
@@ -117,7 +160,9 @@ layout(push_constant) uniform P {
 #endif
 } p;
 
+#ifndef LANE
 vec4 x4(uint i) { return vec4(x[i], x[i + 1], x[i + 2], x[i + 3]); }
+#endif
 
 #ifdef VEC
 // One row's dot product is shared by a team of lanes, each taking 32-element chunks in turn
@@ -296,3 +341,80 @@ void main() {
 }
 #endif
 
+
+#ifdef LANE
+// For CPU devices (lavapipe): each invocation computes LANE_ROWS rows for LANE_TOKENS tokens,
+// with no reduction and no shared memory. llvmpipe runs a group's invocations in SIMD lanes
+// and turns every buffer load into a loop over the lanes, so the cost is the number of loads:
+// weights come 32 at a time in wide loads (weight_chunk), x in vec4s, and each chunk of x
+// serves LANE_ROWS rows, each chunk of weights LANE_TOKENS tokens. With MATMUL_ID (one token
+// per group) the token's expert is read as in VEC.
+#define LANE_ROWS 8
+#define LANE_THREADS 8
+layout(local_size_x = LANE_THREADS) in;
+
+float x1(uint i) { return xq[i >> 2][i & 3u]; }
+
+void main() {
+    const uint rows_per_group = LANE_THREADS * LANE_ROWS;
+    uint row_groups = (p.rows + rows_per_group - 1) / rows_per_group;
+    uint g = group_index();
+    uint token0 = (g / row_groups) * LANE_TOKENS;
+    if (token0 >= p.n_tokens)
+        return;                       // the grid may round up; uniform over the group
+    uint row0 = (g % row_groups) * rows_per_group + gl_LocalInvocationID.x * LANE_ROWS;
+    uint w_base = p.w_off;
+#ifdef MATMUL_ID
+    uint expert = ids[p.ids_off + token0];
+    uint out_id = p.o_off + token0 * p.o_stride + p.col0;
+    if (expert >= p.e_total) {
+        if (p.e_start == 0)
+            for (uint r = 0; r < LANE_ROWS && row0 + r < p.rows; r++)
+                y[out_id + row0 + r] = 0.0;
+        return;
+    }
+    if (expert < p.e_start || expert >= p.e_start + p.e_count)
+        return;                       // another part holds this expert
+    w_base += (expert - p.e_start) * p.rows * p.n_in;
+#endif
+    uint w_row[LANE_ROWS];            // rows past the end repeat the last row, never written
+    [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
+        w_row[r] = w_base + min(row0 + r, p.rows - 1) * p.n_in;
+    uint x_row[LANE_TOKENS];          // in floats; tokens past the end repeat the last one
+    [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+        x_row[t] = p.x_off + min(token0 + t, p.n_tokens - 1) * p.n_in;
+
+    float acc[LANE_ROWS][LANE_TOKENS];
+    [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
+        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+            acc[r][t] = 0.0;
+    uint n_chunks = p.n_in / 32u;
+    for (uint c = 0; c < n_chunks; c++) {
+        vec4 xs[LANE_TOKENS][8];
+        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+            [[unroll]] for (uint i = 0; i < 8; i++)
+                xs[t][i] = xq[(x_row[t] >> 2) + c * 8u + i];
+        [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
+            vec4 w[8];
+            weight_chunk(w_row[r] + c * 32u, w);
+            [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
+                vec4 s = w[0] * xs[t][0];
+                [[unroll]] for (uint i = 1; i < 8; i++)
+                    s += w[i] * xs[t][i];
+                acc[r][t] += (s.x + s.y) + (s.z + s.w);
+            }
+        }
+    }
+    for (uint k = n_chunks * 32u; k < p.n_in; k++)           // plain types only
+        [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
+            [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+                acc[r][t] += weight1(w_row[r] + k) * x1(x_row[t] + k);
+
+    [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
+        uint token = token0 + t;
+        [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
+            if (token < p.n_tokens && row0 + r < p.rows)
+                y[p.o_off + token * p.o_stride + p.col0 + row0 + r] = acc[r][t];
+    }
+}
+#endif

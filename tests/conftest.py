@@ -107,11 +107,13 @@ def zaya_weights_only(zaya_path, tmp_path_factory):
     return out
 
 
-@pytest.fixture(params=["subgroup", "shared"])
-def vec_reduction(request, dev, monkeypatch):
-    """Runs a test with the vector kernels' subgroup-sum variant (where the device has it) and
-    with the shared-memory one."""
+@pytest.fixture(params=["lane", "subgroup", "shared"])
+def matmul_kernels(request, dev, monkeypatch):
+    """Runs a test with each family of matmul kernels: LANE (what CPU devices run), and the
+    vector kernels' subgroup-sum variant (where the device has it) and shared-memory one
+    (with the tiled kernel for N > 1), which GPUs run."""
     if request.param == "subgroup" and not dev.subgroup_arithmetic:
         pytest.skip("the device has no subgroup arithmetic")
+    monkeypatch.setattr(dev, "lane_matmul", request.param == "lane")
     monkeypatch.setattr(dev, "subgroup_arithmetic", request.param == "subgroup")
     return request.param

@@ -30,11 +30,53 @@ def random_weight(rng, shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_out,n_in", [(7, 33), (1, 65), (130, 1000)])
 @pytest.mark.parametrize("n", [1, 5, 33])
-def test_matmul(dev, rng, dtype, n_out, n_in, n, vec_reduction):
+def test_matmul(dev, rng, dtype, n_out, n_in, n, matmul_kernels):
     array, w = random_weight(rng, (n_out, n_in), dtype)
     x = rng.standard_normal((n, n_in)).astype(np.float32)
     weight = upload_weight(dev, array, dtype)
     y = run(dev, lambda g: matmul(g, weight, dev.upload(x)))
+    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_out,n_in", [(1, 32), (65, 96), (130, 1000), (64, 4104)])
+@pytest.mark.parametrize("n", [1, 7, 17])
+def test_matmul_lane(dev, rng, monkeypatch, dtype, n_out, n_in, n):
+    """The LANE kernels (CPU devices) on rows and tokens that do and do not fill their tiles of
+    64 rows x 8 tokens, and rows with a tail shorter than a chunk of 32; weight, x and out at
+    offsets the kernels take (multiples of 8, 4 and any), the words around out left alone."""
+    monkeypatch.setattr(dev, "lane_matmul", True)
+    array, w = random_weight(rng, (n_out, n_in), dtype)
+    arena = np.concatenate([stored(np.full(8, 7.0, np.float32), dtype), array.reshape(-1)])
+    weight = Tensor(dev.upload(arena, dtype=dtype).buf, (n_out, n_in), dtype, offset=8)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    x_buf = dev.upload(np.concatenate([np.full(4, np.nan, np.float32), x.reshape(-1)]))
+    x_view = Tensor(x_buf.buf, (n, n_in), "f32", offset=4)
+    out_buf = dev.upload(np.full(n * n_out + 8, -3.0, np.float32))
+    out = Tensor(out_buf.buf, (n, n_out), "f32", offset=3)
+    g = Graph(dev, "lane")
+    matmul(g, weight, x_view, out=out)
+    assert all("lane" in kernel for kernel, *_ in g.nodes)
+    g.run()
+    everything = dev.read(out_buf)
+    check_matmul(everything[3:3 + n * n_out].reshape(n, n_out), w, x, matmul_ref(w, x))
+    assert np.all(everything[:3] == -3.0) and np.all(everything[3 + n * n_out:] == -3.0)
+
+
+@pytest.mark.parametrize("x_offset,n_in,w_offset", [(1, 64, 0), (0, 66, 0), (0, 64, 2)])
+def test_matmul_lane_falls_back_when_unaligned(dev, rng, monkeypatch, x_offset, n_in, w_offset):
+    """x not in whole vec4s, or F16 rows not on 8-element boundaries: the group kernels run."""
+    monkeypatch.setattr(dev, "lane_matmul", True)
+    n_out, n = 5, 3
+    array, w = random_weight(rng, (n_out, n_in), "f16")
+    arena = np.concatenate([np.zeros(w_offset, np.float16), array.reshape(-1)])
+    weight = Tensor(dev.upload(arena, dtype="f16").buf, (n_out, n_in), "f16", offset=w_offset)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    x_buf = dev.upload(np.concatenate([np.zeros(x_offset, np.float32), x.reshape(-1)]))
+    g = Graph(dev, "fallback")
+    y = matmul(g, weight, Tensor(x_buf.buf, (n, n_in), "f32", offset=x_offset))
+    assert not any("lane" in kernel for kernel, *_ in g.nodes)
+    g.run()
     check_matmul(dev.read(y), w, x, matmul_ref(w, x))
 
 
@@ -65,7 +107,7 @@ def test_matmul_at_offsets(dev, rng, dtype, n):
     ("f16", 270_001, 9, 1),       # more than 65535 work groups of the vector kernel
     ("bf16", 2_097_153, 3, 2),    # more than 65535 work groups of the tiled kernel
 ])
-def test_matmul_large_grid(dev, rng, dtype, n_out, n_in, n, vec_reduction):
+def test_matmul_large_grid(dev, rng, dtype, n_out, n_in, n, matmul_kernels):
     array, w = random_weight(rng, (n_out, n_in), dtype)
     x = rng.standard_normal((n, n_in)).astype(np.float32)
     weight = upload_weight(dev, array, dtype)
@@ -89,7 +131,7 @@ def test_matmul_split_weight(small_bindings, rng, dtype, n_out, n_in, n):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ids", [[2, 0, 3, 1, 2, 7], [1], [17]])
-def test_matmul_id(dev, rng, dtype, ids, vec_reduction):
+def test_matmul_id(dev, rng, dtype, ids, matmul_kernels):
     """Each row its own expert; ids 3 and 7 (>= E) and 17 are skip slots: rows of zeros."""
     n_experts, n_out, n_in = 3, 7, 65
     array, w = random_weight(rng, (n_experts, n_out, n_in), dtype)

@@ -64,7 +64,7 @@ def test_get_rows_exact(dev, rng, dtype, n_blocks):
 @pytest.mark.parametrize("dtype", K_TYPES)
 @pytest.mark.parametrize("n_blocks", [3, 5])
 @pytest.mark.parametrize("n", [1, 5, 33])
-def test_matmul(dev, rng, dtype, n_blocks, n, vec_reduction):
+def test_matmul(dev, rng, dtype, n_blocks, n, matmul_kernels):
     raw = random_blocks(rng, dtype, (13,), n_blocks)
     w = decode(raw, dtype)
     x = rng.standard_normal((n, w.shape[1])).astype(np.float32)
@@ -122,7 +122,7 @@ def test_matmul_split_weight(small_bindings, rng, dtype, n):
 
 
 @pytest.mark.parametrize("dtype", K_TYPES)
-def test_matmul_id(dev, rng, dtype, vec_reduction):
+def test_matmul_id(dev, rng, dtype, matmul_kernels):
     """Expert stack [3, 7, 512]; ids 3 and 7 are skip slots (rows of zeros)."""
     raw = random_blocks(rng, dtype, (3, 7), 2)
     w = decode(raw, dtype)

@@ -98,7 +98,7 @@ def test_get_rows(dev, rng, dtype, make, n_rows, n_in):
 @pytest.mark.parametrize("make", [random_blocks, quantized])
 @pytest.mark.parametrize("n_out,n_in", [(7, 96), (37, 160)])
 @pytest.mark.parametrize("n", [1, 5, 33])
-def test_matmul(dev, rng, dtype, make, n_out, n_in, n, vec_reduction):
+def test_matmul(dev, rng, dtype, make, n_out, n_in, n, matmul_kernels):
     raw = make(rng, (n_out, n_in), dtype)
     matmul_case(dev, rng, upload_weight(dev, raw, dtype), decode(raw, dtype), n)
 
@@ -150,7 +150,7 @@ def test_split_weight(small_bindings, rng, dtype):
 
 @pytest.mark.parametrize("dtype", TYPES)
 @pytest.mark.parametrize("ids", [[2, 0, 3, 1, 2, 7], [1]])
-def test_matmul_id(dev, rng, dtype, ids, vec_reduction):
+def test_matmul_id(dev, rng, dtype, ids, matmul_kernels):
     """ids 3 and 7 (>= E) are skip slots: rows of zeros."""
     n_experts, n_out, n_in = 3, 7, 96
     raw = random_blocks(rng, (n_experts, n_out, n_in), dtype)

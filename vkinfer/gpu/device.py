@@ -63,6 +63,9 @@ class Device:
         # VKINFER_NO_SUBGROUPS=1 turns them off (tests cover both paths).
         self.subgroup_arithmetic = bool(self.info.subgroup_operations & SUBGROUP_FEATURE_ARITHMETIC) \
             and not os.environ.get("VKINFER_NO_SUBGROUPS")
+        # On a CPU device (lavapipe) the matmuls run the LANE kernels (a tile of rows and tokens
+        # per invocation, wide loads), on other devices the team/tiled ones (shaders/matmul.comp).
+        self.lane_matmul = self.info.device_type == "cpu"
         self._algos = {}
         self._staging = None
         self.allocated_bytes = 0

@@ -34,6 +34,20 @@ def _vec(g: Graph, n_in: int, kind: str = "vec") -> tuple:
     return kind, VEC_ROWS, ()
 
 
+LANE_ROWS, LANE_THREADS, LANE_TOKENS = 8, 8, 8   # the LANE kernels' tile (shaders/matmul.comp)
+# Alignment (in elements) the LANE kernels' wide loads need of a plain weight's rows.
+LANE_ALIGN = {"f32": 4, "f16": 8}
+
+
+def _lane(g: Graph, W, x: Tensor, n: int) -> bool:
+    """Whether the LANE kernels run this product: on a CPU device, with x in whole vec4s and
+    weight rows aligned for their wide loads."""
+    n_in = W.shape[-1]
+    align = LANE_ALIGN.get(W.dtype, 1)
+    return (g.dev.lane_matmul and x.offset % 4 == 0 and (n == 1 or n_in % 4 == 0)
+            and n_in % align == 0 and all(part.offset % align == 0 for _, part in W.parts))
+
+
 def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None) -> Tensor:
     """out[n] = W @ x[n] for W [out, in] (a Weight or a Tensor), x f32 [N, in]; out f32
     [N, out], contiguous (it may sit at an offset inside a bigger buffer). N = 1 runs the
@@ -43,10 +57,15 @@ def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None) -> Tensor:
     n = _check_x("matmul", x, n_in)
     out = output(g, "matmul", out, (n, n_out))
     vec, per_group, spec = _vec(g, n_in)
+    lane = _lane(g, W, x, n)
     for start, part in W.parts:
         rows = part.shape[0]
         push = [part.offset, rows, n_in, x.offset, n, out.offset, n_out, start]
-        if n == 1:
+        if lane:
+            kernel, tokens = ("lane", 1) if n == 1 else ("lanemat", LANE_TOKENS)
+            g.dispatch(f"matmul.{kernel}_{W.dtype}", [part, x], [out], push,
+                       groups=ceil(rows / (LANE_ROWS * LANE_THREADS)) * ceil(n / tokens))
+        elif n == 1:
             g.dispatch(f"matmul.{vec}_{W.dtype}", [part, x], [out], push, groups=ceil(rows / per_group),
                        spec=spec)
         else:
@@ -65,6 +84,8 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
     check_tensor("matmul_id", "expert_ids", expert_ids, dtype="u32", shape=(n,))
     out = output(g, "matmul_id", out, (n, n_out))
     vec, per_group, spec = _vec(g, n_in, "id")
+    if _lane(g, W, x, n):
+        vec, per_group, spec = "idlane", LANE_ROWS * LANE_THREADS, ()
     for start, part in W.parts:
         push = [part.offset, n_out, n_in, x.offset, n, out.offset, n_out, 0,
                 expert_ids.offset, start, part.shape[0], n_experts]
