@@ -147,18 +147,24 @@ layout(binding = 1) readonly buffer X { float x[]; };
 #endif
 #ifdef MATMUL_ID
 layout(binding = 2) readonly buffer Ids { uint ids[]; };
-layout(binding = 3) writeonly buffer Y { float y[]; };
+layout(binding = 3) buffer Y { float y[]; };
 #else
-layout(binding = 2) writeonly buffer Y { float y[]; };
+layout(binding = 2) buffer Y { float y[]; };
 #endif
 
 // Offsets count elements of each buffer's type.
 layout(push_constant) uniform P {
     uint w_off; uint rows; uint n_in; uint x_off; uint n_tokens; uint o_off; uint o_stride; uint col0;
+    uint accumulate;
 #ifdef MATMUL_ID
     uint ids_off; uint e_start; uint e_count; uint e_total;
 #endif
 } p;
+
+// A result, or with `accumulate` (not for MATMUL_ID) added to what y holds: y += W x.
+void store(uint i, float v) {
+    y[i] = p.accumulate != 0u ? y[i] + v : v;
+}
 
 #ifndef LANE
 vec4 x4(uint i) { return vec4(x[i], x[i + 1], x[i + 2], x[i + 3]); }
@@ -226,7 +232,7 @@ void main() {
 #if defined(ROW_PER_THREAD)
     uint row = first_row + gl_LocalInvocationID.x;
     if (row < p.rows)
-        y[out_base + row] = row_dot(w_base + row * p.n_in, x_row, 0u, 1u);
+        store(out_base + row, row_dot(w_base + row * p.n_in, x_row, 0u, 1u));
 #elif defined(SUBGROUP_SUM)
     for (uint r = gl_SubgroupID; r < ROWS_PER_GROUP; r += gl_NumSubgroups) {
         uint row = first_row + r;
@@ -235,7 +241,7 @@ void main() {
         float sum = subgroupAdd(row_dot(w_base + row * p.n_in, x_row, gl_SubgroupInvocationID,
                                         gl_SubgroupSize));
         if (subgroupElect())
-            y[out_base + row] = sum;
+            store(out_base + row, sum);
     }
 #else
     uint tid = gl_LocalInvocationID.x;
@@ -249,7 +255,7 @@ void main() {
         barrier();
     }
     if (lane == 0 && row < p.rows)
-        y[out_base + row] = partial[tid];
+        store(out_base + row, partial[tid]);
 #endif
 }
 #endif
@@ -335,7 +341,7 @@ void main() {
         [[unroll]] for (uint j = 0; j < TILE_TOKENS / TOKEN_STEP; j++) {
             uint token = token0 + t + TOKEN_STEP * j;
             if (row < p.rows && token < p.n_tokens)
-                y[p.o_off + token * p.o_stride + p.col0 + row] = acc[i][j];
+                store(p.o_off + token * p.o_stride + p.col0 + row, acc[i][j]);
         }
     }
 }
@@ -396,16 +402,24 @@ void main() {
                 xs[t][i] = xq[(x_row[t] >> 2) + c * 8u + i];
         [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
             vec4 w[8];
-            weight_chunk(w_row[r] + c * 32u, w);
+            float scale = weight_chunk(w_row[r] + c * 32u, w);
             [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
                 vec4 s = w[0] * xs[t][0];
                 [[unroll]] for (uint i = 1; i < 8; i++)
                     s += w[i] * xs[t][i];
-                acc[r][t] += (s.x + s.y) + (s.z + s.w);
+                acc[r][t] += scale * ((s.x + s.y) + (s.z + s.w));
             }
         }
     }
-    for (uint k = n_chunks * 32u; k < p.n_in; k++)           // plain types only
+    // A tail shorter than a chunk (plain types only): 4 at a time, then one at a time.
+    uint k = n_chunks * 32u;
+    for (; k + 4u <= p.n_in; k += 4u)
+        [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
+            vec4 w = weight4(w_row[r] + k);
+            [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+                acc[r][t] += dot(w, xq[(x_row[t] + k) >> 2]);
+        }
+    for (; k < p.n_in; k++)
         [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
             [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
                 acc[r][t] += weight1(w_row[r] + k) * x1(x_row[t] + k);
@@ -414,7 +428,7 @@ void main() {
         uint token = token0 + t;
         [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
             if (token < p.n_tokens && row0 + r < p.rows)
-                y[p.o_off + token * p.o_stride + p.col0 + row0 + r] = acc[r][t];
+                store(p.o_off + token * p.o_stride + p.col0 + row0 + r, acc[r][t]);
     }
 }
 #endif

@@ -47,7 +47,7 @@ def test_roofline_and_profile():
     assert 0 <= roof["python_pct"] < 100 and roof["python_ms"] < roof["step_ms"]
     decode, prompt = out["profiles"]
     assert decode["n_tokens"] == 1 and prompt["n_tokens"] == 8
-    for prof, kind in ((decode, "matmul.vec"), (prompt, "matmul.mat")):
+    for prof, kind in ((decode, ("matmul.vec", "matmul.lane_")), (prompt, ("matmul.mat", "matmul.lanemat"))):
         assert sum(k["dispatches"] for k in prof["kernels"]) == prof["dispatches"]
         matmuls = [k for k in prof["kernels"] if k["kernel"].startswith(kind)]
         assert matmuls and all(k["gbps"] > 0 for k in matmuls)

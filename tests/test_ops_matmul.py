@@ -63,6 +63,19 @@ def test_matmul_lane(dev, rng, monkeypatch, dtype, n_out, n_in, n):
     assert np.all(everything[:3] == -3.0) and np.all(everything[3 + n * n_out:] == -3.0)
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+@pytest.mark.parametrize("n", [1, 9])
+def test_matmul_accumulate(dev, rng, dtype, n, matmul_kernels):
+    """accumulate=True adds W @ x to what out holds (a residual add), in every kernel family."""
+    n_out, n_in = 70, 96
+    array, w = random_weight(rng, (n_out, n_in), dtype)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    before = rng.standard_normal((n, n_out)).astype(np.float32)
+    out = dev.upload(before)
+    run(dev, lambda g: matmul(g, upload_weight(dev, array, dtype), dev.upload(x), out=out, accumulate=True))
+    check_matmul(dev.read(out) - before, w, x, matmul_ref(w, x))
+
+
 @pytest.mark.parametrize("x_offset,n_in,w_offset", [(1, 64, 0), (0, 66, 0), (0, 64, 2)])
 def test_matmul_lane_falls_back_when_unaligned(dev, rng, monkeypatch, x_offset, n_in, w_offset):
     """x not in whole vec4s, or F16 rows not on 8-element boundaries: the group kernels run."""

@@ -260,10 +260,10 @@ def _replay_seconds(g: Graph, reps: int) -> float:
 def _weight_bytes(node) -> int:
     """Weight bytes a matmul dispatch reads at least once (0 for other kernels)."""
     kernel, ins, _, push, _, _ = node
-    if kernel.startswith(("matmul.vec", "matmul.mat")):      # vec, vecsg, vecrow, mat
+    if kernel.startswith(("matmul.vec", "matmul.mat", "matmul.lane")):   # not matmul.id*
         return ins[0].nbytes
     if kernel.startswith("matmul.id"):
-        return ins[0].nbytes // max(int(push[10]), 1) * int(push[4])    # an expert per token
+        return ins[0].nbytes // max(int(push[11]), 1) * int(push[4])    # an expert per token
     return 0
 
 

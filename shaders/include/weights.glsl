@@ -76,33 +76,37 @@ vec4 weight4(uint e) {
 #error "define one of the WTYPE_* weight types"
 #endif
 
-// The 32 elements e..e+31, e a multiple of 32 (of 8 for F16/BF16, of 4 for F32) from the
-// start of the buffer. Types whose chunks lie in aligned words read them in uvec4s, the
-// widest load there is (llvmpipe pays per load, not per byte); the others go through weight4.
+// The 32 elements e..e+31 are scale * w[0..7], e a multiple of 32 (of 8 for F16, of 4 for
+// F32) from the start of the buffer; returns the scale. Types whose chunks lie in aligned words
+// read them in uvec4s, the widest load there is (llvmpipe pays per load, not per byte); the
+// others go through weight4 (scale 1).
 layout(binding = W_BINDING) readonly buffer WeightQuads { uvec4 w_quads[]; };
 
-void weight_chunk(uint e, out vec4 w[8]) {
+float weight_chunk(uint e, out vec4 w[8]) {
 #if defined(WTYPE_F32)
     [[unroll]] for (uint i = 0; i < 8; i++)
         w[i] = uintBitsToFloat(w_quads[(e >> 2) + i]);
+    return 1.0;
 #elif defined(WTYPE_F16)
     [[unroll]] for (uint i = 0; i < 4; i++) {
         uvec4 q = w_quads[(e >> 3) + i];
         w[2 * i] = vec4(unpackHalf2x16(q.x), unpackHalf2x16(q.y));
         w[2 * i + 1] = vec4(unpackHalf2x16(q.z), unpackHalf2x16(q.w));
     }
+    return 1.0;
 #elif defined(WTYPE_Q8_0)
     uint quad = ((e >> 8) * Q8_SUPER_WORDS + ((e & 255u) >> 2)) >> 2;
-    float d = q8_scale(e);
     [[unroll]] for (uint i = 0; i < 2; i++) {
         uvec4 q = w_quads[quad + i];
-        w[4 * i] = vec4(word_i8(q.x)) * d;
-        w[4 * i + 1] = vec4(word_i8(q.y)) * d;
-        w[4 * i + 2] = vec4(word_i8(q.z)) * d;
-        w[4 * i + 3] = vec4(word_i8(q.w)) * d;
+        w[4 * i] = vec4(word_i8(q.x));
+        w[4 * i + 1] = vec4(word_i8(q.y));
+        w[4 * i + 2] = vec4(word_i8(q.z));
+        w[4 * i + 3] = vec4(word_i8(q.w));
     }
+    return q8_scale(e);
 #else
     [[unroll]] for (uint i = 0; i < 8; i++)
         w[i] = weight4(e + 4 * i);
+    return 1.0;
 #endif
 }

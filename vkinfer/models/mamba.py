@@ -24,7 +24,7 @@ class Mamba:
         # Scratch for up to n_batch tokens, shared by every layer and every graph.
         shapes = {"x": p.n_embd, "h": p.n_embd, "xz": 2 * p.d_inner, "x1": p.d_inner,
                   "dbc": self.dbc_width, "dt_in": p.dt_rank, "dt": p.d_inner, "y": p.d_inner,
-                  "o": p.n_embd, "bc": 2 * p.d_state}
+                  "bc": 2 * p.d_state}
         self.scratch = {k: dev.empty((n_batch, n), "f32", name=k) for k, n in shapes.items()}
 
     def new_state(self) -> dict:
@@ -49,7 +49,9 @@ class Mamba:
             x1 = ssm.ssm_conv(g, xz.slice(1, 0, di), state["conv"][layer], w[b + "ssm_conv1d.weight"],
                               w[b + "ssm_conv1d.bias"], out=s["x1"], silu=True)
             dbc = mm.matmul(g, w[b + "ssm_x.weight"], x1, out=s["dbc"])
-            dt_in = copy_ops.copy(g, dbc.slice(1, 0, dtr), out=s["dt_in"])
+            dt_in = dbc.slice(1, 0, dtr)       # one token: a contiguous view; more: copied
+            if not dt_in.contiguous:
+                dt_in = copy_ops.copy(g, dt_in, out=s["dt_in"])
             B, C = dbc.slice(1, dtr, dtr + ds), dbc.slice(1, dtr + ds, dtr + 2 * ds)
             if p.dt_b_c_rms:
                 norm.rms_norm(g, dt_in, None, p.eps, out=dt_in)
@@ -61,8 +63,7 @@ class Mamba:
             ew.softplus(g, dt, out=dt)
             y = ssm.ssm_scan(g, x1, dt, w[b + "ssm_a"], B, C, w[b + "ssm_d"], state["scan"][layer],
                              out=s["y"], z=xz.slice(1, di, 2 * di))
-            o = mm.matmul(g, w[b + "ssm_out.weight"], y, out=s["o"])
-            ew.add(g, x, o, out=x)
+            mm.matmul(g, w[b + "ssm_out.weight"], y, out=x, accumulate=True)   # the residual add
             if taps is not None:
                 copy_ops.copy(g, x, out=taps[layer])
         last = x if all_logits else x.slice(0, T - 1, T)

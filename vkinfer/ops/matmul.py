@@ -48,19 +48,22 @@ def _lane(g: Graph, W, x: Tensor, n: int) -> bool:
             and n_in % align == 0 and all(part.offset % align == 0 for _, part in W.parts))
 
 
-def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None) -> Tensor:
+def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None, accumulate: bool = False) -> Tensor:
     """out[n] = W @ x[n] for W [out, in] (a Weight or a Tensor), x f32 [N, in]; out f32
-    [N, out], contiguous (it may sit at an offset inside a bigger buffer). N = 1 runs the
-    vector kernel, N > 1 the tiled one; a split weight is one dispatch per part."""
+    [N, out], contiguous (it may sit at an offset inside a bigger buffer); with `accumulate`,
+    out[n] += W @ x[n] (a residual add in the same dispatch). N = 1 runs the vector kernel,
+    N > 1 the tiled one; a split weight is one dispatch per part."""
     W = check_weight("matmul", W, 2)
     n_out, n_in = W.shape
     n = _check_x("matmul", x, n_in)
+    require(out is not None or not accumulate, "matmul: accumulate needs an out tensor")
     out = output(g, "matmul", out, (n, n_out))
+    require(out.buf is not x.buf, "matmul: out must not share x's buffer")
     vec, per_group, spec = _vec(g, n_in)
     lane = _lane(g, W, x, n)
     for start, part in W.parts:
         rows = part.shape[0]
-        push = [part.offset, rows, n_in, x.offset, n, out.offset, n_out, start]
+        push = [part.offset, rows, n_in, x.offset, n, out.offset, n_out, start, int(accumulate)]
         if lane:
             kernel, tokens = ("lane", 1) if n == 1 else ("lanemat", LANE_TOKENS)
             g.dispatch(f"matmul.{kernel}_{W.dtype}", [part, x], [out], push,
@@ -87,7 +90,7 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
     if _lane(g, W, x, n):
         vec, per_group, spec = "idlane", LANE_ROWS * LANE_THREADS, ()
     for start, part in W.parts:
-        push = [part.offset, n_out, n_in, x.offset, n, out.offset, n_out, 0,
+        push = [part.offset, n_out, n_in, x.offset, n, out.offset, n_out, 0, 0,
                 expert_ids.offset, start, part.shape[0], n_experts]
         g.dispatch(f"matmul.{vec}_{W.dtype}", [part, x, expert_ids], [out], push,
                    groups=n * ceil(n_out / per_group), spec=spec)
