@@ -98,45 +98,45 @@
 //! variant idsg_q6_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q6_K
 //! variant idrow_q6_k VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q6_K
 //! variant mat_q6_k MAT WTYPE_Q6_K
-//! variant lane_f32 LANE LANE_TOKENS=1 WTYPE_F32
-//! variant lanemat_f32 LANE LANE_TOKENS=8 WTYPE_F32
-//! variant idlane_f32 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_F32
-//! variant lane_f16 LANE LANE_TOKENS=1 WTYPE_F16
-//! variant lanemat_f16 LANE LANE_TOKENS=8 WTYPE_F16
-//! variant idlane_f16 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_F16
-//! variant lane_bf16 LANE LANE_TOKENS=1 WTYPE_BF16
-//! variant lanemat_bf16 LANE LANE_TOKENS=8 WTYPE_BF16
-//! variant idlane_bf16 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_BF16
-//! variant lane_q4_0 LANE LANE_TOKENS=1 WTYPE_Q4_0
-//! variant lanemat_q4_0 LANE LANE_TOKENS=8 WTYPE_Q4_0
-//! variant idlane_q4_0 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_0
-//! variant lane_q4_1 LANE LANE_TOKENS=1 WTYPE_Q4_1
-//! variant lanemat_q4_1 LANE LANE_TOKENS=8 WTYPE_Q4_1
-//! variant idlane_q4_1 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_1
-//! variant lane_q5_0 LANE LANE_TOKENS=1 WTYPE_Q5_0
-//! variant lanemat_q5_0 LANE LANE_TOKENS=8 WTYPE_Q5_0
-//! variant idlane_q5_0 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_0
-//! variant lane_q5_1 LANE LANE_TOKENS=1 WTYPE_Q5_1
-//! variant lanemat_q5_1 LANE LANE_TOKENS=8 WTYPE_Q5_1
-//! variant idlane_q5_1 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_1
-//! variant lane_q8_0 LANE LANE_TOKENS=1 WTYPE_Q8_0
-//! variant lanemat_q8_0 LANE LANE_TOKENS=8 WTYPE_Q8_0
-//! variant idlane_q8_0 LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q8_0
-//! variant lane_q2_k LANE LANE_TOKENS=1 WTYPE_Q2_K
-//! variant lanemat_q2_k LANE LANE_TOKENS=8 WTYPE_Q2_K
-//! variant idlane_q2_k LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q2_K
-//! variant lane_q3_k LANE LANE_TOKENS=1 WTYPE_Q3_K
-//! variant lanemat_q3_k LANE LANE_TOKENS=8 WTYPE_Q3_K
-//! variant idlane_q3_k LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q3_K
-//! variant lane_q4_k LANE LANE_TOKENS=1 WTYPE_Q4_K
-//! variant lanemat_q4_k LANE LANE_TOKENS=8 WTYPE_Q4_K
-//! variant idlane_q4_k LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_K
-//! variant lane_q5_k LANE LANE_TOKENS=1 WTYPE_Q5_K
-//! variant lanemat_q5_k LANE LANE_TOKENS=8 WTYPE_Q5_K
-//! variant idlane_q5_k LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_K
-//! variant lane_q6_k LANE LANE_TOKENS=1 WTYPE_Q6_K
-//! variant lanemat_q6_k LANE LANE_TOKENS=8 WTYPE_Q6_K
-//! variant idlane_q6_k LANE LANE_TOKENS=1 MATMUL_ID WTYPE_Q6_K
+//! variant lane_f32 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_F32
+//! variant lanemat_f32 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_F32
+//! variant idlane_f32 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_F32
+//! variant lane_f16 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_F16
+//! variant lanemat_f16 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_F16
+//! variant idlane_f16 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_F16
+//! variant lane_bf16 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_BF16
+//! variant lanemat_bf16 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_BF16
+//! variant idlane_bf16 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_BF16
+//! variant lane_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_0
+//! variant lanemat_q4_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_0
+//! variant idlane_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_0
+//! variant lane_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_1
+//! variant lanemat_q4_1 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_1
+//! variant idlane_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_1
+//! variant lane_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_0
+//! variant lanemat_q5_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_0
+//! variant idlane_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_0
+//! variant lane_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_1
+//! variant lanemat_q5_1 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_1
+//! variant idlane_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_1
+//! variant lane_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q8_0
+//! variant lanemat_q8_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q8_0
+//! variant idlane_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q8_0
+//! variant lane_q2_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q2_K
+//! variant lanemat_q2_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q2_K
+//! variant idlane_q2_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q2_K
+//! variant lane_q3_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q3_K
+//! variant lanemat_q3_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q3_K
+//! variant idlane_q3_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q3_K
+//! variant lane_q4_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_K
+//! variant lanemat_q4_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_K
+//! variant idlane_q4_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_K
+//! variant lane_q5_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_K
+//! variant lanemat_q5_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_K
+//! variant idlane_q5_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_K
+//! variant lane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q6_K
+//! variant lanemat_q6_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q6_K
+//! variant idlane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q6_K
 #include "common.glsl"
 #include "weights.glsl"
 
@@ -349,13 +349,13 @@ void main() {
 
 
 #ifdef LANE
-// For CPU devices (lavapipe): each invocation computes LANE_ROWS rows for LANE_TOKENS tokens,
-// with no reduction and no shared memory. llvmpipe runs a group's invocations in SIMD lanes
-// and turns every buffer load into a loop over the lanes, so the cost is the number of loads:
+// For CPU devices (lavapipe): each invocation computes LANE_ROWS rows for LANE_TOKENS tokens
+// (the variant's defines), with no reduction and no shared memory. llvmpipe runs a group's
+// invocations in SIMD lanes and turns every buffer load into a loop over the lanes, so the
+// cost is the number of loads:
 // weights come 32 at a time in wide loads (weight_chunk), x in vec4s, and each chunk of x
 // serves LANE_ROWS rows, each chunk of weights LANE_TOKENS tokens. With MATMUL_ID (one token
 // per group) the token's expert is read as in VEC.
-#define LANE_ROWS 8
 #define LANE_THREADS 8
 layout(local_size_x = LANE_THREADS) in;
 

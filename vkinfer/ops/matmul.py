@@ -34,7 +34,9 @@ def _vec(g: Graph, n_in: int, kind: str = "vec") -> tuple:
     return kind, VEC_ROWS, ()
 
 
-LANE_ROWS, LANE_THREADS, LANE_TOKENS = 8, 8, 8   # the LANE kernels' tile (shaders/matmul.comp)
+# The LANE kernels' tiles (shaders/matmul.comp): invocations per group; rows x tokens per
+# invocation for one token (lane_*, idlane_*) and for many (lanemat_*).
+LANE_THREADS, LANE_VEC_ROWS, LANE_MAT_ROWS, LANE_TOKENS = 8, 8, 16, 8
 # Alignment (in elements) the LANE kernels' wide loads need of a plain weight's rows.
 LANE_ALIGN = {"f32": 4, "f16": 8}
 
@@ -65,9 +67,10 @@ def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None, accumulate: bool =
         rows = part.shape[0]
         push = [part.offset, rows, n_in, x.offset, n, out.offset, n_out, start, int(accumulate)]
         if lane:
-            kernel, tokens = ("lane", 1) if n == 1 else ("lanemat", LANE_TOKENS)
+            kernel, tile_rows, tokens = (("lane", LANE_VEC_ROWS, 1) if n == 1 else
+                                         ("lanemat", LANE_MAT_ROWS, LANE_TOKENS))
             g.dispatch(f"matmul.{kernel}_{W.dtype}", [part, x], [out], push,
-                       groups=ceil(rows / (LANE_ROWS * LANE_THREADS)) * ceil(n / tokens))
+                       groups=ceil(rows / (tile_rows * LANE_THREADS)) * ceil(n / tokens))
         elif n == 1:
             g.dispatch(f"matmul.{vec}_{W.dtype}", [part, x], [out], push, groups=ceil(rows / per_group),
                        spec=spec)
@@ -88,7 +91,7 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
     out = output(g, "matmul_id", out, (n, n_out))
     vec, per_group, spec = _vec(g, n_in, "id")
     if _lane(g, W, x, n):
-        vec, per_group, spec = "idlane", LANE_ROWS * LANE_THREADS, ()
+        vec, per_group, spec = "idlane", LANE_VEC_ROWS * LANE_THREADS, ()
     for start, part in W.parts:
         push = [part.offset, n_out, n_in, x.offset, n, out.offset, n_out, 0, 0,
                 expert_ids.offset, start, part.shape[0], n_experts]
