@@ -2,27 +2,43 @@
 // Mamba-1 selective scan: one invocation per channel c, sequential over the T tokens, the
 // channel's N = d_state states held in registers (N is specialization constant 0). Per token:
 //   s[n] = s[n] * exp(dt * A[c, n]) + B[t, n] * x * dt;   y = sum_n s[n] * C[t, n] + D[c] * x
-// and, in the gate variant, y *= silu(z[t, c]).
+// and, in the gate variant, y *= silu(z[t, c]). With DT_BIAS, dt = softplus(dt_in + bias[c])
+// (Mamba's dt projection bias and activation, done here rather than in two more dispatches).
+// WIDE (specialization constant 1; the host sets it when N and the offsets and row strides of
+// A, B, C and the state are multiples of 4) reads those in vec4s: on llvmpipe every load is a
+// loop over the SIMD lanes, so a quarter of the loads is most of the kernel's time.
 //! variant plain
 //! variant gate HAS_GATE
+//! variant gate_dt HAS_GATE DT_BIAS
 #include "common.glsl"
 #include "activations.glsl"
 layout(local_size_x = 64) in;
 layout(constant_id = 0) const uint N = 16;
+layout(constant_id = 1) const bool WIDE = false;
+#define N4 ((N + 3) / 4)
 
 layout(binding = 0) readonly buffer X { float x[]; };
 layout(binding = 1) readonly buffer Dt { float dt[]; };
 layout(binding = 2) readonly buffer A_ { float A[]; };
+layout(binding = 2) readonly buffer A4_ { vec4 A4[]; };
 layout(binding = 3) readonly buffer B_ { float B[]; };
+layout(binding = 3) readonly buffer B4_ { vec4 B4[]; };
 layout(binding = 4) readonly buffer C_ { float C[]; };
+layout(binding = 4) readonly buffer C4_ { vec4 C4[]; };
 layout(binding = 5) readonly buffer D_ { float D[]; };
-#ifdef HAS_GATE
-layout(binding = 6) readonly buffer Z { float z[]; };
-#define N_IN 7
-#else
 #define N_IN 6
+#ifdef HAS_GATE
+layout(binding = N_IN) readonly buffer Z { float z[]; };
+#undef N_IN
+#define N_IN 7
+#endif
+#ifdef DT_BIAS
+layout(binding = N_IN) readonly buffer DtBias { float dt_bias[]; };
+#undef N_IN
+#define N_IN 8
 #endif
 layout(binding = N_IN) buffer State { float state[]; };
+layout(binding = N_IN) buffer State4 { vec4 state4[]; };
 layout(binding = N_IN + 1) writeonly buffer Out { float y_out[]; };
 
 // Offsets in floats; *_rs = row strides of the token-major inputs (they may be column slices).
@@ -30,27 +46,54 @@ layout(push_constant) uniform P {
     uint T; uint Dn;
     uint x_off; uint x_rs; uint dt_off; uint dt_rs; uint A_off;
     uint B_off; uint B_rs; uint C_off; uint C_rs; uint D_off;
-    uint z_off; uint z_rs; uint state_off; uint o_off;
+    uint z_off; uint z_rs; uint state_off; uint o_off; uint bias_off;
 } p;
 
 void main() {
     uint c = GLOBAL_INDEX;
     if (c >= p.Dn) return;
-    float s[N];
-    float a[N];
-    [[unroll]] for (uint n = 0; n < N; n++) {
-        s[n] = state[p.state_off + c * N + n];
-        a[n] = A[p.A_off + c * N + n];
+    float s[N4 * 4];
+    float a[N4 * 4];
+    if (WIDE) {
+        [[unroll]] for (uint i = 0; i < N4; i++) {
+            vec4 s4 = state4[(p.state_off + c * N) / 4 + i], a4 = A4[(p.A_off + c * N) / 4 + i];
+            [[unroll]] for (uint j = 0; j < 4; j++) {
+                s[4 * i + j] = s4[j];
+                a[4 * i + j] = a4[j];
+            }
+        }
+    } else {
+        [[unroll]] for (uint n = 0; n < N; n++) {
+            s[n] = state[p.state_off + c * N + n];
+            a[n] = A[p.A_off + c * N + n];
+        }
     }
     float d = D[p.D_off + c];
+#ifdef DT_BIAS
+    float bias = dt_bias[p.bias_off + c];
+#endif
     for (uint t = 0; t < p.T; t++) {
         float xv = x[p.x_off + t * p.x_rs + c];
         float dtv = dt[p.dt_off + t * p.dt_rs + c];
+#ifdef DT_BIAS
+        dtv = softplus(dtv + bias);
+#endif
         float dx = xv * dtv;
         float y = 0.0;
-        [[unroll]] for (uint n = 0; n < N; n++) {
-            s[n] = s[n] * exp(dtv * a[n]) + B[p.B_off + t * p.B_rs + n] * dx;
-            y += s[n] * C[p.C_off + t * p.C_rs + n];
+        if (WIDE) {
+            [[unroll]] for (uint i = 0; i < N4; i++) {
+                vec4 b4 = B4[(p.B_off + t * p.B_rs) / 4 + i], c4 = C4[(p.C_off + t * p.C_rs) / 4 + i];
+                [[unroll]] for (uint j = 0; j < 4; j++) {
+                    uint n = 4 * i + j;
+                    s[n] = s[n] * exp(dtv * a[n]) + b4[j] * dx;
+                    y += s[n] * c4[j];
+                }
+            }
+        } else {
+            [[unroll]] for (uint n = 0; n < N; n++) {
+                s[n] = s[n] * exp(dtv * a[n]) + B[p.B_off + t * p.B_rs + n] * dx;
+                y += s[n] * C[p.C_off + t * p.C_rs + n];
+            }
         }
         y += d * xv;
 #ifdef HAS_GATE
@@ -58,6 +101,11 @@ void main() {
 #endif
         y_out[p.o_off + t * p.Dn + c] = y;
     }
-    [[unroll]] for (uint n = 0; n < N; n++)
-        state[p.state_off + c * N + n] = s[n];
+    if (WIDE) {
+        [[unroll]] for (uint i = 0; i < N4; i++)
+            state4[(p.state_off + c * N) / 4 + i] = vec4(s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]);
+    } else {
+        [[unroll]] for (uint n = 0; n < N; n++)
+            state[p.state_off + c * N + n] = s[n];
+    }
 }

@@ -148,6 +148,23 @@ def test_ssm_scan(dev, rng, N, gate):
     check_scaled(dev.read(tstate), want_state, 2e-5, f"ssm_scan state N{N}")
 
 
+@pytest.mark.parametrize("N,T", [(16, 1), (16, 9), (8, 4), (6, 3)])
+def test_ssm_scan_dt_bias(dev, rng, N, T):
+    """dt_bias: softplus(dt + bias) in the scan, for d_state that does (16, 8) and does not (6)
+    take the vec4 loads, and dt before the activation (of either sign, large ones included)."""
+    Dn = 77
+    x, _, A, B, C, D, state, z = scan_inputs(rng, T, Dn, N)
+    dt_raw = (3.0 * rng.standard_normal((T, Dn))).astype(np.float32)
+    bias = rng.standard_normal(Dn).astype(np.float32)
+    dt_raw[0, :3] = [30.0, -30.0, 19.5]
+    tstate = dev.upload(state)
+    y = run(dev, lambda g: ssm.ssm_scan(g, *(dev.upload(a) for a in (x, dt_raw, A, B, C, D)), tstate,
+                                        z=dev.upload(z), dt_bias=dev.upload(bias)))
+    want, want_state = ssm.ssm_scan_ref(x, dt_raw, A, B, C, D, state, z, dt_bias=bias)
+    check_scaled(dev.read(y), want, 2e-5, f"ssm_scan dt_bias N{N}")
+    check_scaled(dev.read(tstate), want_state, 2e-5, f"ssm_scan dt_bias state N{N}")
+
+
 def test_ssm_scan_mamba_layout(dev, rng):
     """As Mamba calls it: x and z the halves of xz, B and C column slices of dbc =
     [dt_rank | B | C], state one layer of a [n_layer, d_inner, d_state] buffer."""

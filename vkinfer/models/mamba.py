@@ -59,10 +59,8 @@ class Mamba:
                 B, C = bc.slice(1, 0, ds), bc.slice(1, ds, 2 * ds)
                 norm.rms_norm(g, bc.reshape(T * 2, ds), None, p.eps, out=bc.reshape(T * 2, ds))
             dt = mm.matmul(g, w[b + "ssm_dt.weight"], dt_in, out=s["dt"])
-            ew.add(g, dt, w[b + "ssm_dt.bias"], out=dt)
-            ew.softplus(g, dt, out=dt)
             y = ssm.ssm_scan(g, x1, dt, w[b + "ssm_a"], B, C, w[b + "ssm_d"], state["scan"][layer],
-                             out=s["y"], z=xz.slice(1, di, 2 * di))
+                             out=s["y"], z=xz.slice(1, di, 2 * di), dt_bias=w[b + "ssm_dt.bias"])
             mm.matmul(g, w[b + "ssm_out.weight"], y, out=x, accumulate=True)   # the residual add
             if taps is not None:
                 copy_ops.copy(g, x, out=taps[layer])

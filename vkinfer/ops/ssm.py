@@ -10,6 +10,7 @@ from math import ceil
 import numpy as np
 
 from ..gpu import Graph, Tensor, check_tensor, output, require
+from .elementwise import softplus_ref
 
 WG = 64              # both shaders: one invocation per channel
 MAX_D_STATE = 256    # the scan keeps a channel's states in registers
@@ -53,10 +54,11 @@ def ssm_conv(g: Graph, x: Tensor, state: Tensor, w: Tensor, b: Tensor | None,
 
 
 def ssm_scan(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-             state: Tensor, out: Tensor | None = None, z: Tensor | None = None) -> Tensor:
-    """Mamba-1 selective scan. x, dt [T, Dn] (dt already softplus'ed), A [Dn, N] (already
-    -exp(A_log)), B, C [T, N], D [Dn], state [Dn, N] updated in place -> y [T, Dn];
-    with z [T, Dn], y *= silu(z)."""
+             state: Tensor, out: Tensor | None = None, z: Tensor | None = None,
+             dt_bias: Tensor | None = None) -> Tensor:
+    """Mamba-1 selective scan. x, dt [T, Dn] (dt already softplus'ed, or with dt_bias [Dn]
+    softplus(dt + dt_bias) is taken here), A [Dn, N] (already -exp(A_log)), B, C [T, N],
+    D [Dn], state [Dn, N] updated in place -> y [T, Dn]; with z [T, Dn], y *= silu(z)."""
     op = "ssm_scan"
     check_tensor(op, "A", A, dtype="f32")
     require(A.ndim == 2, f"{op}: A must be [d_inner, d_state], got {A.shape}")
@@ -69,13 +71,20 @@ def ssm_scan(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     check_tensor(op, "D", D, dtype="f32", shape=(Dn,))
     check_tensor(op, "state", state, dtype="f32", shape=(Dn, N))
     z_rs = _row_stride(op, "z", z, (T, Dn)) if z is not None else 0
+    require(dt_bias is None or z is not None, f"{op}: dt_bias comes with the gate z")
+    if dt_bias is not None:
+        check_tensor(op, "dt_bias", dt_bias, dtype="f32", shape=(Dn,))
     out = output(g, op, out, (T, Dn))
-    ins = [x, dt, A, B, C, D] + ([z] if z is not None else [])
-    g.dispatch("ssm_scan.gate" if z is not None else "ssm_scan.plain", ins, [state, out],
+    wide = all(v % 4 == 0 for v in (N, A.offset, B.offset, C.offset, state.offset,
+                                     strides["B"], strides["C"]))
+    ins = [x, dt, A, B, C, D] + ([z] if z is not None else []) + ([dt_bias] if dt_bias is not None else [])
+    kernel = "plain" if z is None else "gate" if dt_bias is None else "gate_dt"
+    g.dispatch(f"ssm_scan.{kernel}", ins, [state, out],
                [T, Dn, x.offset, strides["x"], dt.offset, strides["dt"], A.offset,
                 B.offset, strides["B"], C.offset, strides["C"], D.offset,
-                z.offset if z is not None else 0, z_rs, state.offset, out.offset],
-               ceil(Dn / WG), spec=(N,))
+                z.offset if z is not None else 0, z_rs, state.offset, out.offset,
+                dt_bias.offset if dt_bias is not None else 0],
+               ceil(Dn / WG), spec=(N, int(wide)))
     return out
 
 
@@ -91,7 +100,9 @@ def ssm_conv_ref(x, state, w, b, silu=False):
     return out.astype(np.float32), window[:, T:].astype(np.float32)
 
 
-def ssm_scan_ref(x, dt, A, B, C, D, state, z=None):
+def ssm_scan_ref(x, dt, A, B, C, D, state, z=None, dt_bias=None):
+    if dt_bias is not None:
+        dt = softplus_ref(np.asarray(dt, np.float32) + dt_bias)
     x, dt, A, B, C = (np.asarray(a, np.float64) for a in (x, dt, A, B, C))
     s = np.array(state, np.float64)
     y = np.empty_like(x)
