@@ -49,7 +49,8 @@ ivec4 word_i8(uint word) {
 // The scale of element e's block.
 float q8_scale(uint e) {
     uint word = w_words[(e >> 8) * Q8_SUPER_WORDS + 64u + ((e & 255u) >> 6)];
-    return unpackHalf2x16(word >> ((e & 32u) >> 1)).x;
+    vec2 both = unpackHalf2x16(word);
+    return (e & 32u) != 0u ? both.y : both.x;
 }
 
 vec4 weight4(uint e) {
