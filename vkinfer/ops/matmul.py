@@ -39,14 +39,19 @@ def _vec(g: Graph, n_in: int, kind: str = "vec") -> tuple:
 LANE_THREADS, LANE_VEC_ROWS, LANE_MAT_ROWS, LANE_TOKENS = 8, 8, 16, 8
 # Alignment (in elements) the LANE kernels' wide loads need of a plain weight's rows.
 LANE_ALIGN = {"f32": 4, "f16": 8}
+# Types with a wide chunk load (weights.glsl weight_chunk) also get the LANE prompt kernel; for
+# the others, its 16 x 8 tile of inlined block decoding takes LLVM tens of seconds to compile.
+LANE_MAT_TYPES = ("f32", "f16", "q8_0")
 
 
-def _lane(g: Graph, W, x: Tensor, n: int) -> bool:
-    """Whether the LANE kernels run this product: on a CPU device, with x in whole vec4s and
-    weight rows aligned for their wide loads."""
+def _lane(g: Graph, W, x: Tensor, n: int, batched: bool) -> bool:
+    """Whether the LANE kernels run this product: on a CPU device, with x in whole vec4s,
+    weight rows aligned for their wide loads, and for a tile of many tokens (`batched`) a
+    type in LANE_MAT_TYPES."""
     n_in = W.shape[-1]
     align = LANE_ALIGN.get(W.dtype, 1)
     return (g.dev.lane_matmul and x.offset % 4 == 0 and (n == 1 or n_in % 4 == 0)
+            and (not batched or W.dtype in LANE_MAT_TYPES)
             and n_in % align == 0 and all(part.offset % align == 0 for _, part in W.parts))
 
 
@@ -62,7 +67,7 @@ def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None, accumulate: bool =
     out = output(g, "matmul", out, (n, n_out))
     require(out.buf is not x.buf, "matmul: out must not share x's buffer")
     vec, per_group, spec = _vec(g, n_in)
-    lane = _lane(g, W, x, n)
+    lane = _lane(g, W, x, n, batched=n > 1)
     for start, part in W.parts:
         rows = part.shape[0]
         push = [part.offset, rows, n_in, x.offset, n, out.offset, n_out, start, int(accumulate)]
@@ -90,7 +95,7 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
     check_tensor("matmul_id", "expert_ids", expert_ids, dtype="u32", shape=(n,))
     out = output(g, "matmul_id", out, (n, n_out))
     vec, per_group, spec = _vec(g, n_in, "id")
-    if _lane(g, W, x, n):
+    if _lane(g, W, x, n, batched=False):      # idlane: one token per group
         vec, per_group, spec = "idlane", LANE_VEC_ROWS * LANE_THREADS, ()
     for start, part in W.parts:
         push = [part.offset, n_out, n_in, x.offset, n, out.offset, n_out, 0, 0,
