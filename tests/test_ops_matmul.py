@@ -38,6 +38,27 @@ def test_matmul(dev, rng, dtype, n_out, n_in, n, matmul_kernels):
     check_matmul(dev.read(y), w, x, matmul_ref(w, x))
 
 
+def matmul_at_offsets(dev, rng, dtype, n_out, n_in, n, w_off, x_off, o_off) -> list:
+    """matmul with weight, x and out at element offsets w_off, x_off, o_off inside bigger
+    buffers; checks the product and that the words around out are left alone. Returns the
+    kernels dispatched."""
+    array, w = random_weight(rng, (n_out, n_in), dtype)
+    arena = np.concatenate([stored(np.full(w_off, 7.0, np.float32), dtype), array.reshape(-1),
+                            stored(np.full(5, 7.0, np.float32), dtype)])
+    weight = Tensor(dev.upload(arena, dtype=dtype).buf, (n_out, n_in), dtype, offset=w_off)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    x_buf = dev.upload(np.concatenate([np.full(x_off, np.nan, np.float32), x.reshape(-1)]))
+    out_buf = dev.upload(np.full(o_off + n * n_out + 9, -3.0, np.float32))
+    g = Graph(dev, "offsets")
+    matmul(g, weight, Tensor(x_buf.buf, (n, n_in), "f32", offset=x_off),
+           out=Tensor(out_buf.buf, (n, n_out), "f32", offset=o_off))
+    g.run()
+    everything = dev.read(out_buf)
+    check_matmul(everything[o_off:o_off + n * n_out].reshape(n, n_out), w, x, matmul_ref(w, x))
+    assert np.all(everything[:o_off] == -3.0) and np.all(everything[o_off + n * n_out:] == -3.0)
+    return [kernel for kernel, *_ in g.nodes]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_out,n_in", [(1, 32), (65, 96), (130, 1000), (64, 4104)])
 @pytest.mark.parametrize("n", [1, 7, 17])
@@ -45,23 +66,19 @@ def test_matmul_lane(dev, rng, monkeypatch, dtype, n_out, n_in, n):
     """The LANE kernels (CPU devices; for many tokens only the types with wide loads) on rows
     and tokens that do and do not fill their tiles (64 rows x 1 token, 128 x 8), rows with a
     tail shorter than a chunk of 32; weight, x and out at offsets the kernels take (multiples
-    of 8, 4 and any), the words around out left alone."""
+    of 8, 4 and any)."""
     monkeypatch.setattr(dev, "lane_matmul", True)
-    array, w = random_weight(rng, (n_out, n_in), dtype)
-    arena = np.concatenate([stored(np.full(8, 7.0, np.float32), dtype), array.reshape(-1)])
-    weight = Tensor(dev.upload(arena, dtype=dtype).buf, (n_out, n_in), dtype, offset=8)
-    x = rng.standard_normal((n, n_in)).astype(np.float32)
-    x_buf = dev.upload(np.concatenate([np.full(4, np.nan, np.float32), x.reshape(-1)]))
-    x_view = Tensor(x_buf.buf, (n, n_in), "f32", offset=4)
-    out_buf = dev.upload(np.full(n * n_out + 8, -3.0, np.float32))
-    out = Tensor(out_buf.buf, (n, n_out), "f32", offset=3)
-    g = Graph(dev, "lane")
-    matmul(g, weight, x_view, out=out)
-    assert all(("lane" in kernel) == (n == 1 or dtype in LANE_MAT_TYPES) for kernel, *_ in g.nodes)
-    g.run()
-    everything = dev.read(out_buf)
-    check_matmul(everything[3:3 + n * n_out].reshape(n, n_out), w, x, matmul_ref(w, x))
-    assert np.all(everything[:3] == -3.0) and np.all(everything[3 + n * n_out:] == -3.0)
+    kernels = matmul_at_offsets(dev, rng, dtype, n_out, n_in, n, w_off=8, x_off=4, o_off=3)
+    assert all(("lane" in k) == (n == 1 or dtype in LANE_MAT_TYPES) for k in kernels)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 5])
+def test_matmul_at_offsets(dev, rng, dtype, n, matmul_kernels):
+    """Weight, x and out each at an odd element offset (a row of F16/BF16 then starts
+    mid-word): the group kernels run."""
+    kernels = matmul_at_offsets(dev, rng, dtype, 9, 37, n, w_off=3, x_off=5, o_off=11)
+    assert not any("lane" in k for k in kernels)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
@@ -81,38 +98,8 @@ def test_matmul_accumulate(dev, rng, dtype, n, matmul_kernels):
 def test_matmul_lane_falls_back_when_unaligned(dev, rng, monkeypatch, x_offset, n_in, w_offset):
     """x not in whole vec4s, or F16 rows not on 8-element boundaries: the group kernels run."""
     monkeypatch.setattr(dev, "lane_matmul", True)
-    n_out, n = 5, 3
-    array, w = random_weight(rng, (n_out, n_in), "f16")
-    arena = np.concatenate([np.zeros(w_offset, np.float16), array.reshape(-1)])
-    weight = Tensor(dev.upload(arena, dtype="f16").buf, (n_out, n_in), "f16", offset=w_offset)
-    x = rng.standard_normal((n, n_in)).astype(np.float32)
-    x_buf = dev.upload(np.concatenate([np.zeros(x_offset, np.float32), x.reshape(-1)]))
-    g = Graph(dev, "fallback")
-    y = matmul(g, weight, Tensor(x_buf.buf, (n, n_in), "f32", offset=x_offset))
-    assert not any("lane" in kernel for kernel, *_ in g.nodes)
-    g.run()
-    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [1, 5])
-def test_matmul_at_offsets(dev, rng, dtype, n):
-    """Weight, x and out each sit at an odd element offset inside a bigger buffer (a row of
-    F16/BF16 then starts mid-word); the words around out are left alone."""
-    n_out, n_in = 9, 37
-    array, w = random_weight(rng, (n_out, n_in), dtype)
-    arena = np.concatenate([stored(np.full(3, 7.0, np.float32), dtype), array.reshape(-1),
-                            stored(np.full(5, 7.0, np.float32), dtype)])
-    weight = Tensor(dev.upload(arena, dtype=dtype).buf, (n_out, n_in), dtype, offset=3)
-    x = rng.standard_normal((n, n_in)).astype(np.float32)
-    x_buf = dev.upload(np.concatenate([np.full(5, np.nan, np.float32), x.reshape(-1)]))
-    x_view = Tensor(x_buf.buf, (n, n_in), "f32", offset=5)
-    out_buf = dev.upload(np.full(n * n_out + 20, -3.0, np.float32))
-    out = Tensor(out_buf.buf, (n, n_out), "f32", offset=11)
-    run(dev, lambda g: matmul(g, weight, x_view, out=out))
-    everything = dev.read(out_buf)
-    check_matmul(everything[11:11 + n * n_out].reshape(n, n_out), w, x, matmul_ref(w, x))
-    assert np.all(everything[:11] == -3.0) and np.all(everything[11 + n * n_out:] == -3.0)
+    kernels = matmul_at_offsets(dev, rng, "f16", 5, n_in, 3, w_off=w_offset, x_off=x_offset, o_off=0)
+    assert not any("lane" in k for k in kernels)
 
 
 @pytest.mark.parametrize("dtype,n_out,n_in,n", [
