@@ -405,7 +405,7 @@ void main() {
     uint k = n_chunks * 32u;
     for (; k + 4u <= p.n_in; k += 4u)
         [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
-            vec4 w = weight4(w_row[r] + k);
+            vec4 w = weight4_aligned(w_row[r] + k);     // rows start on 4 (LANE_ALIGN)
             [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
                 acc[r][t] += dot(w, xq[(x_row[t] + k) >> 2]);
         }

@@ -81,6 +81,19 @@ vec4 weight4(uint e) {
 // read them in uvec4s, the widest load there is (llvmpipe pays per load, not per byte); the
 // others go through weight4 (scale 1).
 layout(binding = W_BINDING) readonly buffer WeightQuads { uvec4 w_quads[]; };
+layout(binding = W_BINDING) readonly buffer WeightPairs { uvec2 w_pairs[]; };
+
+// weight4(e) in one load, e a multiple of 4 (for F32 and F16; other types as weight4).
+vec4 weight4_aligned(uint e) {
+#if defined(WTYPE_F32)
+    return uintBitsToFloat(w_quads[e >> 2]);
+#elif defined(WTYPE_F16)
+    uvec2 q = w_pairs[e >> 2];
+    return vec4(unpackHalf2x16(q.x), unpackHalf2x16(q.y));
+#else
+    return weight4(e);
+#endif
+}
 
 float weight_chunk(uint e, out vec4 w[8]) {
 #if defined(WTYPE_F32)
