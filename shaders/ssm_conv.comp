@@ -28,6 +28,12 @@ layout(push_constant) uniform P {
     uint x_off; uint x_rs; uint w_off; uint b_off; uint state_off; uint o_off;
 } p;
 
+// Mamba's shape, S = K - 1 with K <= MAX_TAPS: the host sets TAPS = K and the window slides
+// through registers, each sample read once (on llvmpipe every load is a loop over the lanes).
+// TAPS = 0: the general loop below.
+#define MAX_TAPS 4
+layout(constant_id = 0) const uint TAPS = 0;
+
 float window(uint c, uint j) {
     return j < p.S ? state[p.state_off + c * p.S + j] : x[p.x_off + (j - p.S) * p.x_rs + c];
 }
@@ -40,6 +46,29 @@ void main() {
 #else
     float bias = 0.0;
 #endif
+    if (TAPS > 0) {
+        float wk[MAX_TAPS], win[MAX_TAPS];
+        [[unroll]] for (uint k = 0; k < TAPS; k++)
+            wk[k] = w[p.w_off + c * TAPS + k];
+        [[unroll]] for (uint k = 0; k + 1 < TAPS; k++)
+            win[k] = state[p.state_off + c * (TAPS - 1) + k];
+        for (uint n = 0; n < p.T; n++) {
+            win[TAPS - 1] = x[p.x_off + n * p.x_rs + c];
+            float acc = 0.0;
+            [[unroll]] for (uint k = 0; k < TAPS; k++)
+                acc += win[k] * wk[k];
+            acc += bias;
+#ifdef APPLY_SILU
+            acc = silu(acc);
+#endif
+            o[p.o_off + n * p.C + c] = acc;
+            [[unroll]] for (uint k = 0; k + 1 < TAPS; k++)
+                win[k] = win[k + 1];
+        }
+        [[unroll]] for (uint k = 0; k + 1 < TAPS; k++)
+            state[p.state_off + c * (TAPS - 1) + k] = win[k];
+        return;
+    }
     uint n_out = p.T + p.S - p.K + 1;
     for (uint n = 0; n < n_out; n++) {
         float acc = 0.0;

@@ -48,6 +48,8 @@ def scan_inputs(rng, T, Dn, N):
     (1, 65, 2, 2, False, True),      # ZAYA decode
     (3, 65, 3, 5, False, False),     # more state than the kernel needs, no bias
     (2, 3, 1, 1, True, False),
+    (3, 50, 2, 1, False, True),      # S = K - 1 with 2 taps (the register window, as K = 4)
+    (4, 20, 5, 4, True, True),       # S = K - 1 past the register window: the general loop
 ])
 def test_ssm_conv(dev, rng, T, C, K, S, silu, bias):
     x, state, w, b = conv_inputs(rng, T, C, K, S)

@@ -16,6 +16,9 @@ WG = 64              # both shaders: one invocation per channel
 MAX_D_STATE = 256    # the scan keeps a channel's states in registers
 
 
+MAX_TAPS = 4          # shaders/ssm_conv.comp: the register window for S = K - 1
+
+
 def _row_stride(op: str, name: str, t: Tensor, shape: tuple) -> int:
     """Check a [rows, cols] F32 input whose rows are contiguous; return its row stride."""
     check_tensor(op, name, t, dtype="f32", shape=shape, contiguous=False)
@@ -49,7 +52,7 @@ def ssm_conv(g: Graph, x: Tensor, state: Tensor, w: Tensor, b: Tensor | None,
     ins = [x, w] + ([b] if b is not None else [])
     g.dispatch(f"ssm_conv.{variant}", ins, [state, out],
                [T, C, S, K, x.offset, x_rs, w.offset, b.offset if b is not None else 0,
-                state.offset, out.offset], ceil(C / WG))
+                state.offset, out.offset], ceil(C / WG), spec=(K if S == K - 1 and K <= MAX_TAPS else 0,))
     return out
 
 
