@@ -67,29 +67,45 @@ vec4 weight4(uint e) {
 #define QS_AT 48u
 #endif
 
-// (scale, min) of sub-block j; `word` is the block's first word (the blocks are word-aligned).
-uvec2 scale_min(uint word, uint j) {
+// (scale, min) of sub-block j from the block's 12 scale bytes, words 1..3 of the block.
+uvec2 scale_min_of(uvec3 scales, uint j) {
     uint shift = 8u * (j % 4u);
-    uint a = (w_words[word + 1u] >> shift) & 0xFFu;        // scales[j % 4]
-    uint b = (w_words[word + 2u] >> shift) & 0xFFu;        // scales[j % 4 + 4]
+    uint a = (scales.x >> shift) & 0xFFu;                  // scales[j % 4]
+    uint b = (scales.y >> shift) & 0xFFu;                  // scales[j % 4 + 4]
     if (j < 4u)
         return uvec2(a & 63u, b & 63u);
-    uint c = (w_words[word + 3u] >> shift) & 0xFFu;        // scales[j % 4 + 8]
+    uint c = (scales.z >> shift) & 0xFFu;                  // scales[j % 4 + 8]
     return uvec2((c & 0xFu) | ((a >> 6) << 4), (c >> 4) | ((b >> 6) << 4));
+}
+
+// `word` is the block's first word (the blocks are word-aligned).
+uvec2 scale_min(uint word, uint j) {
+    return scale_min_of(uvec3(w_words[word + 1u], w_words[word + 2u], w_words[word + 3u]), j);
+}
+
+// Elements 4k..4k+3 of a sub-block from their quant word (nibbles, shifted for its half, and
+// for Q5_K the qh word) and the sub-block's scale and min terms, as gguf-py computes them.
+vec4 k_quant4(uint quants, uint qh, uint j, float scale, float minimum) {
+    uint bits = (quants >> (4u * (j % 2u))) & EACH_BYTE(0xFu);
+#if defined(WTYPE_Q5_K)
+    bits |= ((qh >> j) & EACH_BYTE(1u)) << 4;
+#endif
+    precise vec4 y = scale * bytes4(bits) - minimum;
+    return y;
 }
 
 vec4 weight4(uint e) {
     uint word = (e / 256u) * (BLOCK_BYTES / 4u), i = e % 256u;
     uint l = i % 32u, j = i / 32u;
-    uint quants = w_words[word + (QS_AT + (i / 64u) * 32u + l) / 4u] >> (4u * (j % 2u));
-    uint bits = quants & EACH_BYTE(0xFu);
+    uint quants = w_words[word + (QS_AT + (i / 64u) * 32u + l) / 4u];
 #if defined(WTYPE_Q5_K)
-    bits |= ((w_words[word + (QH_AT + l) / 4u] >> j) & EACH_BYTE(1u)) << 4;
+    uint qh = w_words[word + (QH_AT + l) / 4u];
+#else
+    uint qh = 0u;
 #endif
     uvec2 sm = scale_min(word, j);
     vec2 d = unpackHalf2x16(w_words[word]);                // d, dmin
-    precise vec4 y = (d.x * float(sm.x)) * bytes4(bits) - d.y * float(sm.y);
-    return y;
+    return k_quant4(quants, qh, j, d.x * float(sm.x), d.y * float(sm.y));
 }
 
 #elif defined(WTYPE_Q6_K)

@@ -117,6 +117,30 @@ float weight_chunk(uint e, out vec4 w[8]) {
         w[4 * i + 3] = vec4(word_i8(q.w));
     }
     return q8_scale(e);
+#elif defined(WTYPE_Q4_K) || defined(WTYPE_Q5_K)
+    // Blocks of 144 / 176 bytes are whole uvec4s: the header (d, dmin, 12 scale bytes), for
+    // Q5_K the 32 qh bytes, then the 32 quant bytes that sub-block j shares with j ^ 1.
+    uint quad = (e >> 8) * (BLOCK_BYTES / 16u), j = (e & 255u) >> 5;
+    uvec4 head = w_quads[quad];
+    uvec2 sm = scale_min_of(head.yzw, j);
+    vec2 d = unpackHalf2x16(head.x);
+    float scale = d.x * float(sm.x), minimum = d.y * float(sm.y);
+    uint qs = quad + QS_AT / 16u + (j >> 1) * 2u;
+#if defined(WTYPE_Q5_K)
+    uvec4 qh[2] = uvec4[2](w_quads[quad + 1u], w_quads[quad + 2u]);
+#endif
+    [[unroll]] for (uint h = 0; h < 2; h++) {
+        uvec4 q = w_quads[qs + h];
+        [[unroll]] for (uint k = 0; k < 4; k++) {
+#if defined(WTYPE_Q5_K)
+            uint high = qh[h][k];
+#else
+            uint high = 0u;
+#endif
+            w[4 * h + k] = k_quant4(q[k], high, j, scale, minimum);
+        }
+    }
+    return 1.0;
 #else
     [[unroll]] for (uint i = 0; i < 8; i++)
         w[i] = weight4(e + 4 * i);
