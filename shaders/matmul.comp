@@ -128,6 +128,7 @@
 //! variant lanemat_q5_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_K
 //! variant idlane_q5_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_K
 //! variant lane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q6_K
+//! variant lanemat_q6_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q6_K
 //! variant idlane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q6_K
 #include "common.glsl"
 #include "weights.glsl"

@@ -111,20 +111,34 @@ vec4 weight4(uint e) {
 #elif defined(WTYPE_Q6_K)
 // 210 bytes: u8 ql[128]; u8 qh[64]; i8 scales[16]; half d. Element i = 128n + 64h + m is
 // nibble h of ql[64n + m] with bits 2s..2s+1 of qh[32n + m % 32] on top (s = (i / 32) % 4),
-// minus 32; sub-block i / 16 has a signed 8-bit scale.
-#define BLOCK_BYTES 210u
+// minus 32; sub-block i / 16 has a signed 8-bit scale. On the device (vkinfer/gpu/tensor.py)
+// blocks come in superblocks of 8: their first 208 bytes each, then their 8 d.
+#define Q6_SUPER_BYTES 1680u
+#define Q6_BODY_BYTES 208u
+
+// Byte address of block e / 256's body, and of its d.
+uint q6_body(uint e) {
+    return (e >> 11) * Q6_SUPER_BYTES + ((e >> 8) & 7u) * Q6_BODY_BYTES;
+}
+uint q6_d_at(uint e) {
+    return (e >> 11) * Q6_SUPER_BYTES + 8u * Q6_BODY_BYTES + 2u * ((e >> 8) & 7u);
+}
+
+// Elements from their ql word (shifted for their nibble), qh word (shifted for their bits)
+// and the sub-block's d * scale, as gguf-py computes them.
+vec4 q6_quant4(uint low, uint high, float scale) {
+    uint bits = (low & EACH_BYTE(0xFu)) | ((high & EACH_BYTE(3u)) << 4);
+    precise vec4 y = scale * (bytes4(bits) - 32.0);
+    return y;
+}
 
 vec4 weight4(uint e) {
-    uint base = (e / 256u) * BLOCK_BYTES, i = e % 256u;
+    uint base = q6_body(e), i = e % 256u;
     uint n = i / 128u;
-    uint low = read_u32_unaligned(base + 64u * n + i % 64u) >> (4u * ((i / 64u) % 2u));
-    uint high = read_u32_unaligned(base + 128u + 32u * n + i % 32u) >> (2u * ((i / 32u) % 4u));
-    uint bits = (low & EACH_BYTE(0xFu)) | ((high & EACH_BYTE(3u)) << 4);
-    vec4 q = bytes4(bits) - 32.0;
+    uint low = w_words[(base + 64u * n + i % 64u) >> 2] >> (4u * ((i / 64u) % 2u));
+    uint high = w_words[(base + 128u + 32u * n + i % 32u) >> 2] >> (2u * ((i / 32u) % 4u));
     int scale = bitfieldExtract(int(read_u8(base + 192u + i / 16u)), 0, 8);
-    float d = read_f16(base + 208u);
-    precise vec4 y = (d * float(scale)) * q;
-    return y;
+    return q6_quant4(low, high, read_f16(q6_d_at(e)) * float(scale));
 }
 
 #endif

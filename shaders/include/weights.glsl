@@ -141,6 +141,21 @@ float weight_chunk(uint e, out vec4 w[8]) {
         }
     }
     return 1.0;
+#elif defined(WTYPE_Q6_K)
+    // Chunk c of a block (i = 32c + l): ql bytes 64n + 32(c % 2) + l (nibble h), qh bytes
+    // 32n + l (bits 2(c % 4)), scales 2c and 2c + 1 (one per 16 elements); n = c / 4, h = c / 2 % 2.
+    uint body = q6_body(e) >> 4, c = (e & 255u) >> 5, n = c >> 2;
+    uint nibble = 4u * ((c >> 1) & 1u), pair = 2u * (c & 3u);
+    uint scale_word = w_quads[body + 12u][c >> 1] >> (16u * (c & 1u));
+    float d = read_f16(q6_d_at(e));
+    [[unroll]] for (uint h = 0; h < 2; h++) {
+        uvec4 low = w_quads[body + 4u * n + 2u * (c & 1u) + h];
+        uvec4 high = w_quads[body + 8u + 2u * n + h];
+        float scale = d * float(bitfieldExtract(int(scale_word), 8 * int(h), 8));
+        [[unroll]] for (uint k = 0; k < 4; k++)
+            w[4 * h + k] = q6_quant4(low[k] >> nibble, high[k] >> pair, scale);
+    }
+    return 1.0;
 #else
     [[unroll]] for (uint i = 0; i < 8; i++)
         w[i] = weight4(e + 4 * i);

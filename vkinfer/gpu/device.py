@@ -10,7 +10,7 @@ from math import ceil
 import numpy as np
 
 from ..errors import VkInferError
-from .tensor import (BLOCK_TYPES, Q8_0_SUPER, Buffer, Tensor, from_device_layout, nbytes_of,
+from .tensor import (BLOCK_TYPES, D_AT, SUPERBLOCK, Buffer, Tensor, from_device_layout, nbytes_of,
                      to_device_layout)
 from .vulkan_info import DeviceInfo, query_devices
 
@@ -124,8 +124,8 @@ class Device:
             raise ValueError(f"write: {t} is not contiguous")
         raw = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
         if t.dtype in BLOCK_TYPES:
-            if t.dtype == "q8_0" and t.offset % (32 * Q8_0_SUPER):
-                raise ValueError(f"write: {t} does not start on a Q8_0 superblock")
+            if t.dtype in D_AT and t.offset % (BLOCK_TYPES[t.dtype][0] * SUPERBLOCK):
+                raise ValueError(f"write: {t} does not start on a {t.dtype} superblock")
             raw = to_device_layout(t.dtype, raw)
         if raw.size != t.nbytes:
             raise ValueError(f"write: {raw.size} bytes for {t} ({t.nbytes} bytes)")

@@ -13,11 +13,12 @@ BLOCK_TYPES = {"q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32
                "q5_k": (256, 176), "q6_k": (256, 210)}
 
 
-# Q8_0 is stored on the device in superblocks of 8 GGUF blocks: their 256 quants (64 words),
-# then their 8 fp16 scales (4 words). Every quant word and every 32-quant chunk is then
-# aligned for wide loads (shaders/include/quant_legacy.glsl); the bytes are the same but for
-# a last superblock padded with zero blocks.
-Q8_0_SUPER = 8
+# Q8_0 and Q6_K are stored on the device in superblocks of 8 GGUF blocks: each block without
+# its fp16 scale d, then the 8 scales. Q8_0's 32 quants and Q6_K's 208 bytes of quants and
+# sub-block scales are then whole uvec4s, aligned for wide loads (shaders/include/weights.glsl);
+# the bytes are the same but for a last superblock padded with zero blocks.
+SUPERBLOCK = 8
+D_AT = {"q8_0": 0, "q6_k": 208}           # byte offset of d inside the GGUF block
 
 
 def nbytes_of(dtype: str, n: int) -> int:
@@ -26,33 +27,40 @@ def nbytes_of(dtype: str, n: int) -> int:
         elems, nbytes = BLOCK_TYPES[dtype]
         if n % elems:
             raise ValueError(f"{n} elements is not a whole number of {dtype} blocks of {elems}")
-        if dtype == "q8_0":
-            return -(-n // (elems * Q8_0_SUPER)) * nbytes * Q8_0_SUPER
+        if dtype in D_AT:
+            return -(-n // (elems * SUPERBLOCK)) * nbytes * SUPERBLOCK
         return n // elems * nbytes
     return n * ELEM_BYTES[dtype]
 
 
 def to_device_layout(dtype: str, raw: np.ndarray) -> np.ndarray:
     """GGUF block bytes (uint8, whole blocks) as the device stores them."""
-    if dtype != "q8_0":
+    if dtype not in D_AT:
         return raw
-    blocks = raw.reshape(-1, 34)
-    n_super = -(-blocks.shape[0] // Q8_0_SUPER)
-    padded = np.zeros((n_super * Q8_0_SUPER, 34), np.uint8)
+    size, at = BLOCK_TYPES[dtype][1], D_AT[dtype]
+    blocks = raw.reshape(-1, size)
+    n_super = -(-blocks.shape[0] // SUPERBLOCK)
+    padded = np.zeros((n_super * SUPERBLOCK, size), np.uint8)
     padded[:blocks.shape[0]] = blocks
-    supers = padded.reshape(n_super, Q8_0_SUPER, 34)
-    return np.concatenate([supers[:, :, 2:].reshape(n_super, -1),
-                           supers[:, :, :2].reshape(n_super, -1)], axis=1).reshape(-1)
+    supers = padded.reshape(n_super, SUPERBLOCK, size)
+    rest = np.concatenate([supers[:, :, :at], supers[:, :, at + 2:]], axis=2)
+    return np.concatenate([rest.reshape(n_super, -1), supers[:, :, at:at + 2].reshape(n_super, -1)],
+                          axis=1).reshape(-1)
 
 
 def from_device_layout(dtype: str, stored: np.ndarray, n: int) -> np.ndarray:
     """The GGUF block bytes of n elements from their device layout (to_device_layout's inverse)."""
-    if dtype != "q8_0":
+    if dtype not in D_AT:
         return stored
-    supers = stored.reshape(-1, 32 * Q8_0_SUPER + 2 * Q8_0_SUPER)
-    quants = supers[:, :32 * Q8_0_SUPER].reshape(-1, Q8_0_SUPER, 32)
-    scales = supers[:, 32 * Q8_0_SUPER:].reshape(-1, Q8_0_SUPER, 2)
-    return np.concatenate([scales, quants], axis=2).reshape(-1, 34)[:n // 32].reshape(-1)
+    elems, size = BLOCK_TYPES[dtype]
+    at = D_AT[dtype]
+    supers = stored.reshape(-1, SUPERBLOCK * size)
+    rest = supers[:, :SUPERBLOCK * (size - 2)].reshape(-1, SUPERBLOCK, size - 2)
+    d = supers[:, SUPERBLOCK * (size - 2):].reshape(-1, SUPERBLOCK, 2)
+    blocks = np.concatenate([rest[:, :, :at], d, rest[:, :, at:]], axis=2)
+    return blocks.reshape(-1, size)[:n // elems].reshape(-1)
+
+
 NUMPY_DTYPES = {"f32": np.float32, "u32": np.uint32, "i32": np.int32, "f16": np.float16}
 
 
