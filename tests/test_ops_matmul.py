@@ -31,6 +31,10 @@ def random_weight(rng, shape, dtype):
 @pytest.mark.parametrize("n_out,n_in", [(7, 33), (1, 65), (130, 1000)])
 @pytest.mark.parametrize("n", [1, 5, 33])
 def test_matmul(dev, rng, dtype, n_out, n_in, n, matmul_kernels):
+    check_random_matmul(dev, rng, dtype, n_out, n_in, n)
+
+
+def check_random_matmul(dev, rng, dtype, n_out, n_in, n):
     array, w = random_weight(rng, (n_out, n_in), dtype)
     x = rng.standard_normal((n, n_in)).astype(np.float32)
     weight = upload_weight(dev, array, dtype)
@@ -109,11 +113,7 @@ def test_matmul_lane_falls_back_when_unaligned(dev, rng, monkeypatch, x_offset, 
     ("bf16", 2_097_153, 3, 2),    # more than 65535 work groups of the tiled kernel
 ])
 def test_matmul_large_grid(dev, rng, dtype, n_out, n_in, n, matmul_kernels):
-    array, w = random_weight(rng, (n_out, n_in), dtype)
-    x = rng.standard_normal((n, n_in)).astype(np.float32)
-    weight = upload_weight(dev, array, dtype)
-    y = run(dev, lambda g: matmul(g, weight, dev.upload(x)))
-    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
+    check_random_matmul(dev, rng, dtype, n_out, n_in, n)
 
 
 
