@@ -76,10 +76,7 @@ vec4 weight4(uint e) {
 #error "define one of the WTYPE_* weight types"
 #endif
 
-// The 32 elements e..e+31 are scale * w[0..7], e a multiple of 32 (of 8 for F16, of 4 for
-// F32) from the start of the buffer; returns the scale. Types whose chunks lie in aligned words
-// read them in uvec4s, the widest load there is (llvmpipe pays per load, not per byte); the
-// others go through weight4 (scale 1).
+// Wide views of the same weight words, for the loads below.
 layout(binding = W_BINDING) readonly buffer WeightQuads { uvec4 w_quads[]; };
 layout(binding = W_BINDING) readonly buffer WeightPairs { uvec2 w_pairs[]; };
 
@@ -95,6 +92,10 @@ vec4 weight4_aligned(uint e) {
 #endif
 }
 
+// The 32 elements e..e+31 are scale * w[0..7], e a multiple of 32 (of 8 for F16, of 4 for
+// F32) from the start of the buffer; returns the scale. Types whose chunks lie in aligned words
+// read them in uvec4s, the widest load there is (llvmpipe pays per load, not per byte); the
+// others go through weight4 (scale 1).
 float weight_chunk(uint e, out vec4 w[8]) {
 #if defined(WTYPE_F32)
     [[unroll]] for (uint i = 0; i < 8; i++)
@@ -142,8 +143,8 @@ float weight_chunk(uint e, out vec4 w[8]) {
     }
     return 1.0;
 #elif defined(WTYPE_Q6_K)
-    // Chunk c of a block (i = 32c + l): ql bytes 64n + 32(c % 2) + l (nibble h), qh bytes
-    // 32n + l (bits 2(c % 4)), scales 2c and 2c + 1 (one per 16 elements); n = c / 4, h = c / 2 % 2.
+    // Chunk c of a block (i = 32c + l, n = c / 4): ql bytes 64n + 32(c % 2) + l, nibble c / 2 % 2;
+    // qh bytes 32n + l, bits 2(c % 4); scales 2c and 2c + 1 (one per 16 elements).
     uint body = q6_body(e) >> 4, c = (e & 255u) >> 5, n = c >> 2;
     uint nibble = 4u * ((c >> 1) & 1u), pair = 2u * (c & 3u);
     uint scale_word = w_quads[body + 12u][c >> 1] >> (16u * (c & 1u));
