@@ -61,10 +61,17 @@ class Tokenizer:
         if model not in SUPPORTED_MODELS:
             raise VkInferError(f"{name}: tokenizer model '{model}' is not supported "
                                f"(supported: {', '.join(SUPPORTED_MODELS)})")
-        if len(token_types) != len(tokens):
-            raise VkInferError(f"{name}: tokenizer.ggml.token_type has {len(token_types)} entries "
-                               f"for {len(tokens)} tokens")
-        self.model = model
+        if not tokens:
+            raise VkInferError(f"{name}: tokenizer.ggml.tokens is empty")
+        for key, values in (("token_type", token_types), ("scores", scores)):
+            if values is not None and len(values) != len(tokens):
+                raise VkInferError(f"{name}: tokenizer.ggml.{key} has {len(values)} entries "
+                                   f"for {len(tokens)} tokens")
+        for key, tid in (("bos", bos_id), ("eos", eos_id), ("eot", eot_id)):
+            if tid is not None and not 0 <= int(tid) < len(tokens):
+                raise VkInferError(f"{name}: tokenizer.ggml.{key}_token_id = {tid} is outside the "
+                                   f"vocabulary (0..{len(tokens) - 1})")
+        self.model, self.name = model, name
         self.pre = pre
         self.tokens = tokens
         self.token_types = token_types
@@ -109,24 +116,22 @@ class Tokenizer:
 
     @classmethod
     def from_metadata(cls, f) -> "Tokenizer":
+        """From an open GGUFFile; a value of the wrong GGUF type is an error naming the key."""
         name = f.path.name
-        model = f.get("tokenizer.ggml.model")
+        model = f.value("tokenizer.ggml.model", "str", None)
         if model is None:
             raise VkInferError(f"{name}: no tokenizer in this file (missing tokenizer.ggml.model)")
-        tokens = f.get("tokenizer.ggml.tokens")
-        if tokens is None:
-            raise VkInferError(f"{name}: missing metadata key tokenizer.ggml.tokens")
-        types = f.get("tokenizer.ggml.token_type")
+        tokens = f.value("tokenizer.ggml.tokens", "[str]")
+        types = f.value("tokenizer.ggml.token_type", "[int]", None)
         if types is None:
             types = [NORMAL] * len(tokens)
-        merges, scores = f.get("tokenizer.ggml.merges"), f.get("tokenizer.ggml.scores")
-        return cls(model, list(tokens), [int(t) for t in types],
-                   None if merges is None else list(merges),
-                   scores=None if scores is None else list(scores), pre=f.get("tokenizer.ggml.pre"),
-                   bos_id=f.get("tokenizer.ggml.bos_token_id"),
-                   eos_id=f.get("tokenizer.ggml.eos_token_id"),
-                   eot_id=f.get("tokenizer.ggml.eot_token_id"),
-                   add_bos=f.get("tokenizer.ggml.add_bos_token"), name=name)
+        key = "tokenizer.ggml."
+        return cls(model, tokens, types, f.value(key + "merges", "[str]", None),
+                   scores=f.value(key + "scores", "[float]", None), pre=f.value(key + "pre", "str", None),
+                   bos_id=f.value(key + "bos_token_id", "int", None),
+                   eos_id=f.value(key + "eos_token_id", "int", None),
+                   eot_id=f.value(key + "eot_token_id", "int", None),
+                   add_bos=f.value(key + "add_bos_token", "bool", None), name=name)
 
     def _end_of_generation_ids(self, eot_id) -> frozenset:
         ids = {i for i in (self.eos_id, eot_id) if i is not None}
@@ -149,7 +154,7 @@ class Tokenizer:
         else:
             for text, ttype in zip(self.tokens, self.token_types):
                 if ttype == BYTE:
-                    pieces.append(bytes([int(text[3:5], 16)]))
+                    pieces.append(_byte_token(text, len(pieces), self.name))
                 elif ttype == NORMAL:
                     pieces.append(text.replace("▁", " ").encode("utf-8"))
                 else:
@@ -304,6 +309,14 @@ def _merges_from_scores(tokens: list, scores: list, token_types: list) -> list:
                 found.append((-scores[i], i, left, right))
     found.sort()
     return [(tokens[left], tokens[right]) for _, _, left, right in found]
+
+
+def _byte_token(text: str, tid: int, name: str) -> bytes:
+    """The byte a BYTE token ("<0x0A>") stands for."""
+    hex_digits = "0123456789abcdefABCDEF"
+    if len(text) == 6 and text[:3] == "<0x" and text[5] == ">" and all(c in hex_digits for c in text[3:5]):
+        return bytes([int(text[3:5], 16)])
+    raise VkInferError(f"{name}: token {tid} {text!r} has type BYTE but is not written <0xXX>")
 
 
 def _byte_level_decode(text: str, alphabet: dict) -> bytes:
