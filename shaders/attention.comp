@@ -1,9 +1,12 @@
 #version 450
-// Causal GQA attention over a KV cache [n_ctx, hkv, dh] / [n_ctx, hkv, dv].
-// `store_*`: writes k [T, hkv, dh] and v [T, hkv, dv] into cache rows n_past .. n_past+T-1
-//   (n_past read from a buffer; rows at or past n_ctx are dropped).
-// `attend_*`: one work group per (token t, query head h); query t sees cache rows
-//   0 .. n_past+t through an online softmax over tiles of WG keys, all in F32.
+// Causal GQA attention over slotted KV caches [n_slots, n_ctx, hkv, dh] / [.., dv]. Token row t
+// has a position positions[t] and a slot slots[t * slots_step] (both read from buffers); a
+// dispatch covers the slots slot_lo .. slot_lo + n_slots - 1 of one cache part and skips rows
+// of other slots.
+// `store_*`: writes k [T, hkv, dh] and v [T, hkv, dv] into row positions[t] of the slot's
+//   cache (rows at or past n_ctx are dropped).
+// `attend_*`: one work group per (token t, query head h); query t sees its slot's cache rows
+//   0 .. positions[t] through an online softmax over tiles of WG keys, all in F32.
 // The f16 variants keep the caches as halves packed two to a uint word.
 //! variant store_f32 STORE
 //! variant store_f16 STORE F16_CACHE
@@ -21,15 +24,17 @@
 layout(local_size_x = 256) in;
 layout(binding = 0) readonly buffer K { float k[]; };
 layout(binding = 1) readonly buffer V { float v[]; };
-layout(binding = 2) readonly buffer NPast { uint n_past_buf[]; };
-layout(binding = 3) writeonly buffer KCache { CACHE_T k_cache[]; };
-layout(binding = 4) writeonly buffer VCache { CACHE_T v_cache[]; };
+layout(binding = 2) readonly buffer Positions { uint positions[]; };
+layout(binding = 3) readonly buffer Slots { uint slots[]; };
+layout(binding = 4) writeonly buffer KCache { CACHE_T k_cache[]; };
+layout(binding = 5) writeonly buffer VCache { CACHE_T v_cache[]; };
 
 // nk, nv, row_k, row_v and the cache offsets count cache words (f16: two halves a word);
 // k_off, v_off count floats.
 layout(push_constant) uniform P {
     uint nk; uint nv; uint row_k; uint row_v; uint n_ctx;
-    uint k_off; uint v_off; uint np_off; uint kc_off; uint vc_off;
+    uint k_off; uint v_off; uint pos_off; uint kc_off; uint vc_off;
+    uint slots_off; uint slots_step; uint slot_lo; uint n_slots;
 } p;
 
 #ifdef F16_CACHE
@@ -40,13 +45,17 @@ layout(push_constant) uniform P {
 
 void main() {
     uint i = GLOBAL_INDEX;
-    uint n_past = n_past_buf[p.np_off];
-    if (i < p.nk) {
-        if (n_past + i / p.row_k < p.n_ctx) k_cache[p.kc_off + n_past * p.row_k + i] = LOAD(k, p.k_off, i);
-    } else if (i < p.nk + p.nv) {
-        i -= p.nk;
-        if (n_past + i / p.row_v < p.n_ctx) v_cache[p.vc_off + n_past * p.row_v + i] = LOAD(v, p.v_off, i);
-    }
+    bool is_k = i < p.nk;
+    if (!is_k) i -= p.nk;
+    uint row_words = is_k ? p.row_k : p.row_v;
+    if (!is_k && i >= p.nv) return;
+    uint t = i / row_words;
+    uint slot = slot_in_part(slots[p.slots_off + t * p.slots_step], p.slot_lo, p.n_slots);
+    uint pos = positions[p.pos_off + t];
+    if (slot == NO_SLOT || pos >= p.n_ctx) return;
+    uint at = (slot * p.n_ctx + pos) * row_words + i % row_words;
+    if (is_k) k_cache[p.kc_off + at] = LOAD(k, p.k_off, i);
+    else v_cache[p.vc_off + at] = LOAD(v, p.v_off, i);
 }
 #endif
 
@@ -59,13 +68,15 @@ layout(local_size_x = WG) in;
 layout(binding = 0) readonly buffer Q { float q[]; };
 layout(binding = 1) readonly buffer KCache { CACHE_T k_cache[]; };
 layout(binding = 2) readonly buffer VCache { CACHE_T v_cache[]; };
-layout(binding = 3) readonly buffer NPast { uint n_past_buf[]; };
-layout(binding = 4) writeonly buffer Out { float o[]; };
+layout(binding = 3) readonly buffer Positions { uint positions[]; };
+layout(binding = 4) readonly buffer Slots { uint slots[]; };
+layout(binding = 5) writeonly buffer Out { float o[]; };
 
 // Offsets in elements of each buffer's type (cache offsets in halves for f16, and even).
 layout(push_constant) uniform P {
     uint tokens; uint hq; uint hkv; uint dh; uint dv; uint n_ctx;
-    uint q_off; uint kc_off; uint vc_off; uint np_off; uint o_off; float scale;
+    uint q_off; uint kc_off; uint vc_off; uint pos_off; uint o_off; float scale;
+    uint slots_off; uint slots_step; uint slot_lo; uint n_slots;
 } p;
 
 shared float q_sh[MAX_DIM];
@@ -99,9 +110,12 @@ void main() {
     uint lane = gl_LocalInvocationID.x;
     uint t = row / p.hq;
     uint kv_head = (row % p.hq) / (p.hq / p.hkv);
-    uint n_keys = min(n_past_buf[p.np_off] + t + 1, p.n_ctx);
+    uint slot = slot_in_part(slots[p.slots_off + t * p.slots_step], p.slot_lo, p.n_slots);
+    if (slot == NO_SLOT) return;                 // uniform too
+    uint n_keys = min(positions[p.pos_off + t] + 1, p.n_ctx);
     uint k_stride = p.hkv * p.dh, v_stride = p.hkv * p.dv;
-    uint k_base = p.kc_off + kv_head * p.dh, v_base = p.vc_off + kv_head * p.dv;
+    uint k_base = p.kc_off + slot * p.n_ctx * k_stride + kv_head * p.dh;
+    uint v_base = p.vc_off + slot * p.n_ctx * v_stride + kv_head * p.dv;
 
     for (uint d = lane; d < p.dh; d += WG) q_sh[d] = q[p.q_off + row * p.dh + d] * p.scale;
     barrier();

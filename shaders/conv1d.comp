@@ -4,6 +4,8 @@
 //   grouped: out[t, o] = b[o] + sum_{i_loc, k} w[o, i_loc, k] * x[t + k, g*cg_in + i_loc],
 //            g = o / cg_out, w in PyTorch layout [C_out, C_in/groups, K]; one invocation per
 //            output channel and tile of TOKENS tokens; K and TOKENS are specialization constants.
+//            gl_WorkGroupID.z is the sequence: each has T_out + K - 1 input rows and T_out
+//            output rows, one after the other (valid padding within each sequence).
 //! variant im2col IM2COL
 //! variant grouped_bias GROUPED HAS_BIAS
 //! variant grouped_nobias GROUPED
@@ -47,8 +49,9 @@ void main() {
     uint t0 = (i / p.C_out) * TOKENS;
     uint o_ch = i % p.C_out;
     if (t0 >= p.T_out) return;
+    uint seq = gl_WorkGroupID.z;
     uint n_rows = min(TOKENS, p.T_out - t0) + K - 1;     // input rows this invocation reads
-    uint x_base = p.x_off + t0 * p.C_in + (o_ch / p.cg_out) * p.cg_in;
+    uint x_base = p.x_off + (seq * (p.T_out + K - 1) + t0) * p.C_in + (o_ch / p.cg_out) * p.cg_in;
     uint w_base = p.w_off + o_ch * p.cg_in * K;
     float acc[TOKENS];
     [[unroll]] for (uint j = 0; j < TOKENS; j++) acc[j] = 0.0;
@@ -67,6 +70,6 @@ void main() {
     float bias = 0.0;
 #endif
     for (uint j = 0; j < n_rows - (K - 1); j++)
-        o[p.o_off + (t0 + j) * p.C_out + o_ch] = acc[j] + bias;
+        o[p.o_off + (seq * p.T_out + t0 + j) * p.C_out + o_ch] = acc[j] + bias;
 }
 #endif

@@ -1,5 +1,6 @@
 #version 450
-// Mamba-1 selective scan: one invocation per channel c, sequential over the T tokens, the
+// Mamba-1 selective scan: one invocation per channel c and sequence (gl_WorkGroupID.z: sequence
+// q owns token rows q*T .. q*T+T-1 and its slot's state), sequential over the T tokens, the
 // channel's N = d_state states held in registers (N is specialization constant 0). Per token:
 //   s[n] = s[n] * exp(dt * A[c, n]) + B[t, n] * x * dt;   y = sum_n s[n] * C[t, n] + D[c] * x
 // and, in the gate variant, y *= silu(z[t, c]). With DT_BIAS, dt = softplus(dt_in + bias[c])
@@ -37,26 +38,33 @@ layout(binding = N_IN) readonly buffer DtBias { float dt_bias[]; };
 #undef N_IN
 #define N_IN 8
 #endif
-layout(binding = N_IN) buffer State { float state[]; };
-layout(binding = N_IN) buffer State4 { vec4 state4[]; };
-layout(binding = N_IN + 1) writeonly buffer Out { float y_out[]; };
+layout(binding = N_IN) readonly buffer Slots { uint slots[]; };
+layout(binding = N_IN + 1) buffer State { float state[]; };
+layout(binding = N_IN + 1) buffer State4 { vec4 state4[]; };
+layout(binding = N_IN + 2) writeonly buffer Out { float y_out[]; };
 
 // Offsets in floats; *_rs = row strides of the token-major inputs (they may be column slices).
+// T is the tokens of one sequence; sequence q's slot is slots[slots_off + q * slots_step].
 layout(push_constant) uniform P {
     uint T; uint Dn;
     uint x_off; uint x_rs; uint dt_off; uint dt_rs; uint A_off;
     uint B_off; uint B_rs; uint C_off; uint C_rs; uint D_off;
     uint z_off; uint z_rs; uint state_off; uint o_off; uint bias_off;
+    uint slots_off; uint slots_step; uint slot_lo; uint n_slots;
 } p;
 
 void main() {
     uint c = GLOBAL_INDEX;
-    if (c >= p.Dn) return;
+    uint seq = gl_WorkGroupID.z;
+    uint slot = slot_in_part(slots[p.slots_off + seq * p.slots_step], p.slot_lo, p.n_slots);
+    if (c >= p.Dn || slot == NO_SLOT) return;
+    uint state_base = p.state_off + slot * p.Dn * N;
+    uint row0 = seq * p.T;
     float s[N4 * 4];
     float a[N4 * 4];
     if (WIDE) {
         [[unroll]] for (uint i = 0; i < N4; i++) {
-            vec4 s4 = state4[(p.state_off + c * N) / 4 + i], a4 = A4[(p.A_off + c * N) / 4 + i];
+            vec4 s4 = state4[(state_base + c * N) / 4 + i], a4 = A4[(p.A_off + c * N) / 4 + i];
             [[unroll]] for (uint j = 0; j < 4; j++) {
                 s[4 * i + j] = s4[j];
                 a[4 * i + j] = a4[j];
@@ -64,7 +72,7 @@ void main() {
         }
     } else {
         [[unroll]] for (uint n = 0; n < N; n++) {
-            s[n] = state[p.state_off + c * N + n];
+            s[n] = state[state_base + c * N + n];
             a[n] = A[p.A_off + c * N + n];
         }
     }
@@ -72,7 +80,7 @@ void main() {
 #ifdef DT_BIAS
     float bias = dt_bias[p.bias_off + c];
 #endif
-    for (uint t = 0; t < p.T; t++) {
+    for (uint t = row0; t < row0 + p.T; t++) {
         float xv = x[p.x_off + t * p.x_rs + c];
         float dtv = dt[p.dt_off + t * p.dt_rs + c];
 #ifdef DT_BIAS
@@ -103,9 +111,9 @@ void main() {
     }
     if (WIDE) {
         [[unroll]] for (uint i = 0; i < N4; i++)
-            state4[(p.state_off + c * N) / 4 + i] = vec4(s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]);
+            state4[(state_base + c * N) / 4 + i] = vec4(s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]);
     } else {
         [[unroll]] for (uint n = 0; n < N; n++)
-            state[p.state_off + c * N + n] = s[n];
+            state[state_base + c * N + n] = s[n];
     }
 }

@@ -50,8 +50,8 @@ def test_chunking_does_not_change_results(case):
     ids = ref["prompt_ids"].tolist()
     whole = model.logits(ids)
     for size in (7, 1):
-        s = model.session()
-        parts = [s.eval(ids[i:i + size], all_logits=True) for i in range(0, len(ids), size)]
+        with model.session() as s:
+            parts = [s.eval(ids[i:i + size], all_logits=True) for i in range(0, len(ids), size)]
         assert np.abs(np.concatenate(parts) - whole).max() < 1e-4, f"chunks of {size}"
 
 

@@ -144,7 +144,7 @@ def test_store_and_attend(dev, rng, cache_dtype, hq, hkv, dh, dv, tokens, n_past
     q, k, v, k_cache, v_cache = _kv_case(rng, n_ctx, hq, hkv, dh, dv, tokens)
     k_cache, v_cache = k_cache.astype(NP_DTYPE[cache_dtype]), v_cache.astype(NP_DTYPE[cache_dtype])
     tk, tv = at_offset(dev, k_cache, offset=4), at_offset(dev, v_cache, offset=2)
-    t_past = at_offset(dev, np.array([n_past], np.uint32), offset=3, kind="host")
+    t_past = at_offset(dev, np.arange(n_past, n_past + tokens, dtype=np.uint32), offset=3, kind="host")
     scale = 1 / np.sqrt(dh)
 
     def build(g):
@@ -162,7 +162,7 @@ def test_store_drops_rows_past_the_context(dev, rng):
     """n_past + T > n_ctx: only the rows that fit are written; the buffer around is intact."""
     q, k, v, k_cache, v_cache = _kv_case(rng, 10, 2, 1, 16, 16, 4)
     tk, tv = at_offset(dev, k_cache, tail=40), at_offset(dev, v_cache, tail=40)
-    t_past = dev.upload(np.array([8], np.uint32), kind="host")
+    t_past = dev.upload(np.arange(8, 12, dtype=np.uint32), kind="host")
     out = run(dev, lambda g: (at.kv_store(g, dev.upload(k), dev.upload(v), tk, tv, t_past),
                               at.attention(g, dev.upload(q), tk, tv, t_past, 0.25))[1])
     want_k, want_v = at.kv_store_ref(k, v, k_cache, v_cache, 8)
@@ -183,14 +183,15 @@ def test_chunked_equals_one_shot(dev, rng, cache_dtype):
         return (dev.zeros((n_ctx, hkv, dh), cache_dtype), dev.zeros((n_ctx, hkv, dv), cache_dtype))
 
     kc, vc = caches()
-    t_past = dev.upload(np.array([0], np.uint32), kind="host")
+    t_past = dev.upload(np.arange(n, dtype=np.uint32), kind="host")
     one_shot = dev.read(run(dev, lambda g: (at.kv_store(g, dev.upload(k), dev.upload(v), kc, vc, t_past),
                                             at.attention(g, dev.upload(q), kc, vc, t_past, scale))[1]))
 
     kc, vc = caches()
     prefill = dev.read(run(dev, lambda g: (
-        at.kv_store(g, dev.upload(k[:13]), dev.upload(v[:13]), kc, vc, t_past),
-        at.attention(g, dev.upload(q[:13]), kc, vc, t_past, scale))[1]))
+        at.kv_store(g, dev.upload(k[:13]), dev.upload(v[:13]), kc, vc, t_past.slice(0, 0, 13)),
+        at.attention(g, dev.upload(q[:13]), kc, vc, t_past.slice(0, 0, 13), scale))[1]))
+    t_past = dev.upload(np.zeros(1, np.uint32), kind="host")
     tq, tk, tv = dev.empty((1, hq, dh)), dev.empty((1, hkv, dh)), dev.empty((1, hkv, dv))
     decode = Graph(dev, "decode")
     at.kv_store(decode, tk, tv, kc, vc, t_past)
@@ -214,7 +215,7 @@ def test_chunked_equals_one_shot(dev, rng, cache_dtype):
 def test_attention_large_grid(dev, rng):
     """65537 query heads of one token: more than 65535 work groups."""
     q, _, _, k_cache, v_cache = _kv_case(rng, 3, 65537, 1, 4, 4, 1)
-    t_past = dev.upload(np.array([2], np.uint32))
+    t_past = dev.upload(np.array([2], np.uint32))        # the position of the one token
     out = run(dev, lambda g: at.attention(g, dev.upload(q), dev.upload(k_cache), dev.upload(v_cache),
                                           t_past, 0.5))
     _check(dev.read(out), at.attention_ref(q, k_cache, v_cache, 2, 0.5), 2e-6)
@@ -225,7 +226,7 @@ def test_refuses_non_contiguous_then_copies(dev, rng):
     q, k, v, k_cache, v_cache = _kv_case(rng, 9, 4, 2, 16, 16, 3)
     positions = np.array([3, 4, 5], np.uint32)
     kc, vc = dev.upload(k_cache), dev.upload(v_cache)
-    t_past = dev.upload(np.array([3], np.uint32))
+    t_past = dev.upload(positions)
     view = transposed_view(dev, q)
     assert not view.contiguous
     for op in (lambda g, t: at.head_norm(g, t, 1.0),
@@ -250,7 +251,7 @@ def test_shape_errors(dev):
     g = Graph(dev, "errors")
     x = dev.empty((2, 4, 16))
     kc, vc = dev.empty((8, 2, 16)), dev.empty((8, 2, 16))
-    n_past = dev.empty((1,), "u32")
+    n_past = dev.empty((2,), "u32")          # positions of the two tokens
     with pytest.raises(ValueError, match="head_norm: head_scale has shape"):
         at.head_norm(g, x, 1.0, dev.empty((3,)))
     with pytest.raises(ValueError, match="rope_neox: n_rot=7 must be even"):
@@ -261,8 +262,8 @@ def test_shape_errors(dev):
         at.attention(g, dev.empty((2, 3, 16)), kc, vc, n_past, 0.25)
     with pytest.raises(ValueError, match="attention: q .* differ in head size"):
         at.attention(g, dev.empty((2, 4, 8)), kc, vc, n_past, 0.25)
-    with pytest.raises(ValueError, match="attention: n_past has shape"):
-        at.attention(g, x, kc, vc, dev.empty((2,), "u32"), 0.25)
+    with pytest.raises(ValueError, match="attention: positions has shape"):
+        at.attention(g, x, kc, vc, dev.empty((1,), "u32"), 0.25)
     with pytest.raises(ValueError, match="kv_store: k_cache is f32 but v_cache is f16"):
         at.kv_store(g, dev.empty((2, 2, 16)), dev.empty((2, 2, 16)), kc, dev.empty((8, 2, 16), "f16"), n_past)
     with pytest.raises(ValueError, match="kv_store: caches have 2 kv heads, expected 1"):

@@ -39,7 +39,7 @@ def ref():
 @pytest.fixture(scope="module")
 def model(zaya_path, ref):
     """n_batch = the prompt length, so that the prompt is one chunk."""
-    m = Model(zaya_path, n_batch=len(ref["prompt_ids"]), n_ctx=128, quiet=True)
+    m = Model(zaya_path, n_batch=len(ref["prompt_ids"]), n_ctx=128, quiet=True, n_seq=4)
     yield m
     m.close()
 
@@ -88,15 +88,15 @@ def test_greedy_decode_matches_reference(decoded, ref):
     assert ids == ref["greedy_ids"].tolist()
     assert err < REF_TOL
     assert s.n_past == len(ref["prompt_ids"]) + len(ids)
-    decode = s._graphs[(1, False)]
+    decode = s.model._graphs[(1, 1, False)]
     print(f"decode graph: {len(decode)} dispatches, {decode.n_barriers} barriers per token")
 
 
 def test_chunking_does_not_change_results(model, prompt_logits, ref):
     ids = ref["prompt_ids"].tolist()
     for size in (7, 1):
-        s = model.session()
-        parts = [s.eval(ids[i:i + size], all_logits=True) for i in range(0, len(ids), size)]
+        with model.session() as s:
+            parts = [s.eval(ids[i:i + size], all_logits=True) for i in range(0, len(ids), size)]
         err = np.abs(np.concatenate(parts) - prompt_logits).max()
         print(f"chunks of {size}: max err {err:.2e}")
         assert err < CHUNK_TOL, f"chunks of {size}"
@@ -107,7 +107,8 @@ def test_snapshot_restore(model, ref):
     s = model.session()
     s.eval(ids[:10])
     snap = s.snapshot()
-    assert {"conv", "prev_x", "k.0", "v.0"} <= snap["state"].keys()
+    assert {"conv.0", "prev_x.0", "k.0", "v.0"} <= snap["state"].keys()
+    assert snap["state"]["k.0"].shape[0] == 10          # the KV cache only up to n_past
     first = s.eval(ids[10:])
     s.eval(ids[:5])                          # move the state on, then go back
     s.restore(snap)
@@ -132,7 +133,7 @@ def test_layers_match_numpy_executor(model, numpy_model, ref):
 def test_f16_kv_cache(zaya_path, ref):
     m = Model(zaya_path, n_batch=len(ref["prompt_ids"]), n_ctx=128, quiet=True, kv_type="f16")
     try:
-        assert m.session().state["k.0"].dtype == "f16"
+        assert m.state.parts("k", 0)[0][1].dtype == "f16"
         prompt, ids, steps, _ = greedy(m, ref, F16_STEPS)
     finally:
         m.close()
@@ -169,11 +170,10 @@ def test_dense_ops_get_contiguous_inputs(model, monkeypatch):
         return real_dispatch(g, kernel, ins, outs, *args, **kwargs)
 
     monkeypatch.setattr(Graph, "dispatch", recording_dispatch)
-    s = model.session()
-    for T in (1, model.n_batch):
+    for B, T in ((1, 1), (1, model.n_batch), (4, 1), (2, 8)):
         nodes.clear()
-        taps = model.dev.empty((model.impl.n_taps, T, model.impl.p.n_embd))
-        g = s._record(T, all_logits=True, taps=taps)
+        taps = model.dev.empty((model.impl.n_taps, B * T, model.impl.p.n_embd))
+        g = model._record(B, T, all_logits=B == 1, taps=taps)
         assert len(g) == len(nodes) > 0
         strided_copies = 0
         for kernel, ins, outs in nodes:

@@ -1,33 +1,38 @@
-"""Models and sessions: load a GGUF file onto the device, then evaluate token chunks against a
-sequence's state with recorded graphs (one per chunk length, recorded on first use, replayed
-after), and generate text."""
+"""The model on the device, its slotted state pool, sessions (slots), batched steps, the
+prefix-state cache and the one generation loop.
+
+State lives in the model, not in a session: every state tensor has a slot axis [n_slots, ...]
+(`StatePool`), a `Session` is a slot, and one step advances any set of slots together, so every
+weight is read once for the whole batch. A step of B sequences of T tokens each runs a graph
+recorded once per (B, T) on the pool (B padded to a power of two with rows of no slot), so
+opening and closing sessions records nothing and pins nothing. Per-step values (token ids,
+positions, slots) are written into one host-visible buffer the shaders read."""
 import logging
 import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from math import prod
 
 import numpy as np
 
 from .errors import VkInferError
 from .gguf import open_gguf
-from .gpu import Device, Graph
-from .loader import check_fits, upload_tensors
+from .gpu import Device, Graph, Tensor
+from .gpu.tensor import nbytes_of
+from .loader import check_fits, device_memory, upload_tensors
+from .ops import copy as copy_ops
+from .ops import matmul as mm
+from .ops import norm
 
 log = logging.getLogger("vkinfer")
+NO_SLOT = 0xFFFFFFFF          # shaders/include/common.glsl: rows of padding
 
 
-def _architectures():
-    """general.architecture -> the model class. A model class takes (dev, gguf_file, tensors,
-    n_ctx, n_batch, **options) and provides p (hyper-parameters), new_state() -> dict of device
-    Tensors, n_taps, and build(g, state, inputs, logits, all_logits, taps) recording one chunk;
-    inputs holds u32 Tensors ids [T], positions [T] and n_past [1] that the engine writes before
-    each run."""
-    from .models.mamba import Mamba
-    arches = {"mamba": Mamba}
-    try:
-        from .models.zaya import Zaya
-        arches["zaya"] = Zaya
-    except ImportError:
-        pass
-    return arches
+def architectures() -> dict:
+    """general.architecture -> the model class (vkinfer/models/<arch>.py)."""
+    from .models import ARCHITECTURES
+    return ARCHITECTURES
 
 
 def chunk_sizes(n: int, n_batch: int) -> list[int]:
@@ -44,211 +49,761 @@ def chunk_sizes(n: int, n_batch: int) -> list[int]:
     return sizes
 
 
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _pow2_at_most(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+# ---- the state pool ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StateField:
+    """One kind of per-slot state: n_layers tensors of `shape` per slot. A positional field's
+    first axis is the position (a KV cache): snapshots copy only the rows before n_past."""
+    n_layers: int
+    shape: tuple
+    dtype: str = "f32"
+    positional: bool = False
+
+
+class StatePool:
+    """Every field's tensors [n_slots, *shape], one per layer, each split by slots into parts
+    that stay within the device's binding limit. parts(name, layer) -> [(first slot, Tensor
+    [n_part_slots, *shape])]; the state ops take one part per dispatch."""
+
+    def __init__(self, dev, n_slots: int, fields: dict):
+        self.dev, self.n_slots, self.fields = dev, n_slots, fields
+        self._parts = {}
+        # One split for every field, so that fields used together (K and V) have the same parts.
+        fit = n_slots
+        for name, f in fields.items():
+            per_slot = nbytes_of(f.dtype, prod(f.shape))
+            if per_slot > dev.max_binding_bytes:
+                raise VkInferError(f"state '{name}' takes {per_slot} bytes per sequence, over the device's "
+                                   f"binding limit of {dev.max_binding_bytes} bytes; use a shorter context (-c)")
+            fit = min(fit, dev.max_binding_bytes // per_slot)
+        for name, f in fields.items():
+            layers = []
+            for layer in range(f.n_layers):
+                parts = []
+                for lo in range(0, n_slots, fit):
+                    n = min(fit, n_slots - lo)
+                    parts.append((lo, dev.zeros((n,) + f.shape, f.dtype, name=f"{name}.{layer}")))
+                layers.append(parts)
+            self._parts[name] = layers
+        self._clear_graphs = {}
+
+    def parts(self, name: str, layer: int) -> list:
+        return self._parts[name][layer]
+
+    def slot_tensor(self, name: str, layer: int, slot: int) -> Tensor:
+        for lo, part in self._parts[name][layer]:
+            if lo <= slot < lo + part.shape[0]:
+                return part[slot - lo]
+        raise IndexError(slot)
+
+    def tensors(self, slot: int):
+        """(key, field, tensor of that slot) for every field and layer; key = 'name.layer'."""
+        for name, f in self.fields.items():
+            for layer in range(f.n_layers):
+                yield f"{name}.{layer}", f, self.slot_tensor(name, layer, slot)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(part.nbytes for layers in self._parts.values() for parts in layers for _, part in parts)
+
+    def clear(self, slot: int):
+        """Zero one slot's state (a graph recorded once per slot, replayed)."""
+        g = self._clear_graphs.get(slot)
+        if g is None:
+            g = Graph(self.dev, f"clear slot {slot}")
+            for _, _, t in self.tensors(slot):
+                n = -(-t.nbytes // 4)
+                g.dispatch("fill_words", [], [t.buf], [t.word_offset, n, 0], groups=-(-n // 256))
+            self._clear_graphs[slot] = g
+        g.run()
+
+    def read(self, slot: int, n_past: int) -> dict:
+        out = {}
+        for key, f, t in self.tensors(slot):
+            rows = t.slice(0, 0, n_past) if f.positional else t
+            out[key] = self.dev.read(rows) if rows.numel else np.zeros(rows.shape, np.float32)
+        return out
+
+    def write(self, slot: int, state: dict):
+        for key, f, t in self.tensors(slot):
+            data = state[key]
+            if data.size:
+                self.dev.write(t.slice(0, 0, data.shape[0]) if f.positional else t,
+                               data.astype(np.float16 if f.dtype == "f16" else np.float32))
+
+    def check(self, state: dict, n_past: int, what: str):
+        """A VkInferError unless `state` (from read) fits this pool at n_past."""
+        if not isinstance(state, dict):
+            raise VkInferError(f"{what} holds no model state")
+        for key, f, _ in self.tensors(0):
+            data = state.get(key)
+            want = ((n_past,) + f.shape[1:]) if f.positional else f.shape
+            if not isinstance(data, np.ndarray) or data.shape != want or not np.isfinite(data).all():
+                got = getattr(data, "shape", None)
+                raise VkInferError(f"{what} does not fit this model's state ({key}: {got}, expected {want})")
+        extra = set(state) - {key for key, _, _ in self.tensors(0)}
+        if extra:
+            raise VkInferError(f"{what} does not fit this model's state (unknown {sorted(extra)[0]})")
+
+
+# ---- the prefix-state cache ---------------------------------------------------------------------
+class PrefixCache:
+    """Snapshots of slot states keyed by the token prefix they stand for, least recently used
+    out first within `budget` bytes (host memory)."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.entries = OrderedDict()        # tuple(tokens) -> snapshot
+        self.nbytes = 0
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def size(snap: dict) -> int:
+        return sum(a.nbytes for a in snap["state"].values())
+
+    def put(self, snap: dict):
+        key = tuple(snap["tokens"])
+        size = self.size(snap)
+        if not key or size > self.budget:
+            return
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return
+        self.entries[key] = snap
+        self.nbytes += size
+        while self.nbytes > self.budget:
+            _, old = self.entries.popitem(last=False)
+            self.nbytes -= self.size(old)
+
+    def longest(self, ids: tuple, max_len: int):
+        """The cached snapshot of the longest prefix of ids no longer than max_len, or None."""
+        best = None
+        for key in self.entries:
+            n = len(key)
+            if n <= max_len and (best is None or n > len(best)) and ids[:n] == key:
+                best = key
+        if best is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.entries.move_to_end(best)
+        return self.entries[best]
+
+
+# ---- the model ------------------------------------------------------------------------------------
 class Model:
-    """A GGUF model on a Vulkan device. `n_batch` is the prompt micro-batch size."""
+    """A GGUF model on a Vulkan device with n_seq slots. `n_batch` is the prompt micro-batch;
+    `cache_mb` bounds the prefix-state cache (default 10 % of device memory, 0 = off) and
+    `checkpoint_every` sets how often a long prompt leaves a snapshot in it."""
 
     def __init__(self, path, device=None, n_ctx: int = 4096, n_batch: int = 32, quiet: bool = False,
-                 **options):
+                 n_seq: int = 1, cache_mb: float | None = None, checkpoint_every: int = 256, **options):
+        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_seq", n_seq),
+                        ("checkpoint_every", checkpoint_every)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise VkInferError(f"{name} must be a whole number of at least 1, not {v!r}")
+        if cache_mb is not None and not (isinstance(cache_mb, (int, float)) and 0 <= cache_mb < float("inf")):
+            raise VkInferError(f"cache_mb must be a number of MiB >= 0, not {cache_mb!r}")
+        self._closed = True
         self.file = open_gguf(path)
-        arches = _architectures()
+        arches = architectures()
         if self.file.arch not in arches:
             raise VkInferError(f"{self.file.path.name}: architecture '{self.file.arch}' has no GPU "
                                f"implementation yet (supported: {', '.join(arches)})")
-        if n_ctx < 1 or n_batch < 1:
-            raise VkInferError(f"context ({n_ctx}) and batch ({n_batch}) must be at least 1")
         self.arch = self.file.arch
-        self.n_ctx, self.n_batch = n_ctx, n_batch
+        self.n_ctx, self.n_batch, self.n_seq = int(n_ctx), int(n_batch), int(n_seq)
+        self.checkpoint_every = int(checkpoint_every)
+        # Rows a step can hold: a prompt micro-batch, or one token of every slot (padded).
+        self.max_rows = max(self.n_batch, _pow2_at_least(self.n_seq))
         self.dev = Device(device)
-        check_fits(self.dev, self.file, n_ctx)
-        t0 = time.perf_counter()
-        tensors = upload_tensors(self.dev, self.file, quiet)
-        log.info("uploaded %.1f MB in %.2f s", self.file.weight_bytes() / 1e6, time.perf_counter() - t0)
-        self.impl = arches[self.arch](self.dev, self.file, tensors, n_ctx, n_batch, **options)
-        self.n_vocab = self.file.n_vocab
-        # Per-step inputs the shaders read: [n_past, ids..., positions...].
-        self.step = self.dev.empty((1 + 2 * n_batch,), "u32", kind="host", name="step")
-        self.logits_out = self.dev.empty((n_batch, self.n_vocab), "f32", kind="host", name="logits")
+        self._closed = False
+        try:
+            check_fits(self.dev, self.file, self.n_ctx, self.n_seq)
+            t0 = time.perf_counter()
+            tensors = upload_tensors(self.dev, self.file, quiet)
+            log.info("uploaded %.1f MB in %.2f s", self.file.weight_bytes() / 1e6, time.perf_counter() - t0)
+            self.impl = arches[self.arch](self.dev, self.file, tensors, self.n_ctx, self.max_rows, **options)
+            self.n_vocab = self.file.n_vocab
+            self.state = StatePool(self.dev, self.n_seq, self.impl.state_fields())
+            self._free = list(range(self.n_seq))
+            self._sessions = weakref.WeakValueDictionary()     # slot -> its open Session
+            self.step = self.dev.empty((3, self.max_rows), "u32", kind="host", name="step")
+            self._step_view = self.step.buf.view()[:3 * self.max_rows].reshape(3, self.max_rows)
+            self.logits_parts = self._logits_buffers()
+            self.h_last = self.dev.empty((self.max_rows, self.impl.p.n_embd), name="h_last")
+            self._graphs = {}
+            budget = 0.1 * device_memory(self.dev) if cache_mb is None else cache_mb * 2**20
+            self.cache = PrefixCache(int(budget))
+            self.tokens_evaluated = 0            # every token fed through a graph, for tests/stats
+        except BaseException:
+            self.close()
+            raise
         self._tokenizer = None
-        self._scratch_session = None
+
+    def _logits_buffers(self) -> list:
+        """Host buffers for up to max_rows rows of logits, split by rows within the binding limit:
+        [(first row, Tensor [rows, n_vocab])]."""
+        per_row = 4 * self.n_vocab
+        fit = max(1, self.dev.max_binding_bytes // per_row)
+        if per_row > self.dev.max_binding_bytes:
+            raise VkInferError(f"one row of logits ({per_row} bytes) exceeds the device's binding limit "
+                               f"of {self.dev.max_binding_bytes} bytes")
+        return [(r, self.dev.empty((min(fit, self.max_rows - r), self.n_vocab), "f32", kind="host",
+                                   name=f"logits{r}"))
+                for r in range(0, self.max_rows, fit)]
+
+    # ---- lifetime ------------------------------------------------------------------------------
+    def _check_open(self):
+        if self._closed:
+            raise VkInferError("this model is closed")
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        for s in list(getattr(self, "_sessions", {}).values()):
+            s._slot = None
+        self._graphs = {}
+        self.dev.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     @property
     def tokenizer(self):
+        self._check_open()
         if self._tokenizer is None:
             from .tokenizer import Tokenizer
             self._tokenizer = Tokenizer.from_metadata(self.file)
         return self._tokenizer
 
-    def session(self) -> "Session":
-        return Session(self)
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
 
+    def session(self) -> "Session":
+        """A free slot as a Session (zeroed); close it (or use `with`) to give it back."""
+        self._check_open()
+        if not self._free:
+            raise VkInferError(f"all {self.n_seq} sequence slots are in use; close a session first "
+                               f"or load the model with more (n_seq=..., --parallel)")
+        slot = self._free.pop(0)
+        s = Session(self, slot)
+        self._sessions[slot] = s
+        return s
+
+    def _release(self, slot: int):
+        if self._closed:
+            return
+        self.state.clear(slot)
+        self._sessions.pop(slot, None)
+        self._free.append(slot)
+        self._free.sort()
+
+    # ---- steps ---------------------------------------------------------------------------------
     def logits(self, ids) -> np.ndarray:
         """Logits at every position of `ids` [len(ids), n_vocab], from a fresh state."""
-        if self._scratch_session is None:
-            self._scratch_session = self.session()
-        s = self._scratch_session
-        s.reset()
-        return s.eval(ids, all_logits=True)
+        with self.session() as s:
+            return s.eval(ids, all_logits=True)
 
-    def generate(self, prompt, max_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, min_p: float = 0.0, repeat_penalty: float = 1.0, seed=None,
-                 session: "Session | None" = None, stop_ids=None):
-        """Stream the text of up to max_tokens sampled tokens continuing `prompt` (a string, or
-        a list of token ids already tokenized)."""
-        from .sampling import Sampler
-        tok = self.tokenizer
-        ids = tok.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        s = session or self.session()
-        logits = s.eval(ids)
-        sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                          repeat_penalty=repeat_penalty, seed=seed, n_valid=min(tok.n_tokens, self.n_vocab))
-        stops = set(stop_ids) if stop_ids is not None else {tok.eos_id} - {None}
-        stream = tok.stream()
-        history = list(ids)
-        for _ in range(max_tokens):
-            token = sampler.sample(logits, history)
-            if token in stops:
+    def eval_batch(self, items, all_logits: bool = False) -> np.ndarray:
+        """Advance every (session, ids) pair by its tokens, in shared steps: one-token rows of
+        several sessions run as one dispatch per op, longer inputs in micro-batches grouped by
+        chunk length. Returns the last position's logits of each session, in order
+        [len(items), n_vocab]; with all_logits (one session only) every position's."""
+        self._check_open()
+        items = [(s, self._check_ids(s, ids)) for s, ids in items]
+        if not items:
+            raise VkInferError("eval_batch: no sessions given")
+        if len({id(s) for s, _ in items}) != len(items):
+            raise VkInferError("eval_batch: a session is listed twice")
+        if all_logits and len(items) > 1:
+            raise VkInferError("eval_batch: all_logits takes one session")
+        for s, ids in items:
+            if s.n_past + len(ids) > self.n_ctx:
+                raise VkInferError(f"{len(ids)} tokens after {s.n_past} already in the context would "
+                                   f"exceed the context size of {self.n_ctx} tokens (raise it with -c/--ctx)")
+        t0 = time.perf_counter()
+        out = [None] * len(items)
+        every = []                                  # all_logits: each chunk's rows
+        pending = [[i, s, ids, 0] for i, (s, ids) in enumerate(items)]   # [index, session, ids, done]
+        while pending:
+            groups = {}
+            for entry in pending:
+                left = len(entry[2]) - entry[3]
+                T = self.n_batch if left >= self.n_batch else _pow2_at_most(left)
+                groups.setdefault(T, []).append(entry)
+            for T in sorted(groups):
+                per_step = _pow2_at_most(max(1, self.max_rows // T))
+                group = groups[T]
+                for k in range(0, len(group), per_step):
+                    rows = self._run_step(group[k:k + per_step], T, all_logits)
+                    for j, entry in enumerate(group[k:k + per_step]):
+                        if all_logits:
+                            every.append(rows)
+                        elif entry[3] == len(entry[2]):
+                            out[entry[0]] = rows[j]
+            pending = [e for e in pending if e[3] < len(e[2])]
+        dt = time.perf_counter() - t0
+        for s, ids in items:
+            s.timings.append((len(ids), dt))
+        return np.concatenate(every) if all_logits else np.stack(out)
+
+    def _check_ids(self, s, ids) -> list:
+        if not isinstance(s, Session) or s.model is not self:
+            raise VkInferError("eval_batch: not a session of this model")
+        s._check_open()
+        arr = np.asarray(ids if not isinstance(ids, (str, bytes)) else [None])
+        if arr.ndim != 1 or arr.size == 0:
+            raise VkInferError(f"token ids must be a non-empty flat list, got shape {arr.shape}")
+        if arr.dtype.kind not in "iu":
+            if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+                arr = arr.astype(np.int64)
+            else:
+                raise VkInferError(f"token ids must be whole numbers, got {arr.dtype} values")
+        bad = arr[(arr < 0) | (arr >= self.n_vocab)]
+        if bad.size:
+            raise VkInferError(f"token id {int(bad[0])} is outside the vocabulary (0..{self.n_vocab - 1})")
+        return arr.astype(np.int64).tolist()
+
+    def _run_step(self, entries: list, T: int, all_logits: bool) -> np.ndarray:
+        """One graph replay: each entry's next T tokens; returns logits [len(entries) or T, vocab]."""
+        B = len(entries)
+        B_pad = _pow2_at_least(B)
+        N = B_pad * T
+        v = self._step_view
+        v[2, :N] = NO_SLOT
+        v[0, :N] = 0
+        v[1, :N] = 0
+        for j, (_, s, ids, done) in enumerate(entries):
+            r = j * T
+            v[0, r:r + T] = ids[done:done + T]
+            v[1, r:r + T] = np.arange(s.n_past, s.n_past + T)
+            v[2, r:r + T] = s._slot
+        graph = self._graphs.get((B_pad, T, all_logits))
+        if graph is None:
+            graph = self._graphs[(B_pad, T, all_logits)] = self._record(B_pad, T, all_logits)
+        graph.run()
+        n_rows = T if all_logits else B
+        logits = self._read_logits(n_rows)
+        if log.isEnabledFor(logging.DEBUG) and hasattr(self.impl, "log_skips") and B == 1:
+            self.impl.log_skips(T, entries[0][1].n_past)
+        for entry in entries:
+            s = entry[1]
+            s.n_past += T
+            if s.tokens is not None:
+                s.tokens.extend(entry[2][entry[3]:entry[3] + T])
+            entry[3] += T
+            self._maybe_checkpoint(s, T)
+        self.tokens_evaluated += B * T
+        return logits
+
+    def _read_logits(self, n_rows: int) -> np.ndarray:
+        out = np.empty((n_rows, self.n_vocab), np.float32)
+        for r0, part in self.logits_parts:
+            n = min(part.shape[0], n_rows - r0)
+            if n <= 0:
                 break
-            history.append(token)
-            logits = s.eval([token])      # the session holds all the text it produced
-            text = stream.push(token)
+            out[r0:r0 + n] = part.buf.view()[:n * self.n_vocab].view(np.float32).reshape(n, self.n_vocab)
+        return out
+
+    def _maybe_checkpoint(self, s: "Session", T: int):
+        """Inside a long prompt: a snapshot into the prefix cache each time n_past passes a
+        multiple of checkpoint_every."""
+        if self.cache.budget and s.tokens is not None and \
+                (s.n_past - T) // self.checkpoint_every != s.n_past // self.checkpoint_every:
+            s.checkpoint()
+
+    def _inputs(self, B: int, T: int) -> dict:
+        N = B * T
+        return {"ids": self.step[0].slice(0, 0, N), "positions": self.step[1].slice(0, 0, N),
+                "slots": self.step[2].slice(0, 0, N), "n_seq": B}
+
+    def _record(self, B: int, T: int, all_logits: bool, taps=None) -> Graph:
+        g = Graph(self.dev, f"{self.arch}-B{B}-T{T}{'-all' if all_logits else ''}")
+        x = self.impl.build(g, self.state, self._inputs(B, T), taps)
+        self._head(g, x, B, T, all_logits)
+        return g
+
+    def _head(self, g: Graph, x: Tensor, B: int, T: int, all_logits: bool):
+        """Logits of every row (all_logits) or of each sequence's last row, through the output
+        norm and matrix, into the logits buffers part by part."""
+        impl = self.impl
+        E = x.shape[1]
+        if all_logits:
+            last = x
+        elif T == 1:
+            last = x.slice(0, 0, B)
+        elif B == 1:
+            last = x.slice(0, T - 1, T)
+        else:           # the last row of each sequence: strided, gathered into h_last first
+            last = copy_ops.copy(g, Tensor(x.buf, (B, E), "f32", x.offset + (T - 1) * E, (T * E, 1)),
+                                 out=self.h_last.slice(0, 0, B))
+        h = norm.rms_norm(g, last, impl.output_norm, impl.p.eps, out=self.h_last.slice(0, 0, last.shape[0]))
+        for r0, part in self.logits_parts:
+            n = min(part.shape[0], h.shape[0] - r0)
+            if n > 0:
+                mm.matmul(g, impl.output, h.slice(0, r0, r0 + n), out=part.slice(0, 0, n))
+
+    def layer_outputs(self, session: "Session", ids) -> np.ndarray:
+        """Debugging: the residual stream after every layer [n_taps, T, n_embd] for one chunk of
+        at most n_batch tokens of `session` (its state advances as with eval)."""
+        ids = self._check_ids(session, ids)
+        T = len(ids)
+        if T > self.n_batch:
+            raise VkInferError(f"layer_outputs takes at most n_batch = {self.n_batch} tokens")
+        taps = self.dev.empty((self.impl.n_taps, T, self.impl.p.n_embd), name="taps")
+        g = self._record(1, T, False, taps)
+        v = self._step_view
+        v[0, :T], v[1, :T], v[2, :T] = ids, np.arange(session.n_past, session.n_past + T), session._slot
+        g.run()
+        session.n_past += T
+        if session.tokens is not None:
+            session.tokens.extend(ids)
+        return self.dev.read(taps)
+
+    # ---- generation ------------------------------------------------------------------------------
+    def stream(self, prompt, max_tokens: int = 64, session: "Session | None" = None, **settings):
+        """The one generation loop for one sequence: yields (token_id, text, finish_reason) for
+        each sampled token; finish_reason is None, then "stop" or "length" on the last. `prompt`
+        is a string or token ids; settings as `Generation`."""
+        own = session is None
+        s = self.session() if own else session
+        try:
+            gen = Generation(self, s, self._prompt_ids(prompt), max_tokens=max_tokens,
+                             whole=own, **settings)
+            yield from (event[1:] for event in self.run_generations([gen]))
+        finally:
+            if own:
+                s.close()
+
+    def generate(self, prompt, max_tokens: int = 64, session: "Session | None" = None, **settings):
+        """Stream the text of up to max_tokens sampled tokens continuing `prompt` (a string or
+        token ids) in a fresh slot, or after what `session` holds. Settings: temperature, top_k, top_p, min_p, repeat_penalty, seed, stop
+        (strings), stop_ids, ignore_eos, logprobs."""
+        for _, text, _ in self.stream(prompt, max_tokens, session, **settings):
             if text:
                 yield text
-        tail = stream.flush()
-        if tail:
-            yield tail
 
-    def close(self):
-        self.dev.close()
+    def generate_batch(self, prompts, max_tokens: int = 64, **settings) -> list[str]:
+        """Every prompt generated together, in shared steps; returns the texts in order."""
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        if len(prompts) > self.free_slots:
+            raise VkInferError(f"{len(prompts)} prompts but {self.free_slots} free slots "
+                               f"(load the model with n_seq >= {len(prompts)})")
+        sessions = [self.session() for _ in prompts]
+        try:
+            gens = [Generation(self, s, self._prompt_ids(p), max_tokens=max_tokens, **settings)
+                    for s, p in zip(sessions, prompts)]
+            texts = [""] * len(gens)
+            for i, _, text, _ in self.run_generations(gens):
+                texts[i] += text
+            return texts
+        finally:
+            for s in sessions:
+                s.close()
+
+    def chat(self, messages, max_tokens: int = 256, session: "Session | None" = None, **settings):
+        """Stream the assistant's reply to `messages` ([{"role", "content"}]) rendered through
+        the GGUF's chat template (or the plain User:/Assistant: format)."""
+        from .chat import FALLBACK_STOP_STRINGS
+        prompt, plain = self.render_chat(messages)
+        stop = list(settings.pop("stop", None) or ()) + (list(FALLBACK_STOP_STRINGS) if plain else [])
+        yield from self.generate(prompt, max_tokens, session, stop=stop, **settings)
+
+    def render_chat(self, messages) -> tuple:
+        """(token ids of the conversation with the assistant's turn opened, whether the plain
+        fallback format was used)."""
+        from .chat import FALLBACK_TEMPLATE, render_template
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise VkInferError("messages must be a non-empty list of {'role', 'content'} dicts")
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or \
+                    not isinstance(m.get("content"), str):
+                raise VkInferError(f"each message needs a string 'role' and 'content', got {m!r:.80}")
+        tok = self.tokenizer
+        template = self.file.get("tokenizer.chat_template") or None
+        piece = (lambda i: tok.decode([i]) if i is not None else "")
+        bos, eos = piece(tok.bos_id), piece(tok.eos_id)
+        text = render_template(template or FALLBACK_TEMPLATE, [dict(m) for m in messages],
+                               add_generation_prompt=True, bos_token=bos, eos_token=eos)
+        add_bos = bool(tok.add_bos) and not (bos and text.startswith(bos))
+        return tok.encode(text, add_bos=add_bos, special=True), template is None
+
+    def _prompt_ids(self, prompt) -> list:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        return list(prompt)
+
+    def run_generations(self, gens: list):
+        """Drive several Generations in shared steps: prefill every prompt together (from the
+        longest cached prefix), then one batched step per token for those still going. Yields
+        (index, token_id, text, finish_reason)."""
+        rests = [g.session.start(g.prompt) if g.whole else g.prompt for g in gens]
+        for g, rest in zip(gens, rests):
+            g.cached_tokens = len(g.prompt) - len(rest)
+        logits = self.eval_batch([(g.session, rest) for g, rest in zip(gens, rests)])
+        for g in gens:
+            g.session.checkpoint()          # the end of every prompt
+        active = list(range(len(gens)))
+        while active:
+            feed = []
+            for i, row in zip(active, logits):
+                event = gens[i].step(row)
+                yield (i,) + event
+                if event[2] is None:
+                    feed.append(i)
+                else:
+                    gens[i].session.checkpoint()    # the end of every generation
+            active = feed
+            if active:
+                logits = self.eval_batch([(gens[i].session, [gens[i].last_token]) for i in active])
+
+
+class Generation:
+    """One sequence being generated: sampling settings, stop tokens and strings, the streamed
+    text. step(logits) samples a token and returns (token_id, text, finish_reason), holding back
+    text that may be the start of a stop string (a stop string is never emitted). whole: the
+    prompt is the whole sequence (the session starts from the longest cached prefix of it);
+    else it continues what the session holds."""
+
+    def __init__(self, model: Model, session: "Session", prompt: list, max_tokens: int = 64,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                 repeat_penalty: float = 1.0, seed=None, stop=None, stop_ids=None,
+                 ignore_eos: bool = False, logprobs: int | None = None, whole: bool = True):
+        from .sampling import Sampler
+        if not prompt:
+            raise VkInferError("the prompt is empty")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:
+            raise VkInferError(f"max_tokens must be a whole number >= 1, not {max_tokens!r}")
+        for name, v in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p),
+                        ("repeat_penalty", repeat_penalty)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not np.isfinite(v):
+                raise VkInferError(f"{name} must be a finite number, not {v!r}")
+        if isinstance(stop, str):
+            stop = [stop]
+        self.stop = [s for s in (stop or ()) if s]
+        if not all(isinstance(s, str) for s in self.stop):
+            raise VkInferError("stop must be a string or a list of strings")
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                     or not 0 <= logprobs <= 20):
+            raise VkInferError(f"logprobs must be a whole number from 0 to 20, not {logprobs!r}")
+        tok = model.tokenizer
+        try:
+            self.sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                   repeat_penalty=repeat_penalty, seed=seed,
+                                   n_valid=min(tok.n_tokens, model.n_vocab))
+        except ValueError as e:
+            raise VkInferError(str(e)) from None
+        self.model, self.session, self.prompt, self.whole = model, session, list(prompt), whole
+        self.max_tokens = int(max_tokens)
+        self.stop_ids = set() if ignore_eos else set(tok.eog_ids if stop_ids is None else stop_ids)
+        self.logprobs = logprobs
+        self.history = list(prompt)
+        self.generated = []
+        self.last_token = None
+        self.stream = tok.stream()
+        self.pending = ""                # decoded text not yet emitted (a stop string may start in it)
+        self.cached_tokens = 0
+        self.last_logprobs = None        # (logprob of the sampled token, [(id, logprob)] top N)
+
+    def step(self, logits: np.ndarray) -> tuple:
+        if not np.isfinite(logits).any() or np.isnan(logits).any():
+            raise VkInferError("the model produced NaN or infinite logits; the weights or the input "
+                               "may be broken")
+        token = self.sampler.sample(logits, self.history)
+        if self.logprobs is not None:
+            self.last_logprobs = log_probs(logits, token, self.logprobs)
+        if token in self.stop_ids:
+            return token, self._flush(), "stop"
+        self.generated.append(token)
+        self.history.append(token)
+        self.last_token = token
+        self.pending += self.stream.push(token)
+        for s in self.stop:
+            at = self.pending.find(s)
+            if at >= 0:
+                text, self.pending = self.pending[:at], ""
+                return token, text, "stop"
+        room = self.model.n_ctx - self.session.n_past
+        if len(self.generated) >= self.max_tokens or room < 1:
+            return token, self._flush(), "length"
+        keep = max((_partial_suffix(self.pending, s) for s in self.stop), default=0)
+        text = self.pending[:len(self.pending) - keep]
+        self.pending = self.pending[len(text):]
+        return token, text, None
+
+    def _flush(self) -> str:
+        text = self.pending + self.stream.flush()
+        self.pending = ""
+        for s in self.stop:
+            at = text.find(s)
+            if at >= 0:
+                text = text[:at]
+        return text
+
+
+def _partial_suffix(text: str, stop: str) -> int:
+    """Length of the longest end of `text` that is a proper start of `stop`."""
+    for n in range(min(len(text), len(stop) - 1), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0
+
+
+def log_probs(logits: np.ndarray, token: int, top: int) -> tuple:
+    """(log-probability of `token`, the `top` most probable [(id, log-probability)]) from the
+    full-vocabulary log-softmax of the raw logits."""
+    x = logits.astype(np.float64)
+    lse = x.max() + np.log(np.exp(x - x.max()).sum())
+    best = np.argsort(-x, kind="stable")[:top]
+    return float(x[token] - lse), [(int(i), float(x[i] - lse)) for i in best]
 
 
 class Session:
-    """One sequence: its state on the device, the number of tokens it has seen, and the graphs
-    recorded over its state."""
+    """One sequence: a slot of the model's state pool, the number of tokens it has seen, and
+    (unless restored from a snapshot that lacks them) the tokens themselves."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, slot: int):
         self.model = model
-        self.state = model.impl.new_state()
+        self._slot = slot
         self.n_past = 0
-        self._graphs = {}
+        self.tokens = []
         self.timings = []       # (tokens, seconds) of each eval() call
 
+    @property
+    def slot(self) -> int:
+        self._check_open()
+        return self._slot
+
+    def _check_open(self):
+        if self._slot is None:
+            raise VkInferError("this session is closed" if not self.model._closed else "this model is closed")
+
+    def close(self):
+        """Give the slot back (zeroed). Closing twice is harmless."""
+        if self._slot is not None:
+            slot, self._slot = self._slot, None
+            self.model._release(slot)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
     def reset(self):
-        for t in self.state.values():
-            self.model.dev.fill(t, 0)
+        self._check_open()
+        self.model.state.clear(self._slot)
         self.n_past = 0
+        self.tokens = []
 
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
         """Feed tokens; returns the last position's logits [n_vocab], or with all_logits the
         logits of every position [len(ids), n_vocab]."""
-        m = self.model
-        ids = [int(i) for i in ids]
-        if not ids:
-            raise ValueError("eval: no tokens")
-        if self.n_past + len(ids) > m.n_ctx:
-            raise VkInferError(f"{len(ids)} tokens after {self.n_past} already in the context would "
-                               f"exceed the context size of {m.n_ctx} tokens (raise it with -c/--ctx)")
-        bad = [i for i in ids if not 0 <= i < m.n_vocab]
-        if bad:
-            raise VkInferError(f"token id {bad[0]} is outside the vocabulary (0..{m.n_vocab - 1})")
-        out, start = [], 0
-        t0 = time.perf_counter()
-        for size in chunk_sizes(len(ids), m.n_batch):
-            out.append(self._run(ids[start:start + size], all_logits))
-            start += size
-        self.timings.append((len(ids), time.perf_counter() - t0))
-        return np.concatenate(out) if all_logits else out[-1][-1]
-
-    def _run(self, chunk: list, all_logits: bool) -> np.ndarray:
-        m = self.model
-        T = len(chunk)
-        graph = self._graphs.get((T, all_logits))
-        if graph is None:
-            graph = self._graphs[(T, all_logits)] = self._record(T, all_logits)
-        self._write_step(chunk)
-        graph.run()
-        rows = T if all_logits else 1
-        logits = m.logits_out.buf.view()[:rows * m.n_vocab].view(np.float32).reshape(rows, m.n_vocab).copy()
-        if log.isEnabledFor(logging.DEBUG) and hasattr(m.impl, "log_skips"):
-            m.impl.log_skips(T, self.n_past)
-        self.n_past += T
-        return logits
-
-    def _write_step(self, chunk: list):
-        m, T = self.model, len(chunk)
-        view = m.step.buf.view()
-        view[0] = self.n_past
-        view[1:1 + T] = chunk
-        view[1 + m.n_batch:1 + m.n_batch + T] = np.arange(self.n_past, self.n_past + T)
-
-    def _record(self, T: int, all_logits: bool, taps=None) -> Graph:
-        m = self.model
-        g = Graph(m.dev, f"{m.arch}-T{T}{'-all' if all_logits else ''}")
-        rows = T if all_logits else 1
-        inputs = {"n_past": m.step.slice(0, 0, 1), "ids": m.step.slice(0, 1, 1 + T),
-                  "positions": m.step.slice(0, 1 + m.n_batch, 1 + m.n_batch + T)}
-        m.impl.build(g, self.state, inputs, m.logits_out.slice(0, 0, rows), all_logits, taps)
-        return g
+        out = self.model.eval_batch([(self, ids)], all_logits=all_logits)
+        return out if all_logits else out[0]
 
     def layer_outputs(self, ids) -> np.ndarray:
-        """Debugging: the residual stream after every layer [n_taps, T, n_embd] for one chunk
-        of at most n_batch tokens (the state advances as with eval)."""
-        m = self.model
-        T = len(ids)
-        if T > m.n_batch:
-            raise ValueError(f"layer_outputs takes at most n_batch = {m.n_batch} tokens")
-        taps = m.dev.empty((m.impl.n_taps, T, m.impl.p.n_embd), name="taps")
-        g = self._record(T, False, taps)
-        self._write_step(list(ids))
-        g.run()
-        self.n_past += T
-        return m.dev.read(taps)
+        return self.model.layer_outputs(self, ids)
+
+    def start(self, ids) -> list:
+        """Position the session for `ids` (a whole prompt): keep its own state if its tokens are
+        a prefix of ids, else restore the longest cached prefix (or start from zero). Returns the
+        tokens still to feed (at least one, so that the last position's logits are computed)."""
+        self._check_open()
+        ids = list(ids)
+        limit = len(ids) - 1
+        own = self.tokens is not None and len(self.tokens) <= limit and ids[:len(self.tokens)] == self.tokens
+        base = len(self.tokens) if own else 0
+        snap = self.model.cache.longest(tuple(ids), limit) if self.model.cache.budget else None
+        if snap is not None and len(snap["tokens"]) > base:
+            self.restore(snap)
+            base = len(snap["tokens"])
+        elif not own:
+            self.reset()
+        return ids[base:]
+
+    def checkpoint(self):
+        """This state into the model's prefix cache, keyed by the tokens it has seen."""
+        if self.model.cache.budget and self.tokens:
+            self.model.cache.put(self.snapshot())
 
     def snapshot(self) -> dict:
-        """The sequence's state, copied to host memory. Position-indexed state (KV caches,
-        the model's `positional_state`) is copied only up to n_past."""
-        positional = getattr(self.model.impl, "positional_state", ())
-        state = {}
-        for name, t in self.state.items():
-            rows = t.slice(0, 0, self.n_past) if name in positional else t
-            state[name] = self.model.dev.read(rows) if rows.numel else np.zeros(rows.shape, np.float32)
-        return {"n_past": self.n_past, "state": state}
+        """The sequence's state, copied to host memory. Position-indexed state (KV caches) is
+        copied only up to n_past."""
+        self._check_open()
+        return {"n_past": self.n_past, "tokens": None if self.tokens is None else list(self.tokens),
+                "state": self.model.state.read(self._slot, self.n_past)}
 
     def restore(self, snap: dict):
+        """Put back a snapshot taken from a session of this model (any slot)."""
+        self._check_open()
         self._check_snapshot(snap, "snapshot")
-        for name, t in self.state.items():
-            data = snap["state"][name]
-            if data.size:
-                self.model.dev.write(t.slice(0, 0, data.shape[0]), data)
-        self.n_past = snap["n_past"]
+        self.model.state.clear(self._slot)
+        self.model.state.write(self._slot, snap["state"])
+        self.n_past = int(snap["n_past"])
+        tokens = snap.get("tokens")
+        self.tokens = None if tokens is None else list(tokens)
 
-    def _check_snapshot(self, snap: dict, what: str):
-        positional = getattr(self.model.impl, "positional_state", ())
-        for name, t in self.state.items():
-            data = snap["state"].get(name)
-            ok = data is not None and (data.shape[1:] == t.shape[1:] and data.shape[0] <= t.shape[0]
-                                       if name in positional else data.shape == t.shape)
-            if not ok:
-                raise VkInferError(f"{what} does not fit this model's state ({name})")
+    def _check_snapshot(self, snap, what: str):
+        if not isinstance(snap, dict) or "state" not in snap or "n_past" not in snap:
+            raise VkInferError(f"{what} is not a session snapshot (it needs 'n_past' and 'state')")
+        n_past = snap["n_past"]
+        if isinstance(n_past, bool) or not isinstance(n_past, (int, np.integer)) or \
+                not 0 <= n_past <= self.model.n_ctx:
+            raise VkInferError(f"{what}: n_past {n_past!r} is outside 0..{self.model.n_ctx} (the context)")
+        tokens = snap.get("tokens")
+        if tokens is not None and len(tokens) != n_past:
+            raise VkInferError(f"{what}: {len(tokens)} tokens for n_past {n_past}")
+        self.model.state.check(snap["state"], int(n_past), what)
 
     def save(self, path, **extra):
-        """The state in an .npz file, with `extra` values (strings, arrays) kept beside it."""
+        """The state in an .npz file written at exactly `path`, with `extra` values (strings,
+        arrays) kept beside it."""
         snap = self.snapshot()
-        np.savez(path, n_past=snap["n_past"], arch=self.model.arch, **extra,
-                 **{f"state_{k}": v for k, v in snap["state"].items()})
+        tokens = np.asarray(snap["tokens"] if snap["tokens"] is not None else [], np.int64)
+        with open(path, "wb") as f:
+            np.savez(f, n_past=snap["n_past"], arch=self.model.arch, tokens=tokens,
+                     has_tokens=snap["tokens"] is not None, **extra,
+                     **{f"state_{k}": v for k, v in snap["state"].items()})
 
     def load(self, path) -> dict:
         """Restore a saved state; returns the extra values saved with it."""
+        import zipfile
         try:
-            data = np.load(path)
-            arch = str(data["arch"])
-            if arch != self.model.arch:
-                raise VkInferError(f"{path}: saved with a {arch} model, this one is {self.model.arch}")
-            snap = {"n_past": int(data["n_past"]),
-                    "state": {k[6:]: data[k] for k in data.files if k.startswith("state_")}}
-            extra = {k: data[k] for k in data.files
-                     if not k.startswith("state_") and k not in ("n_past", "arch")}
-        except (OSError, KeyError, ValueError) as e:
+            with np.load(path) as data:
+                arch = str(data["arch"])
+                if arch != self.model.arch:
+                    raise VkInferError(f"{path}: saved with a {arch} model, this one is {self.model.arch}")
+                has_tokens = bool(data["has_tokens"]) if "has_tokens" in data.files else False
+                snap = {"n_past": int(data["n_past"]),
+                        "tokens": data["tokens"].tolist() if has_tokens else None,
+                        "state": {k[6:]: data[k] for k in data.files if k.startswith("state_")}}
+                extra = {k: data[k] for k in data.files
+                         if not k.startswith("state_") and k not in ("n_past", "arch", "tokens", "has_tokens")}
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise VkInferError(f"{path}: not a saved vkinfer session ({e})") from None
         self._check_snapshot(snap, str(path))
         self.restore(snap)
         return extra
+

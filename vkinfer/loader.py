@@ -32,9 +32,12 @@ def device_memory(dev) -> int:
     return have
 
 
-def check_fits(dev, f: GGUFFile, n_ctx: int) -> dict:
-    """The memory estimate; a VkInferError naming both numbers when it exceeds the device heap."""
+def check_fits(dev, f: GGUFFile, n_ctx: int, n_seq: int = 1) -> dict:
+    """The memory estimate (state for n_seq slots); a VkInferError naming both numbers when it
+    exceeds the device heap."""
     need = memory_estimate(f, n_ctx)
+    need["total"] += (n_seq - 1) * need["state"]
+    need["state"] *= n_seq
     have = device_memory(dev)
     if have and need["total"] > have:
         parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in need.items() if k != "total")

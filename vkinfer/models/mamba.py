@@ -1,4 +1,4 @@
-"""Mamba-1 (general.architecture = "mamba"): the GPU graph, the per-sequence state layout, and
+"""Mamba-1 (general.architecture = "mamba"): the GPU graph, the per-slot state layout, and
 a numpy executor built from the ops' numpy twins (the reference for per-layer comparisons).
 Math: spec mamba.md."""
 import numpy as np
@@ -12,32 +12,34 @@ from ..ops import norm, ssm
 
 
 class Mamba:
-    """Builds recorded graphs for chunks of T tokens over one sequence's state."""
+    """Records batched steps over the engine's slotted state pool."""
 
-    def __init__(self, dev, f, weights: dict, n_ctx: int, n_batch: int):
+    def __init__(self, dev, f, weights: dict, n_ctx: int, max_rows: int):
         self.dev, self.p, self.w = dev, f.params, weights
         self.n_taps = f.params.n_layer
         self.n_vocab = f.n_vocab
         self.output = weights.get("output.weight", weights["token_embd.weight"])
+        self.output_norm = weights["output_norm.weight"]
         p = self.p
         self.dbc_width = p.dt_rank + 2 * p.d_state
-        # Scratch for up to n_batch tokens, shared by every layer and every graph.
+        # Scratch for up to max_rows token rows, shared by every layer and every graph.
         shapes = {"x": p.n_embd, "h": p.n_embd, "xz": 2 * p.d_inner, "x1": p.d_inner,
                   "dbc": self.dbc_width, "dt_in": p.dt_rank, "dt": p.d_inner, "y": p.d_inner,
                   "bc": 2 * p.d_state}
-        self.scratch = {k: dev.empty((n_batch, n), "f32", name=k) for k, n in shapes.items()}
+        self.scratch = {k: dev.empty((max_rows, n), "f32", name=k) for k, n in shapes.items()}
 
-    def new_state(self) -> dict:
+    def state_fields(self) -> dict:
+        from ..engine import StateField
         p = self.p
-        return {"conv": self.dev.zeros((p.n_layer, p.d_inner, p.d_conv - 1), name="conv_state"),
-                "scan": self.dev.zeros((p.n_layer, p.d_inner, p.d_state), name="scan_state")}
+        return {"conv": StateField(p.n_layer, (p.d_inner, p.d_conv - 1)),
+                "scan": StateField(p.n_layer, (p.d_inner, p.d_state))}
 
-    def build(self, g: Graph, state: dict, inputs: dict, logits: Tensor, all_logits: bool,
-              taps: Tensor | None = None):
-        """Record one chunk: inputs["ids"] u32 [T] -> logits [T or 1, n_vocab]. With `taps`
-        [n_layer, T, n_embd], the residual after each layer is copied there (debugging)."""
+    def build(self, g: Graph, state, inputs: dict, taps: Tensor | None = None) -> Tensor:
+        """Record one step: inputs["ids"] u32 [rows] of inputs["n_seq"] sequences -> the residual
+        [rows, n_embd]. With `taps` [n_layer, rows, n_embd], the residual after each layer is
+        copied there (debugging)."""
         p, w = self.p, self.w
-        ids = inputs["ids"]
+        ids, slots, B = inputs["ids"], inputs["slots"], inputs["n_seq"]
         T = ids.shape[0]
         s = {k: t.slice(0, 0, T) for k, t in self.scratch.items()}
         x = gr.get_rows(g, w["token_embd.weight"], ids, out=s["x"])
@@ -46,27 +48,29 @@ class Mamba:
             b = f"blk.{layer}."
             h = norm.rms_norm(g, x, w[b + "attn_norm.weight"], p.eps, out=s["h"])
             xz = mm.matmul(g, w[b + "ssm_in.weight"], h, out=s["xz"])
-            x1 = ssm.ssm_conv(g, xz.slice(1, 0, di), state["conv"][layer], w[b + "ssm_conv1d.weight"],
-                              w[b + "ssm_conv1d.bias"], out=s["x1"], silu=True)
+            for lo, part in state.parts("conv", layer):
+                x1 = ssm.ssm_conv(g, xz.slice(1, 0, di), part, w[b + "ssm_conv1d.weight"],
+                                  w[b + "ssm_conv1d.bias"], out=s["x1"], silu=True, slots=slots,
+                                  n_seq=B, slot_lo=lo)
             dbc = mm.matmul(g, w[b + "ssm_x.weight"], x1, out=s["dbc"])
             dt_in = dbc.slice(1, 0, dtr)       # one token: a contiguous view; more: copied
             if not dt_in.contiguous:
                 dt_in = copy_ops.copy(g, dt_in, out=s["dt_in"])
-            B, C = dbc.slice(1, dtr, dtr + ds), dbc.slice(1, dtr + ds, dtr + 2 * ds)
+            B_, C_ = dbc.slice(1, dtr, dtr + ds), dbc.slice(1, dtr + ds, dtr + 2 * ds)
             if p.dt_b_c_rms:
                 norm.rms_norm(g, dt_in, None, p.eps, out=dt_in)
                 bc = copy_ops.copy(g, dbc.slice(1, dtr, dtr + 2 * ds), out=s["bc"])
-                B, C = bc.slice(1, 0, ds), bc.slice(1, ds, 2 * ds)
+                B_, C_ = bc.slice(1, 0, ds), bc.slice(1, ds, 2 * ds)
                 norm.rms_norm(g, bc.reshape(T * 2, ds), None, p.eps, out=bc.reshape(T * 2, ds))
             dt = mm.matmul(g, w[b + "ssm_dt.weight"], dt_in, out=s["dt"])
-            y = ssm.ssm_scan(g, x1, dt, w[b + "ssm_a"], B, C, w[b + "ssm_d"], state["scan"][layer],
-                             out=s["y"], z=xz.slice(1, di, 2 * di), dt_bias=w[b + "ssm_dt.bias"])
+            for lo, part in state.parts("scan", layer):
+                y = ssm.ssm_scan(g, x1, dt, w[b + "ssm_a"], B_, C_, w[b + "ssm_d"], part,
+                                 out=s["y"], z=xz.slice(1, di, 2 * di), dt_bias=w[b + "ssm_dt.bias"],
+                                 slots=slots, n_seq=B, slot_lo=lo)
             mm.matmul(g, w[b + "ssm_out.weight"], y, out=x, accumulate=True)   # the residual add
             if taps is not None:
                 copy_ops.copy(g, x, out=taps[layer])
-        last = x if all_logits else x.slice(0, T - 1, T)
-        h = norm.rms_norm(g, last, w["output_norm.weight"], p.eps, out=s["h"].slice(0, 0, last.shape[0]))
-        mm.matmul(g, self.output, h, out=logits)
+        return x
 
 
 # ---- numpy executor ------------------------------------------------------------------------------

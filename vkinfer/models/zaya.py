@@ -1,8 +1,8 @@
 """ZAYA1 in the llama.cpp draft's GGUF layout (even blocks CCA attention, odd blocks top-1 MoE).
 
-`Zaya` runs it on the GPU: the engine's model class (vkinfer/engine.py), recording one chunk of T
-tokens per graph from the ops in vkinfer/ops, with the per-sequence state (KV caches, conv state,
-delayed-value state) in device buffers. Math: zaya1.md §3.
+`Zaya` runs it on the GPU: the engine's model class (vkinfer/engine.py), recording one batched
+step per graph from the ops in vkinfer/ops over the engine's slotted state pool (KV caches, conv
+state, delayed-value state). Math: zaya1.md §3.
 
 `ZayaNumpy` is the numpy reference executor: the ground truth the Vulkan executor is compared
 with, layer by layer. It computes with the numpy twins of the ops (`*_ref` in vkinfer/ops), so
@@ -51,12 +51,12 @@ NEVER_BIAS = -3.0e38      # the skip slot's balancing bias in skip_mode "never":
 
 
 class Zaya:
-    """Builds recorded graphs for chunks of T tokens over one sequence's state.
+    """Records batched steps over the engine's slotted state pool.
 
     Options: skip_mode (SKIP_MODES; "zero" is the reference) and kv_type ("f32", or "f16" for
     a half-size KV cache)."""
 
-    def __init__(self, dev, f, weights: dict, n_ctx: int, n_batch: int, skip_mode: str = "zero",
+    def __init__(self, dev, f, weights: dict, n_ctx: int, max_rows: int, skip_mode: str = "zero",
                  kv_type: str = "f32"):
         if skip_mode not in SKIP_MODES:
             raise ValueError(f"Zaya: skip_mode {skip_mode!r} is not one of {', '.join(SKIP_MODES)}")
@@ -68,8 +68,6 @@ class Zaya:
         p = self.p
         self.n_taps = p.n_block + 1          # the residual after every block's merge, and the last
         self.cca_blocks = list(range(0, p.n_block, 2))
-        # State indexed by position (axis 0): snapshots copy only the rows before n_past.
-        self.positional_state = {f"{kv}.{l}" for l in self.cca_blocks for kv in "kv"}
         self.moe_blocks = list(range(1, p.n_block, 2))
         self.grouped_taps = weights["blk.0.cca_conv_grp.weight"].shape[-1]
         self.conv_width = p.d_conv - 1 + self.grouped_taps - 1
@@ -79,15 +77,16 @@ class Zaya:
             raise VkInferError(f"{f.path.name}: value projections of {self.v1_width} + {self.v2_width} rows "
                                f"do not fill {p.n_head_kv} kv heads of {p.value_dim}")
         self._prepare_weights(f.path.name)
-        # Scratch for up to n_batch tokens, shared by every block and every graph. "xs" holds the
-        # previous token's normalised input in row 0 and this chunk's in rows 1..T; "d" the
-        # T + grouped_taps - 1 outputs of the depthwise conv.
+        self.output, self.output_norm = weights["token_embd.weight"], weights["output_norm.weight"]
+        # Scratch for up to max_rows token rows, shared by every block and every graph. "x_prev"
+        # holds each row's previous token's normalised input; "d" the T + grouped_taps - 1
+        # outputs of the depthwise conv of each sequence.
         H, Hkv, dh, dv, E = p.n_head, p.n_head_kv, p.head_dim, p.value_dim, p.n_expert
-        B = n_batch
+        B = max_rows
         shapes = {"h": (B, p.n_embd), "hs": (B, p.n_embd), "res": (B, p.n_embd),
-                  "xs": (B + 1, p.n_embd), "y_out": (B, p.n_embd),
+                  "x": (B, p.n_embd), "x_prev": (B, p.n_embd),
                   "q_raw": (B, H * dh), "k_raw": (B, Hkv * dh), "c": (B, p.n_qk),
-                  "d": (B + self.grouped_taps - 1, p.n_qk), "conv": (B, p.n_qk),
+                  "d": (B * self.grouped_taps, p.n_qk), "conv": (B, p.n_qk),
                   "q": (B, H, dh), "k": (B, Hkv, dh), "v1": (B, self.v1_width), "v2": (B, self.v2_width),
                   "v": (B, Hkv, dv), "attn": (B, H, dv),
                   "router0": (B, p.n_router), "router1": (B, p.n_router),
@@ -97,6 +96,11 @@ class Zaya:
         self.scratch = {k: dev.empty(shape, "f32", name=k) for k, shape in shapes.items()}
         # The chosen slot of every token in every MoE block (read back only by log_skips).
         self.experts = dev.empty((max(len(self.moe_blocks), 1), B), "u32", name="experts")
+        # The delayed-value state is a causal conv of one tap back: window [prev | x] times
+        # [1, 0] gives each row its previous token's input and keeps the last as the state.
+        shift = np.zeros((p.n_embd, 2), np.float32)
+        shift[:, 0] = 1.0
+        self.shift = dev.upload(shift, name="shift_one_token")
 
     def _prepare_weights(self, file_name: str):
         """Per-block weights in the form the graph uses, made once at load time."""
@@ -137,32 +141,27 @@ class Zaya:
         g.run()
         return out
 
-    def new_state(self) -> dict:
-        """Zeroed state of one sequence: "conv" [n_cca, n_qk, conv_width] (raw q||k of the last
-        tokens, oldest first), "prev_x" [n_cca, n_embd] (the previous token's normalised input),
-        and per CCA block l the caches "k.l" [n_ctx, n_head_kv, head_dim] and "v.l" [n_ctx,
-        n_head_kv, value_dim] in kv_type (ZayaNumpy.new_state's layout, stacked)."""
-        p, dev = self.p, self.dev
-        state = {"conv": dev.zeros((len(self.cca_blocks), p.n_qk, self.conv_width), name="conv_state"),
-                 "prev_x": dev.zeros((len(self.cca_blocks), p.n_embd), name="prev_x")}
-        for l in self.cca_blocks:
-            state[f"k.{l}"] = dev.zeros((self.n_ctx, p.n_head_kv, p.head_dim), self.kv_type, name=f"k.{l}")
-            state[f"v.{l}"] = dev.zeros((self.n_ctx, p.n_head_kv, p.value_dim), self.kv_type, name=f"v.{l}")
-        return state
+    def state_fields(self) -> dict:
+        """Per slot and CCA block: "conv" [n_qk, conv_width] (raw q||k of the last tokens, oldest
+        first), "prev_x" [n_embd, 1] (the previous token's normalised input), and the caches
+        "k" [n_ctx, n_head_kv, head_dim] and "v" [n_ctx, n_head_kv, value_dim] in kv_type."""
+        from ..engine import StateField
+        p, n = self.p, len(self.cca_blocks)
+        return {"conv": StateField(n, (p.n_qk, self.conv_width)),
+                "prev_x": StateField(n, (p.n_embd, 1)),
+                "k": StateField(n, (self.n_ctx, p.n_head_kv, p.head_dim), self.kv_type, positional=True),
+                "v": StateField(n, (self.n_ctx, p.n_head_kv, p.value_dim), self.kv_type, positional=True)}
 
     # ---- graph ----------------------------------------------------------------------------------
-    def build(self, g: Graph, state: dict, inputs: dict, logits: Tensor, all_logits: bool,
-              taps: Tensor | None = None):
-        """Record one chunk: inputs["ids"] u32 [T] -> logits [T or 1, n_vocab]. With `taps`
-        [n_block + 1, T, n_embd], the residual after each block's merge is copied there
-        (ZayaNumpy's ("res", l) entries)."""
+    def build(self, g: Graph, state, inputs: dict, taps: Tensor | None = None) -> Tensor:
+        """Record one step: inputs["ids"] u32 [rows] of inputs["n_seq"] sequences -> the residual
+        [rows, n_embd] after the last merge. With `taps` [n_block + 1, rows, n_embd], the residual
+        after each block's merge is copied there (ZayaNumpy's ("res", l) entries)."""
         p, w = self.p, self.w
         T = inputs["ids"].shape[0]
         s = {k: t.slice(0, 0, T) for k, t in self.scratch.items()}
-        s["xs"] = self.scratch["xs"].slice(0, 0, T + 1)
-        s["d"] = self.scratch["d"].slice(0, 0, T + self.grouped_taps - 1)
-        x = s["xs"].slice(0, 1, T + 1)
-        h, res = s["h"], s["res"]
+        s["d"] = self.scratch["d"]
+        x, h, res = s["x"], s["h"], s["res"]
         gr.get_rows(g, w["token_embd.weight"], inputs["ids"], out=h)
         router = None
         for l in range(p.n_block):
@@ -178,9 +177,7 @@ class Zaya:
         self._merge(g, "", h, res, s["hs"], first=False)
         if taps is not None:
             copy_ops.copy(g, res, out=taps[p.n_block])
-        last = res if all_logits else res.slice(0, T - 1, T)
-        y = norm.rms_norm(g, last, w["output_norm.weight"], p.eps, out=s["y_out"].slice(0, 0, last.shape[0]))
-        mm.matmul(g, w["token_embd.weight"], y, out=logits)
+        return res
 
     def _merge(self, g, b, h, res, hs, first):
         """The delayed residual merge before every norm (zaya1.md §3.1), in place on res."""
@@ -193,12 +190,12 @@ class Zaya:
         ew.add(g, res, hs, out=res)
 
     def _cca(self, g, l, s, state, inputs, out):
-        """CCA attention, zaya1.md §3.2, reading x = s["xs"] rows 1..T; writes out [T, n_embd]."""
+        """CCA attention, zaya1.md §3.2, reading x = s["x"]; writes out [rows, n_embd]."""
         p, w, b, i = self.p, self.w, f"blk.{l}.", l // 2
         H, Hkv, dh = p.n_head, p.n_head_kv, p.head_dim
-        xs = s["xs"]
-        T = xs.shape[0] - 1
-        x = xs.slice(0, 1, T + 1)
+        slots, B = inputs["slots"], inputs["n_seq"]
+        x = s["x"]
+        T = x.shape[0]
         if l in self.wqk:
             c = mm.matmul(g, self.wqk[l], x, out=s["c"])
         else:
@@ -206,9 +203,12 @@ class Zaya:
             k_raw = mm.matmul(g, w[b + "attn_k.weight"], x, out=s["k_raw"])
             c = copy_ops.concat(g, [q_raw, k_raw], axis=1, out=s["c"])
         # causal depthwise conv with the carried state, then the grouped conv, both in F32
-        d = ssm.ssm_conv(g, c, state["conv"][i], self.conv_dw[l], w.get(b + "ssm_conv1d.bias"), out=s["d"])
+        d = s["d"].slice(0, 0, T + B * (self.grouped_taps - 1))
+        for lo, part in state.parts("conv", i):
+            ssm.ssm_conv(g, c, part, self.conv_dw[l], w.get(b + "ssm_conv1d.bias"), out=d, slots=slots,
+                         n_seq=B, slot_lo=lo)
         y = conv.conv1d_grouped(g, d, self.conv_grp[l], w.get(b + "cca_conv_grp.bias"), groups=H + Hkv,
-                                out=s["conv"])
+                                out=s["conv"], n_seq=B)
         q, k = cca.qk_mean(g, c, y, H, Hkv, dh, q_out=s["q"], k_out=s["k"])
         att.head_norm(g, q, sqrt(dh), out=q)
         att.head_norm(g, k, sqrt(dh), w[b + "cca_k_scale.weight"], out=k)
@@ -216,16 +216,18 @@ class Zaya:
         att.rope_neox(g, k, inputs["positions"], p.n_rot, p.rope_theta, out=k)
 
         # values: the first kv heads from this token's x, the rest from the previous token's
-        prev_x = state["prev_x"].slice(0, i, i + 1)
-        copy_ops.copy(g, prev_x, out=xs.slice(0, 0, 1))
-        copy_ops.copy(g, xs.slice(0, T, T + 1), out=prev_x)
+        for lo, part in state.parts("prev_x", i):
+            ssm.ssm_conv(g, x, part, self.shift, None, out=s["x_prev"], slots=slots, n_seq=B, slot_lo=lo)
         v1 = mm.matmul(g, w[b + "cca_val_proj1.weight"], x, out=s["v1"])
-        v2 = mm.matmul(g, w[b + "cca_val_proj2.weight"], xs.slice(0, 0, T), out=s["v2"])
+        v2 = mm.matmul(g, w[b + "cca_val_proj2.weight"], s["x_prev"], out=s["v2"])
         v = copy_ops.concat(g, [v1, v2], axis=1, out=s["v"].reshape(T, Hkv * p.value_dim))
+        v = v.reshape(T, Hkv, p.value_dim)
 
-        k_cache, v_cache = state[f"k.{l}"], state[f"v.{l}"]
-        att.kv_store(g, k, v.reshape(T, Hkv, p.value_dim), k_cache, v_cache, inputs["n_past"])
-        o = att.attention(g, q, k_cache, v_cache, inputs["n_past"], 1.0 / sqrt(dh), out=s["attn"])
+        for (lo, k_cache), (_, v_cache) in zip(state.parts("k", i), state.parts("v", i)):
+            att.kv_store(g, k, v, k_cache, v_cache, inputs["positions"], slots, slot_lo=lo)
+        for (lo, k_cache), (_, v_cache) in zip(state.parts("k", i), state.parts("v", i)):
+            o = att.attention(g, q, k_cache, v_cache, inputs["positions"], 1.0 / sqrt(dh), out=s["attn"],
+                              slots=slots, slot_lo=lo)
         mm.matmul(g, w[b + "attn_output.weight"], o.reshape(T, H * p.value_dim), out=out)
 
     def _moe(self, g, l, x, router, s, out):

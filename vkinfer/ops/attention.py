@@ -1,14 +1,16 @@
 """Attention-side ops (ZAYA1 CCA, zaya1.md §3.2 steps 5-9): L2 head norm, partial NEOX RoPE,
 the KV-cache store and causal GQA attention with an online softmax. Tokens are rows: x, q, k
-and v are [T, heads, dim]; caches are [n_ctx, kv_heads, dim], F32 or F16 (halves packed two to
-a word). Positions and n_past are u32 tensors read on the GPU, so a recorded graph replays
-with new values written into them."""
+and v are [T, heads, dim]; caches are [n_ctx, kv_heads, dim] (one sequence) or parts of the slot
+pool [n_part_slots, n_ctx, kv_heads, dim], F32 or F16 (halves packed two to a word). Each token
+row has a position and a slot (u32 tensors read on the GPU, so a recorded graph replays with new
+values written into them); rows of slots outside the part are skipped."""
 import weakref
 from math import ceil
 
 import numpy as np
 
 from ..gpu import Graph, Tensor, check_tensor, output, require
+from . import slot_push, slotted_state
 
 WG = 256                  # store and RoPE work-group size (one invocation per element / pair)
 MAX_HEAD_DIM = 256        # attend keeps q and each invocation's share of the output on chip
@@ -109,69 +111,71 @@ def rope_neox_ref(x, positions, n_rot, theta):
 
 
 # ---- KV cache and attention ------------------------------------------------------------------------
-def _check_cache(op: str, k_cache: Tensor, v_cache: Tensor, kv_heads: int | None = None):
+def _check_cache(op: str, k_cache: Tensor, v_cache: Tensor, kv_heads: int | None = None) -> tuple:
+    """The caches as pool parts [n_part_slots, n_ctx, kv_heads, dim]."""
+    k_cache, v_cache = (slotted_state(op, name, c, 3) for name, c in (("k_cache", k_cache), ("v_cache", v_cache)))
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-        _heads_tensor(op, name, c, dtype=("f32", "f16"))
         if c.dtype == "f16":
-            require(c.offset % 2 == 0 and c.shape[1] * c.shape[2] % 2 == 0,
+            require(c.offset % 2 == 0 and c.shape[2] * c.shape[3] % 2 == 0,
                     f"{op}: f16 {name} {c} needs an even offset and an even heads * dim")
     require(k_cache.dtype == v_cache.dtype,
             f"{op}: k_cache is {k_cache.dtype} but v_cache is {v_cache.dtype}")
-    require(k_cache.shape[:2] == v_cache.shape[:2],
-            f"{op}: k_cache {k_cache.shape} and v_cache {v_cache.shape} differ in [n_ctx, kv_heads]")
+    require(k_cache.shape[:3] == v_cache.shape[:3],
+            f"{op}: k_cache {k_cache.shape} and v_cache {v_cache.shape} differ in [slots, n_ctx, kv_heads]")
     if kv_heads is not None:
-        require(k_cache.shape[1] == kv_heads,
-                f"{op}: caches have {k_cache.shape[1]} kv heads, expected {kv_heads}")
+        require(k_cache.shape[2] == kv_heads,
+                f"{op}: caches have {k_cache.shape[2]} kv heads, expected {kv_heads}")
+    return k_cache, v_cache
 
 
-def _check_n_past(op: str, n_past: Tensor):
-    check_tensor(op, "n_past", n_past, dtype="u32")
-    require(n_past.numel == 1, f"{op}: n_past has shape {n_past.shape}, expected one u32")
+def _check_positions(op: str, positions: Tensor, tokens: int):
+    check_tensor(op, "positions", positions, dtype="u32", shape=(tokens,))
 
 
-def kv_store(g: Graph, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, n_past: Tensor):
-    """Write k [T, Hkv, Dh] and v [T, Hkv, Dv] into cache rows n_past .. n_past+T-1. n_past is
-    read on the GPU; rows at or past n_ctx are dropped there (the caller keeps n_past + T within
-    n_ctx)."""
+def kv_store(g: Graph, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor,
+             slots: Tensor | None = None, slot_lo: int = 0):
+    """Write row t of k [T, Hkv, Dh] and v [T, Hkv, Dv] into cache row positions[t] of slot
+    slots[t] (u32 [T] each, read on the GPU); positions at or past n_ctx are dropped there (the
+    caller keeps them within n_ctx)."""
     _heads_tensor("kv_store", "k", k)
     _heads_tensor("kv_store", "v", v)
     require(k.shape[:2] == v.shape[:2], f"kv_store: k {k.shape} and v {v.shape} differ in [T, kv_heads]")
-    _check_cache("kv_store", k_cache, v_cache, kv_heads=k.shape[1])
-    _check_n_past("kv_store", n_past)
-    require(k_cache.shape[2] == k.shape[2] and v_cache.shape[2] == v.shape[2],
+    k_cache, v_cache = _check_cache("kv_store", k_cache, v_cache, kv_heads=k.shape[1])
+    _check_positions("kv_store", positions, k.shape[0])
+    require(k_cache.shape[3] == k.shape[2] and v_cache.shape[3] == v.shape[2],
             f"kv_store: k {k.shape} / v {v.shape} do not match k_cache {k_cache.shape} / "
             f"v_cache {v_cache.shape}")
-    require(k.shape[0] <= k_cache.shape[0],
-            f"kv_store: {k.shape[0]} tokens do not fit a cache of {k_cache.shape[0]} rows")
     per_word = 2 if k_cache.dtype == "f16" else 1
     nk, nv = k.numel // per_word, v.numel // per_word
     row_k = k.shape[1] * k.shape[2] // per_word
     row_v = v.shape[1] * v.shape[2] // per_word
-    g.dispatch(f"attention.store_{k_cache.dtype}", [k, v, n_past], [k_cache, v_cache],
-               [nk, nv, row_k, row_v, k_cache.shape[0], k.offset, v.offset, n_past.offset,
-                k_cache.offset // per_word, v_cache.offset // per_word],
+    slot_t, slot_words = slot_push(g, "kv_store", slots, k.shape[0], 1, k_cache, slot_lo)
+    g.dispatch(f"attention.store_{k_cache.dtype}", [k, v, positions, slot_t], [k_cache, v_cache],
+               [nk, nv, row_k, row_v, k_cache.shape[1], k.offset, v.offset, positions.offset,
+                k_cache.offset // per_word, v_cache.offset // per_word, *slot_words],
                groups=ceil((nk + nv) / WG))
 
 
-def attention(g: Graph, q: Tensor, k_cache: Tensor, v_cache: Tensor, n_past: Tensor, scale: float,
-              out: Tensor | None = None) -> Tensor:
-    """Causal GQA attention: token t of q [T, Hq, Dh] attends to cache rows 0 .. n_past+t;
-    query head h reads kv head h // (Hq / Hkv). softmax(scale * q.k) in F32. Returns
-    [T, Hq, Dv]. Record kv_store for the same tokens before it."""
+def attention(g: Graph, q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: Tensor, scale: float,
+              out: Tensor | None = None, slots: Tensor | None = None, slot_lo: int = 0) -> Tensor:
+    """Causal GQA attention: token t of q [T, Hq, Dh] attends to rows 0 .. positions[t] of its
+    slot's cache; query head h reads kv head h // (Hq / Hkv). softmax(scale * q.k) in F32.
+    Returns [T, Hq, Dv]. Record kv_store for the same tokens before it."""
     _heads_tensor("attention", "q", q)
     tokens, hq, dh = q.shape
-    _check_cache("attention", k_cache, v_cache)
-    _check_n_past("attention", n_past)
-    n_ctx, hkv, dv = v_cache.shape
-    require(k_cache.shape[2] == dh, f"attention: q {q.shape} and k_cache {k_cache.shape} differ in head size")
+    k_cache, v_cache = _check_cache("attention", k_cache, v_cache)
+    _check_positions("attention", positions, tokens)
+    _, n_ctx, hkv, dv = v_cache.shape
     require(hq % hkv == 0, f"attention: {hq} query heads are not a multiple of {hkv} kv heads")
     require(dh <= MAX_HEAD_DIM and dv <= MAX_HEAD_DIM,
             f"attention: head sizes {dh}/{dv} exceed the shader's {MAX_HEAD_DIM}")
     require(k_cache.dtype == "f32" or dh % 2 == 0, f"attention: an f16 cache needs an even head size, not {dh}")
+    require(k_cache.shape[3] == dh, f"attention: q {q.shape} and k_cache {k_cache.shape} differ in head size")
     out = output(g, "attention", out, (tokens, hq, dv))
-    g.dispatch(f"attention.attend_{k_cache.dtype}", [q, k_cache, v_cache, n_past], [out],
+    slot_t, slot_words = slot_push(g, "attention", slots, tokens, 1, k_cache, slot_lo)
+    g.dispatch(f"attention.attend_{k_cache.dtype}", [q, k_cache, v_cache, positions, slot_t], [out],
                [tokens, hq, hkv, dh, dv, n_ctx, q.offset, k_cache.offset, v_cache.offset,
-                n_past.offset, out.offset, float(scale)], groups=tokens * hq)
+                positions.offset, out.offset, float(scale), *slot_words], groups=tokens * hq)
     return out
 
 

@@ -6,7 +6,7 @@ from math import ceil
 
 import numpy as np
 
-from ..gpu import Graph, Tensor, check_tensor, output, require
+from ..gpu import Graph, Tensor, check_tensor, grid, output, require
 
 WG = 64
 TOKENS_PER_INVOCATION = 8    # grouped conv: outputs per invocation along time (3.7x on lavapipe)
@@ -35,15 +35,19 @@ def im2col1d(g: Graph, x: Tensor, K: int, out: Tensor | None = None) -> Tensor:
 
 
 def conv1d_grouped(g: Graph, x: Tensor, w: Tensor, b: Tensor | None, groups: int,
-                   out: Tensor | None = None) -> Tensor:
+                   out: Tensor | None = None, n_seq: int = 1) -> Tensor:
     """x [T_in, C_in], w [C_out, C_in/groups, K], b [C_out] or None -> out [T_in-K+1, C_out],
-    out[t, o] = b[o] + sum_{i in group(o), k} w[o, i - first(group(o)), k] * x[t + k, i]."""
+    out[t, o] = b[o] + sum_{i in group(o), k} w[o, i - first(group(o)), k] * x[t + k, i].
+    With n_seq > 1, x holds n_seq sequences of T_in rows one after the other, each convolved
+    on its own: out [n_seq * (T_in-K+1), C_out]."""
     op = "conv1d_grouped"
     check_tensor(op, "w", w, dtype="f32")
     require(w.ndim == 3, f"{op}: w must be [C_out, C_in/groups, K], got {w.shape}")
     C_out, cg_in, K = w.shape
     require(K <= MAX_K, f"{op}: kernel size {K} is over the supported {MAX_K}")
-    T_out, C_in = _input(op, x, K)
+    require(n_seq >= 1 and x.ndim == 2 and x.shape[0] % n_seq == 0,
+            f"{op}: x {x.shape} does not hold {n_seq} sequences of equal length")
+    T_out, C_in = _input(op, x.slice(0, 0, x.shape[0] // n_seq), K)
     require(groups >= 1 and C_in % groups == 0 and C_out % groups == 0,
             f"{op}: {groups} groups do not divide C_in={C_in} and C_out={C_out}")
     require(cg_in == C_in // groups,
@@ -52,13 +56,14 @@ def conv1d_grouped(g: Graph, x: Tensor, w: Tensor, b: Tensor | None, groups: int
         check_tensor(op, "b", b, dtype="f32", shape=(C_out,))
     n = T_out * C_out
     require(n <= MAX_INDEX, f"{op}: {n} outputs exceed 32-bit indexing; split by rows")
-    out = output(g, op, out, (T_out, C_out))
+    out = output(g, op, out, (n_seq * T_out, C_out))
     ins = [x, w] + ([b] if b is not None else [])
     tokens = TOKENS_PER_INVOCATION if T_out > 1 else 1     # decode: no wasted unrolled work
     n_invocations = ceil(T_out / tokens) * C_out
+    gx, gy, _ = grid(ceil(n_invocations / WG))
     g.dispatch("conv1d.grouped_bias" if b is not None else "conv1d.grouped_nobias", ins, [out],
                [T_out, C_in, C_out, cg_in, C_out // groups, x.offset, w.offset,
-                b.offset if b is not None else 0, out.offset], ceil(n_invocations / WG),
+                b.offset if b is not None else 0, out.offset], (gx, gy, n_seq),
                spec=(K, tokens))
     return out
 

@@ -4,12 +4,18 @@ stage) and ssm_scan (the Mamba-1 selective scan, any d_state).
 
 The token-major inputs may be column slices of a wider activation (rows contiguous, any row
 stride: e.g. x and z as the halves of Mamba's xz, or B and C out of dbc); anything else, such
-as a transposed view, must go through ops.copy first."""
+as a transposed view, must go through ops.copy first.
+
+Both run n_seq sequences at once: x holds n_seq * T rows, sequence q's T tokens after the
+previous one's, and each sequence reads and writes the state of its slot (slots[q * T]) in a
+part of the slot pool [n_part_slots, ...] whose first slot is slot_lo; sequences of other slots
+are skipped, so a pool split across buffers takes one dispatch per part."""
 from math import ceil
 
 import numpy as np
 
-from ..gpu import Graph, Tensor, check_tensor, output, require
+from ..gpu import Graph, Tensor, check_tensor, grid, output, require
+from . import slot_push, slotted_state
 from .elementwise import softplus_ref
 
 WG = 64              # both shaders: one invocation per channel
@@ -29,65 +35,86 @@ def _row_stride(op: str, name: str, t: Tensor, shape: tuple) -> int:
 
 
 
+def _sequences(op: str, x: Tensor, n_seq: int) -> int:
+    """Tokens per sequence of x [n_seq * T, ...]."""
+    require(x.ndim == 2 and x.shape[0] >= 1, f"{op}: x must be [T >= 1, channels], got {x.shape}")
+    require(n_seq >= 1 and x.shape[0] % n_seq == 0,
+            f"{op}: {x.shape[0]} rows are not {n_seq} sequences of equal length")
+    return x.shape[0] // n_seq
+
+
+def _groups(n_groups: int, n_seq: int) -> tuple:
+    gx, gy, _ = grid(n_groups)
+    return (gx, gy, n_seq)
+
+
 def ssm_conv(g: Graph, x: Tensor, state: Tensor, w: Tensor, b: Tensor | None,
-             out: Tensor | None = None, silu: bool = False) -> Tensor:
-    """x [T, C], state [C, S] (updated in place), w [C, K] (tap 0 = oldest sample), b [C] or
-    None -> out [T+S-K+1, C]. Mamba: S = K-1 (T outputs, silu=True); ZAYA: K = S = 2."""
+             out: Tensor | None = None, silu: bool = False, slots: Tensor | None = None,
+             n_seq: int = 1, slot_lo: int = 0) -> Tensor:
+    """x [n_seq * T, C], state [C, S] or a pool part [n_part_slots, C, S] (updated in place),
+    w [C, K] (tap 0 = oldest sample), b [C] or None -> out [n_seq * (T+S-K+1), C].
+    Mamba: S = K-1 (T outputs, silu=True); ZAYA: K = S = 2."""
     op = "ssm_conv"
     check_tensor(op, "w", w, dtype="f32")
     require(w.ndim == 2 and w.shape[1] >= 1, f"{op}: w must be [C, K], got {w.shape}")
     C, K = w.shape
-    check_tensor(op, "state", state, dtype="f32")
-    require(state.ndim == 2 and state.shape[0] == C and state.shape[1] >= 1,
-            f"{op}: state must be [C={C}, S >= 1], got {state.shape}")
-    S = state.shape[1]
-    require(x.ndim == 2 and x.shape[0] >= 1, f"{op}: x must be [T >= 1, C={C}], got {x.shape}")
-    T = x.shape[0]
-    x_rs = _row_stride(op, "x", x, (T, C))
+    part = slotted_state(op, "state", state, 2)
+    require(part.dtype == "f32" and part.shape[1] == C and part.shape[2] >= 1,
+            f"{op}: state must be [C={C}, S >= 1] per slot, got {state.shape}")
+    S = part.shape[2]
+    T = _sequences(op, x, n_seq)
+    x_rs = _row_stride(op, "x", x, (n_seq * T, C))
     require(T + S >= K, f"{op}: window of {S} state + {T} tokens is shorter than the kernel ({K})")
     if b is not None:
         check_tensor(op, "b", b, dtype="f32", shape=(C,))
-    out = output(g, op, out, (T + S - K + 1, C))
+    out = output(g, op, out, (n_seq * (T + S - K + 1), C))
+    slot_t, slot_words = slot_push(g, op, slots, n_seq * T, T, part, slot_lo)
     variant = ("bias" if b is not None else "nobias") + ("_silu" if silu else "")
-    ins = [x, w] + ([b] if b is not None else [])
-    g.dispatch(f"ssm_conv.{variant}", ins, [state, out],
+    ins = [x, w] + ([b] if b is not None else []) + [slot_t]
+    g.dispatch(f"ssm_conv.{variant}", ins, [part, out],
                [T, C, S, K, x.offset, x_rs, w.offset, b.offset if b is not None else 0,
-                state.offset, out.offset], ceil(C / WG), spec=(K if S == K - 1 and K <= MAX_TAPS else 0,))
+                part.offset, out.offset, *slot_words], _groups(ceil(C / WG), n_seq),
+               spec=(K if S == K - 1 and K <= MAX_TAPS else 0,))
     return out
 
 
 def ssm_scan(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
              state: Tensor, out: Tensor | None = None, z: Tensor | None = None,
-             dt_bias: Tensor | None = None) -> Tensor:
-    """Mamba-1 selective scan. x, dt [T, Dn] (dt already softplus'ed, or with dt_bias [Dn]
-    softplus(dt + dt_bias) is taken here), A [Dn, N] (already -exp(A_log)), B, C [T, N],
-    D [Dn], state [Dn, N] updated in place -> y [T, Dn]; with z [T, Dn], y *= silu(z)."""
+             dt_bias: Tensor | None = None, slots: Tensor | None = None, n_seq: int = 1,
+             slot_lo: int = 0) -> Tensor:
+    """Mamba-1 selective scan. x, dt [rows, Dn] (rows = n_seq * T; dt already softplus'ed, or
+    with dt_bias [Dn] softplus(dt + dt_bias) is taken here), A [Dn, N] (already -exp(A_log)),
+    B, C [rows, N], D [Dn], state [Dn, N] or a pool part [n_part_slots, Dn, N] updated in place
+    -> y [rows, Dn]; with z [rows, Dn], y *= silu(z)."""
     op = "ssm_scan"
     check_tensor(op, "A", A, dtype="f32")
     require(A.ndim == 2, f"{op}: A must be [d_inner, d_state], got {A.shape}")
     Dn, N = A.shape
     require(1 <= N <= MAX_D_STATE, f"{op}: d_state {N} is outside 1..{MAX_D_STATE}")
-    require(x.ndim == 2 and x.shape[0] >= 1, f"{op}: x must be [T >= 1, {Dn}], got {x.shape}")
-    T = x.shape[0]
+    T = _sequences(op, x, n_seq)
+    rows = n_seq * T
     strides = {name: _row_stride(op, name, t, shape) for name, t, shape in
-               (("x", x, (T, Dn)), ("dt", dt, (T, Dn)), ("B", B, (T, N)), ("C", C, (T, N)))}
+               (("x", x, (rows, Dn)), ("dt", dt, (rows, Dn)), ("B", B, (rows, N)), ("C", C, (rows, N)))}
     check_tensor(op, "D", D, dtype="f32", shape=(Dn,))
-    check_tensor(op, "state", state, dtype="f32", shape=(Dn, N))
-    z_rs = _row_stride(op, "z", z, (T, Dn)) if z is not None else 0
+    part = slotted_state(op, "state", state, 2)
+    require(part.dtype == "f32" and part.shape[1:] == (Dn, N),
+            f"{op}: state must be [{Dn}, {N}] per slot, got {state.shape}")
+    z_rs = _row_stride(op, "z", z, (rows, Dn)) if z is not None else 0
     require(dt_bias is None or z is not None, f"{op}: dt_bias comes with the gate z")
     if dt_bias is not None:
         check_tensor(op, "dt_bias", dt_bias, dtype="f32", shape=(Dn,))
-    out = output(g, op, out, (T, Dn))
-    wide = all(v % 4 == 0 for v in (N, A.offset, B.offset, C.offset, state.offset,
+    out = output(g, op, out, (rows, Dn))
+    wide = all(v % 4 == 0 for v in (N, A.offset, B.offset, C.offset, part.offset,
                                      strides["B"], strides["C"]))
+    slot_t, slot_words = slot_push(g, op, slots, rows, T, part, slot_lo)
     ins = [x, dt, A, B, C, D] + ([z] if z is not None else []) + ([dt_bias] if dt_bias is not None else [])
     kernel = "plain" if z is None else "gate" if dt_bias is None else "gate_dt"
-    g.dispatch(f"ssm_scan.{kernel}", ins, [state, out],
+    g.dispatch(f"ssm_scan.{kernel}", ins + [slot_t], [part, out],
                [T, Dn, x.offset, strides["x"], dt.offset, strides["dt"], A.offset,
                 B.offset, strides["B"], C.offset, strides["C"], D.offset,
-                z.offset if z is not None else 0, z_rs, state.offset, out.offset,
-                dt_bias.offset if dt_bias is not None else 0],
-               ceil(Dn / WG), spec=(N, int(wide)))
+                z.offset if z is not None else 0, z_rs, part.offset, out.offset,
+                dt_bias.offset if dt_bias is not None else 0, *slot_words],
+               _groups(ceil(Dn / WG), n_seq), spec=(N, int(wide)))
     return out
 
 
