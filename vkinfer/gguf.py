@@ -208,10 +208,18 @@ class Field:
     end: int                  # where the record ends
     payload: object           # scalar value; (start, length) of a string; numpy view of a scalar
                               # array; (starts, lengths) of a string array
-    table: "GGUFTable" = field(repr=False, default=None)
+    mem: memoryview = field(repr=False, default=None)     # the file
+    file: str = ""
 
     def contents(self):
-        return self.table.value_of(self)
+        """The value: Python scalars, str (bad UTF-8 as U+FFFD, with a warning), lists."""
+        if self.types[0] == STRING:
+            return _decode(self.mem, [self.payload[0]], [self.payload[1]], self)[0]
+        if self.types[0] == ARRAY:
+            if self.types[1] == STRING:
+                return _decode(self.mem, self.payload[0].tolist(), self.payload[1].tolist(), self)
+            return self.payload.tolist()
+        return self.payload
 
     def describe(self) -> str:
         """'a STRING', 'a UINT32', 'an array of 3 INT32'."""
@@ -310,10 +318,10 @@ class GGUFTable:
         if n_tensors * _MIN_TENSOR_INFO_BYTES > self.size - self.pos:
             self._fail(f"tensor count = {n_tensors} cannot fit in the {self.size - self.pos} bytes "
                        "left after the header")
-        for key, value, at in (("GGUF.version", version, 4), ("GGUF.tensor_count", n_tensors, 8),
-                               ("GGUF.kv_count", n_kv, 16)):
+        for key, value, at, end in (("GGUF.version", version, 4, 8), ("GGUF.tensor_count", n_tensors, 8, 16),
+                                    ("GGUF.kv_count", n_kv, 16, 24)):
             t = GGUFValueType.UINT32 if key == "GGUF.version" else GGUFValueType.UINT64
-            self.fields[key] = Field(key, at, [t], at, at + t.value // 2 * 2, value, self)
+            self.fields[key] = Field(key, at, [t], at, end, value)
         for _ in range(n_kv):
             self._read_kv()
         align = self.fields.get("general.alignment")
@@ -361,7 +369,7 @@ class GGUFTable:
         else:
             raise GGUFError(f"{self.name}: metadata key {key} has unknown GGUF type {vtype}")
         types = [GGUFValueType(t) for t in types]
-        self.fields[key] = Field(key, start, types, value_at, self.pos, payload, self)
+        self.fields[key] = Field(key, start, types, value_at, self.pos, payload, self._mem, self.name)
 
     def _string_array(self, key: str, n: int) -> tuple:
         starts, lengths = np.empty(n, np.int64), np.empty(n, np.int64)
@@ -465,30 +473,21 @@ class GGUFTable:
         return RawTensor(tname, qtype, np.array(dims, np.uint64), prod(dims), n_bytes, start,
                          data.reshape(np_dims), info_at)
 
-    # -- values
-    def value_of(self, f: Field):
-        """A field's value: Python scalars, str (bad UTF-8 as U+FFFD, with a warning), lists."""
-        if f.types[0] == STRING:
-            return self._decode([f.payload[0]], [f.payload[1]], f.name)[0]
-        if f.types[0] == ARRAY:
-            if f.types[1] == STRING:
-                return self._decode(f.payload[0].tolist(), f.payload[1].tolist(), f.name)
-            return f.payload.tolist()
-        return f.payload
 
-    def _decode(self, starts, lengths, key) -> list:
-        mem, out, bad = self._mem, [], 0
-        for a, n in zip(starts, lengths):
-            raw = mem[a:a + n]
-            try:
-                out.append(str(raw, "utf-8"))
-            except UnicodeDecodeError:
-                out.append(str(raw, "utf-8", "replace"))
-                bad += 1
-        if bad:
-            log.warning("%s: %d of the strings in %s are not valid UTF-8; their bad bytes read as "
-                        "U+FFFD (as llama.cpp reads them)", self.name, bad, key)
-        return out
+def _decode(mem, starts, lengths, f: Field) -> list:
+    out, bad = [], 0
+    for a, n in zip(starts, lengths):
+        raw = mem[a:a + n]
+        try:
+            out.append(str(raw, "utf-8"))
+        except UnicodeDecodeError:
+            out.append(str(raw, "utf-8", "replace"))
+            bad += 1
+    if bad:
+        what = f"{bad} of the strings in {f.name} are" if f.types[0] == ARRAY else f"{f.name} is"
+        log.warning("%s: %s not valid UTF-8; the bad bytes read as U+FFFD (as llama.cpp reads "
+                    "them)", f.file, what)
+    return out
 
 
 # ---- the file -----------------------------------------------------------------------------------
