@@ -3,6 +3,7 @@ feeds only new tokens, reasoning splitting/filtering and stop tokens. Exact comp
 (no numeric error bounds apply). A fake tokenizer (one id per character, special strings as
 single ids) keeps these tests independent of vkinfer.tokenizer."""
 import datetime
+import json
 from pathlib import Path
 
 import pytest
@@ -355,3 +356,42 @@ def test_reasoning_filter_holds_back_partial_tags():
     assert f.flush() == [("<", False)]
     with pytest.raises(ValueError, match="reasoning mode"):
         ReasoningFilter("dim")
+
+
+def test_conversation_state_is_a_copy():
+    # A rollback restores a state taken before the turn; later turns must not change it.
+    tok = FakeTokenizer()
+    conv = Conversation(tok, template("Qwen-Qwen3-0.6B"))
+    _chat_turn(conv, tok, "Hi", "Hello!")
+    saved = conv.state()
+    frozen = json.dumps(saved)
+    _chat_turn(conv, tok, "More", "Sure.")
+    conv.add_user("And more")
+    assert json.dumps(saved) == frozen
+    conv.load_state(saved)
+    assert json.dumps(conv.state()) == frozen
+    again = Conversation(tok, template("Qwen-Qwen3-0.6B"))
+    _chat_turn(again, tok, "Hi", "Hello!")
+    assert conv.add_user("Bye") == again.add_user("Bye")
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s: [], "a JSON list, not an object"),
+    (lambda s: {k: v for k, v in s.items() if k != "marks"}, "no marks"),
+    (lambda s: {**s, "messages": [{"role": "user"}]}, "messages must be"),
+    (lambda s: {**s, "messages": "Hi"}, "messages must be"),
+    (lambda s: {**s, "fed_ids": [1, "2"]}, "fed_ids must be"),
+    (lambda s: {**s, "fed_ids": [1.5]}, "fed_ids must be"),
+    (lambda s: {**s, "fed_text": None}, "fed_text must be"),
+    (lambda s: {**s, "marks": [[0, 0], [5]]}, "marks must be a list"),
+    (lambda s: {**s, "marks": [[0, 0], [10 ** 6, 1]]}, "marks must start at"),
+])
+def test_conversation_load_state_refuses_bad_states(change, message):
+    tok = FakeTokenizer()
+    conv = Conversation(tok, template("Qwen-Qwen3-0.6B"))
+    _chat_turn(conv, tok, "Hi", "Hello!")
+    before = json.dumps(conv.state())
+    bad = change(json.loads(before))
+    with pytest.raises(VkInferError, match=message):
+        conv.load_state(bad)
+    assert json.dumps(conv.state()) == before

@@ -277,16 +277,17 @@ class Conversation:
         self.prompt_opens_reasoning = False
 
     def state(self) -> dict:
-        """JSON-able state, to save next to the model's session state."""
-        return {"messages": self.messages, "fed_ids": self.fed_ids, "fed_text": self.fed_text,
-                "marks": self.marks}
+        """JSON-able state, to save next to the model's session state: a copy, which later turns
+        leave as it is (so it can also roll a failed turn back)."""
+        return {"messages": [dict(m) for m in self.messages], "fed_ids": list(self.fed_ids),
+                "fed_text": self.fed_text, "marks": [list(m) for m in self.marks]}
 
     def load_state(self, state: dict):
+        """Take a state() back (from a file, maybe). A state with missing or wrong fields is a
+        VkInferError and leaves the conversation as it was."""
+        messages, fed_ids, fed_text, marks = _checked_state(state)
         self.reset()
-        self.messages = [dict(m) for m in state["messages"]]
-        self.fed_ids = list(state["fed_ids"])
-        self.fed_text = state["fed_text"]
-        self.marks = [tuple(m) for m in state["marks"]]
+        self.messages, self.fed_ids, self.fed_text, self.marks = messages, fed_ids, fed_text, marks
 
     def _feed_rest(self) -> list:
         rest = self.rendered[len(self.fed_text):]
@@ -304,3 +305,32 @@ class Conversation:
         opening = next((o for o, _ in REASONING_TAGS if tail.endswith(o)), None)
         self.prompt_opens_reasoning = opening is not None
         self._reasoning_prefix = self.rendered[len(tail) - len(opening):] if opening else ""
+
+
+def _checked_state(state) -> tuple:
+    """(messages, fed_ids, fed_text, marks) of a Conversation.state(), copied and checked."""
+    def fail(problem):
+        raise VkInferError(f"not a saved conversation: {problem}")
+
+    if not isinstance(state, dict):
+        fail(f"a JSON {type(state).__name__}, not an object")
+    missing = [k for k in ("messages", "fed_ids", "fed_text", "marks") if k not in state]
+    if missing:
+        fail(f"no {', '.join(missing)}")
+    messages, fed_ids, fed_text, marks = (state[k] for k in ("messages", "fed_ids", "fed_text", "marks"))
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        fail("messages must be a list of {role, content} strings")
+    if not isinstance(fed_ids, list) or not all(type(i) is int and i >= 0 for i in fed_ids):
+        fail("fed_ids must be a list of token ids")
+    if not isinstance(fed_text, str):
+        fail("fed_text must be a string")
+    if not isinstance(marks, list) or not all(
+            isinstance(m, (list, tuple)) and len(m) == 2 and all(type(x) is int for x in m) for m in marks):
+        fail("marks must be a list of [tokens, characters] pairs")
+    marks = [tuple(m) for m in marks]
+    bounds = [(0, 0), *marks, (len(fed_ids), len(fed_text))]
+    if not marks or marks[0] != (0, 0) or any(a[0] > b[0] or a[1] > b[1] for a, b in zip(bounds, bounds[1:])):
+        fail("marks must start at [0, 0] and grow within fed_ids and fed_text")
+    return [dict(m) for m in messages], list(fed_ids), fed_text, marks
