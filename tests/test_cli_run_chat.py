@@ -119,7 +119,7 @@ def test_chat_runs_the_zaya_fixture(zaya_path):
 def test_session_save_load_round_trip(tmp_path, zaya_path):
     """A saved session continues exactly like the original; position-indexed state (the KV
     cache) is saved only up to n_past."""
-    model = load(zaya_path, n_ctx=256)
+    model = load(zaya_path, n_ctx=256, n_seq=2)
     ids = np.load(FIX / "zaya-small-q4_k_m.ref.npz")["prompt_ids"].tolist()
     s = model.session()
     s.eval(ids[:10])

@@ -107,9 +107,11 @@ class RunTimer:
         graph.run = timed_run
 
 
-def run_tests(model, n_prompt: int, n_gen: int, reps: int, seed: int = 0) -> tuple[list, dict]:
-    """[Result] for pp<n_prompt> and tg<n_gen> (a test with 0 tokens is skipped), and the decode
-    timing split {"eval_s", "run_s", "steps"} over the tg repetitions."""
+def run_tests(model, n_prompt: int, n_gen: int, reps: int, seed: int = 0,
+              parallel: tuple = ()) -> tuple[list, dict]:
+    """[Result] for pp<n_prompt> and tg<n_gen> (a test with 0 tokens is skipped), tg<n_gen>xB
+    (B sequences decoded together: aggregate tokens/s) for each B > 1 in `parallel`, and the
+    decode timing split {"eval_s", "run_s", "steps"} over the tg repetitions."""
     f, dev = model.file, model.dev
     rng = np.random.default_rng(seed)
     n_ids = min(model.n_vocab, len(f.get("tokenizer.ggml.tokens") or []) or model.n_vocab)
@@ -135,7 +137,7 @@ def run_tests(model, n_prompt: int, n_gen: int, reps: int, seed: int = 0) -> tup
         for rep in range(reps + 1):
             session.reset()
             if rep == 1:
-                for g in session._graphs.values():
+                for g in model._graphs.values():
                     timer.wrap(g)
             eval_s = 0.0
             for token in tokens:
@@ -148,7 +150,30 @@ def run_tests(model, n_prompt: int, n_gen: int, reps: int, seed: int = 0) -> tup
                 split["steps"] += n_gen
         split["run_s"] = timer.seconds
         results.append(row)
+    session.close()
+    for B in sorted(set(parallel) - {1}) if n_gen else ():
+        results.append(_parallel_decode(model, base, B, n_gen, reps, rng, n_ids))
     return results, split
+
+
+def _parallel_decode(model, base: dict, B: int, n_gen: int, reps: int, rng, n_ids: int) -> "Result":
+    """B sessions, each fed a token per step, all in one batched step: aggregate tokens/s."""
+    sessions = [model.session() for _ in range(B)]
+    tokens = rng.integers(0, n_ids, (n_gen, B)).tolist()
+    row = Result(**base, test=f"tg{n_gen}x{B}", n_tokens=n_gen * B)
+    try:
+        for rep in range(reps + 1):
+            for s in sessions:
+                s.reset()
+            t0 = time.perf_counter()
+            for step in tokens:
+                model.eval_batch([(s, [t]) for s, t in zip(sessions, step)])
+            if rep:
+                row.samples.append(n_gen * B / (time.perf_counter() - t0))
+    finally:
+        for s in sessions:
+            s.close()
+    return row
 
 
 # ---- roofline -------------------------------------------------------------------------------------
@@ -275,13 +300,15 @@ def _flops(node) -> int:
     return 0
 
 
-def profile(model, n_tokens: int = 1, reps: int = 3) -> dict:
-    """Replay time of the graph for a chunk of n_tokens (1: a decode step), of the graphs
-    holding only each kernel's dispatches, and of as many empty-sized dispatches (the fixed
-    cost of a dispatch)."""
-    session = model.session()
-    session.eval([0] * n_tokens)
-    full = session._graphs[(n_tokens, False)]
+def profile(model, n_tokens: int = 1, reps: int = 3, n_seq: int = 1) -> dict:
+    """Replay time of the graph for a step of n_seq sequences of n_tokens each (1: a decode
+    step), of the graphs holding only each kernel's dispatches, and of as many empty-sized
+    dispatches (the fixed cost of a dispatch)."""
+    sessions = [model.session() for _ in range(n_seq)]
+    model.eval_batch([(s, [0] * n_tokens) for s in sessions])
+    for s in sessions:
+        s.close()
+    full = model._graphs[(n_seq, n_tokens, False)]
     kernels = {}
     for node in full.nodes:
         kernels.setdefault(node[0], []).append(node)
@@ -300,7 +327,7 @@ def profile(model, n_tokens: int = 1, reps: int = 3) -> dict:
     g = Graph(model.dev, "profile-empty")
     for _ in range(len(full.nodes)):
         g.dispatch("fill_words", [], [tiny.buf], [0, 4, 0], groups=1)
-    return {"n_tokens": n_tokens, "step_ms": 1e3 * _replay_seconds(full, reps),
+    return {"n_tokens": n_tokens, "n_seq": n_seq, "step_ms": 1e3 * _replay_seconds(full, reps),
             "dispatches": len(full.nodes), "empty_dispatches_ms": 1e3 * _replay_seconds(g, reps),
             "kernels": rows}
 
@@ -308,16 +335,18 @@ def profile(model, n_tokens: int = 1, reps: int = 3) -> dict:
 # ---- the command --------------------------------------------------------------------------------------
 def bench(path, n_prompt: int = 512, n_gen: int = 128, reps: int = 3, n_batch: int = 32,
           device=None, with_roofline: bool = False, with_profile: bool = False,
-          ruler_size: int | None = None) -> dict:
+          ruler_size: int | None = None, parallel: tuple = ()) -> dict:
     """Everything `vkinfer bench` prints, as a dict."""
     from .engine import Model
     load = os.getloadavg()
     rulers = [measure_bandwidth(device, ruler_size)] if with_roofline else []
     t0 = time.perf_counter()
-    model = Model(path, device=device, n_ctx=max(n_prompt, n_gen, 1), n_batch=n_batch, quiet=True)
+    n_seq = max((1, *parallel))
+    model = Model(path, device=device, n_ctx=max(n_prompt, n_gen, 1), n_batch=n_batch, quiet=True,
+                  n_seq=n_seq, cache_mb=0)
     load_s = time.perf_counter() - t0
     try:
-        results, split = run_tests(model, n_prompt, n_gen, reps)
+        results, split = run_tests(model, n_prompt, n_gen, reps, parallel=parallel)
         out = {"results": results, "load_s": load_s, "n_batch": n_batch, "reps": reps,
                "host": platform.node(), "cpus": os.cpu_count()}
         if with_roofline:
@@ -327,6 +356,8 @@ def bench(path, n_prompt: int = 512, n_gen: int = 128, reps: int = 3, n_batch: i
             out["profiles"] = [profile(model, 1, reps)]
             if n_prompt:
                 out["profiles"].append(profile(model, min(n_batch, n_prompt), reps))
+            if n_seq > 1:
+                out["profiles"].append(profile(model, 1, reps, n_seq))
     finally:
         model.close()
     out["loadavg"] = [load, os.getloadavg()]
@@ -357,6 +388,8 @@ def report(out: dict) -> str:
                  f"on {out['cpus']} CPUs")
     for prof in out.get("profiles", []):
         what = "decode step" if prof["n_tokens"] == 1 else f"prompt micro-batch of {prof['n_tokens']} tokens"
+        if prof.get("n_seq", 1) > 1:
+            what = f"batched decode step of {prof['n_seq']} sequences"
         lines.append(f"{what}: {prof['step_ms']:.2f} ms for {prof['dispatches']} dispatches "
                      f"(as many empty dispatches: {prof['empty_dispatches_ms']:.2f} ms)")
         lines.append(f"    {'kernel':24} {'n':>4} {'ms':>9} {'%':>6} {'weight MB':>10} {'GB/s':>7} {'GFLOP/s':>8}")

@@ -162,29 +162,32 @@ def sampling_args(args) -> dict:
 
 
 def cmd_run(args) -> int:
+    import time
     sampling = sampling_args(args)
     model = open_model(args)
     tok = model.tokenizer
     ids = tok.encode(args.prompt)
     if not ids:
         raise VkInferError("the prompt is empty and the model adds no BOS token; give a prompt with -p")
-    session = model.session()
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    for text in model.generate(ids, max_tokens=args.n_predict, session=session, **sampling):
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    t0 = time.perf_counter()
+    t_first, n_gen = None, 0
+    with model.session() as session:
+        for _, text, _ in model.stream(ids, max_tokens=args.n_predict, session=session, **sampling):
+            if t_first is None:
+                t_first = time.perf_counter()    # the prompt is in, and its first token sampled
+            n_gen += 1
+            sys.stdout.write(text)
+            sys.stdout.flush()
     sys.stdout.write("\n")
-    print(speed_report(session.timings), file=sys.stderr)
+    t_end = time.perf_counter()
+    print(speed_report(len(ids), (t_first or t_end) - t0, n_gen, t_end - (t_first or t_end)), file=sys.stderr)
     return 0
 
 
-def speed_report(timings) -> str:
-    """'prompt: N tokens in S s (R tokens/s); generation: ...' from a session's eval timings."""
-    if not timings:
-        return "nothing evaluated"
-    (n_prompt, t_prompt), rest = timings[0], timings[1:]
-    n_gen, t_gen = sum(n for n, _ in rest), sum(t for _, t in rest)
+def speed_report(n_prompt: int, t_prompt: float, n_gen: int, t_gen: float) -> str:
+    """'prompt: N tokens in S s (R tokens/s); generation: ...'."""
     line = f"prompt: {n_prompt} tokens in {t_prompt:.2f} s ({n_prompt / max(t_prompt, 1e-9):.1f} tokens/s)"
     if n_gen:
         line += f"; generation: {n_gen} tokens in {t_gen:.2f} s ({n_gen / max(t_gen, 1e-9):.1f} tokens/s)"
@@ -232,6 +235,8 @@ def add_bench_commands(commands):
     bench.add_argument("--roofline", action="store_true",
                        help="measure read bandwidth; decode speed against its ideal; Python overhead")
     bench.add_argument("--profile", action="store_true", help="time a decode step kernel by kernel")
+    bench.add_argument("--parallel", type=_int_list, default=(), metavar="B,B,...",
+                       help="also decode B sequences together (aggregate tokens/s), e.g. 1,2,4,8")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
     add_global_options(bench, defaults=False)
     bench.set_defaults(run=cmd_bench)
@@ -246,13 +251,24 @@ def add_bench_commands(commands):
     synth.set_defaults(run=cmd_synth)
 
 
+def _int_list(text: str) -> tuple:
+    import argparse
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 separated by commas, not {text!r}")
+    return values
+
+
 def cmd_bench(args) -> int:
     import json
     from .bench import bench, report, to_json
     if args.n_prompt < 0 or args.n_gen < 0 or args.repetitions < 1 or args.batch < 1:
         raise VkInferError("-p and -n must be >= 0, -r and -b >= 1")
     out = bench(args.model, args.n_prompt, args.n_gen, args.repetitions, args.batch, args.device,
-                with_roofline=args.roofline, with_profile=args.profile)
+                with_roofline=args.roofline, with_profile=args.profile, parallel=args.parallel)
     print(json.dumps(to_json(out), indent=1) if args.json else report(out))
     return 0
 

@@ -20,6 +20,7 @@ from .errors import VkInferError
 from .gguf import open_gguf
 from .gpu import Device, Graph, Tensor
 from .gpu.tensor import nbytes_of
+from .gpu.weights import as_weight
 from .loader import check_fits, device_memory, upload_tensors
 from .ops import copy as copy_ops
 from .ops import matmul as mm
@@ -237,7 +238,7 @@ class Model:
             self._sessions = weakref.WeakValueDictionary()     # slot -> its open Session
             self.step = self.dev.empty((3, self.max_rows), "u32", kind="host", name="step")
             self._step_view = self.step.buf.view()[:3 * self.max_rows].reshape(3, self.max_rows)
-            self.logits_parts = self._logits_buffers()
+            self.logits_blocks = self._logits_buffers()
             self.h_last = self.dev.empty((self.max_rows, self.impl.p.n_embd), name="h_last")
             self._graphs = {}
             budget = 0.1 * device_memory(self.dev) if cache_mb is None else cache_mb * 2**20
@@ -249,16 +250,19 @@ class Model:
         self._tokenizer = None
 
     def _logits_buffers(self) -> list:
-        """Host buffers for up to max_rows rows of logits, split by rows within the binding limit:
-        [(first row, Tensor [rows, n_vocab])]."""
-        per_row = 4 * self.n_vocab
-        fit = max(1, self.dev.max_binding_bytes // per_row)
-        if per_row > self.dev.max_binding_bytes:
-            raise VkInferError(f"one row of logits ({per_row} bytes) exceeds the device's binding limit "
-                               f"of {self.dev.max_binding_bytes} bytes")
-        return [(r, self.dev.empty((min(fit, self.max_rows - r), self.n_vocab), "f32", kind="host",
-                                   name=f"logits{r}"))
-                for r in range(0, self.max_rows, fit)]
+        """Host buffers for up to max_rows rows of logits, within the binding limit: split by
+        rows, and by vocabulary along the output matrix's own parts. [(first row, first
+        column, output weight part, Tensor [rows, columns])]."""
+        W = as_weight(self.impl.output)
+        widest = max(part.shape[0] for _, part in W.parts)
+        fit = self.dev.max_binding_bytes // (4 * widest)
+        if fit < 1:
+            raise VkInferError(f"a row of {widest} logits exceeds the device's binding limit of "
+                               f"{self.dev.max_binding_bytes} bytes")
+        rows = min(self.max_rows, fit)
+        return [(r, c, part, self.dev.empty((min(rows, self.max_rows - r), part.shape[0]), "f32",
+                                            kind="host", name=f"logits{r}.{c}"))
+                for r in range(0, self.max_rows, rows) for c, part in W.parts]
 
     # ---- lifetime ------------------------------------------------------------------------------
     def _check_open(self):
@@ -411,11 +415,10 @@ class Model:
 
     def _read_logits(self, n_rows: int) -> np.ndarray:
         out = np.empty((n_rows, self.n_vocab), np.float32)
-        for r0, part in self.logits_parts:
-            n = min(part.shape[0], n_rows - r0)
-            if n <= 0:
-                break
-            out[r0:r0 + n] = part.buf.view()[:n * self.n_vocab].view(np.float32).reshape(n, self.n_vocab)
+        for r0, c0, _, block in self.logits_blocks:
+            n, cols = min(block.shape[0], n_rows - r0), block.shape[1]
+            if n > 0:
+                out[r0:r0 + n, c0:c0 + cols] = block.buf.view()[:n * cols].view(np.float32).reshape(n, cols)
         return out
 
     def _maybe_checkpoint(self, s: "Session", T: int):
@@ -451,10 +454,10 @@ class Model:
             last = copy_ops.copy(g, Tensor(x.buf, (B, E), "f32", x.offset + (T - 1) * E, (T * E, 1)),
                                  out=self.h_last.slice(0, 0, B))
         h = norm.rms_norm(g, last, impl.output_norm, impl.p.eps, out=self.h_last.slice(0, 0, last.shape[0]))
-        for r0, part in self.logits_parts:
-            n = min(part.shape[0], h.shape[0] - r0)
+        for r0, _, weight, block in self.logits_blocks:
+            n = min(block.shape[0], h.shape[0] - r0)
             if n > 0:
-                mm.matmul(g, impl.output, h.slice(0, r0, r0 + n), out=part.slice(0, 0, n))
+                mm.matmul(g, weight, h.slice(0, r0, r0 + n), out=block.slice(0, 0, n))
 
     def layer_outputs(self, session: "Session", ids) -> np.ndarray:
         """Debugging: the residual stream after every layer [n_taps, T, n_embd] for one chunk of
