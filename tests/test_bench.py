@@ -61,7 +61,8 @@ def test_decode_bytes_counts_one_expert(zaya_weights_only):
     embd = f.tensors["token_embd.weight"]
     want = sum(t.nbytes // e if "_exps." in n else t.nbytes for n, t in f.tensors.items())
     assert need["weights"] == want + embd.nbytes // embd.shape[0]
-    assert need["kv"] == 2 * 4 * (f.params.n_block // 2) * f.params.n_head_kv * f.params.head_dim * 12
+    p = f.params          # K by the key width and V by the value width, 10 rows + 2
+    assert need["kv"] == 4 * (p.n_block // 2) * p.n_head_kv * (p.head_dim + p.value_dim) * 12
 
 
 @pytest.mark.parametrize("qtype", list(synth.BLOCKS))

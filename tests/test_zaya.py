@@ -145,10 +145,13 @@ def test_f16_kv_cache(zaya_path, ref):
 
 
 def test_bad_options_are_refused(zaya_path):
-    with pytest.raises(ValueError, match="skip_mode 'sometimes'"):
+    from vkinfer import VkInferError
+    with pytest.raises(VkInferError, match="skip_mode 'sometimes' is not one of"):
         Model(zaya_path, n_ctx=16, quiet=True, skip_mode="sometimes")
-    with pytest.raises(ValueError, match="kv_type 'q8'"):
+    with pytest.raises(VkInferError, match="kv_type 'q8'"):
         Model(zaya_path, n_ctx=16, quiet=True, kv_type="q8")
+    with pytest.raises(VkInferError, match="mamba models take no option 'kv_type'"):
+        Model(Path(__file__).parent / "fixtures" / "mamba-tiny-q8_0.gguf", n_ctx=16, quiet=True, kv_type="f16")
 
 
 # ---- contiguity (issue 5 item 2) -----------------------------------------------------------------

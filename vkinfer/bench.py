@@ -223,9 +223,10 @@ def measure_bandwidth(device=None, total_bytes: int | None = None, reps: int = 3
         dev.close()
 
 
-def decode_bytes(f, n_past: float, kv_elem_bytes: int = 4) -> dict:
+def decode_bytes(f, n_past: float, kv_type: str = "f32") -> dict:
     """Bytes one decode step at context n_past must move: weights it reads, recurrent state
     (read and written), KV cache (read, plus the new row written)."""
+    from .models import ARCHITECTURES
     p = f.params
     tied = "output.weight" not in f.tensors
     weights = 0
@@ -236,12 +237,9 @@ def decode_bytes(f, n_past: float, kv_elem_bytes: int = 4) -> dict:
             weights += t.nbytes // t.shape[0] * p.n_expert_used
         else:
             weights += t.nbytes
-    if f.arch == "zaya":
-        n_cca = p.n_block // 2
-        state = 2 * 4 * n_cca * (2 * p.n_qk + p.n_embd)
-        kv = 2 * kv_elem_bytes * n_cca * p.n_head_kv * p.head_dim * (n_past + 2)     # K and V rows, + the new one
-    else:
-        state, kv = 2 * p.state_bytes(0), 0
+    options = {"kv_type": kv_type} if "kv_type" in ARCHITECTURES[f.arch].OPTIONS else {}
+    state, kv = ARCHITECTURES[f.arch].slot_state_bytes(f, n_past + 2, **options)   # K/V rows + the new one
+    state *= 2                                                                   # read and written
     return {"weights": weights, "state": state, "kv": int(kv), "total": int(weights + state + kv)}
 
 
@@ -249,8 +247,7 @@ def roofline(model, results: list, split: dict, n_gen: int, rulers: list) -> dic
     """Decode speed against the bandwidth the rulers measured (their mean: they run just
     before and just after the speed tests, so they share the load those saw)."""
     gbps = statistics.fmean(r["gbps"] for r in rulers)
-    kv_elem_bytes = {"f32": 4, "f16": 2}[getattr(model.impl, "kv_type", "f32")]
-    need = decode_bytes(model.file, n_gen / 2, kv_elem_bytes)
+    need = decode_bytes(model.file, n_gen / 2, getattr(model.impl, "kv_type", "f32"))
     ideal = gbps * 1e9 / need["total"]
     tg = next((r for r in results if r.test.startswith("tg")), None)
     out = {"bandwidth_gbps": gbps, "rulers": rulers, "decode_bytes": need, "ideal_tps": ideal}

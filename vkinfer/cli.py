@@ -115,6 +115,10 @@ def add_model_options(p: argparse.ArgumentParser, defaults: dict = GREEDY):
     p.add_argument("-c", "--ctx", type=int, default=4096, help="context size in tokens")
     p.add_argument("-b", "--batch", type=int, default=32, help="prompt micro-batch size")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar while loading")
+    p.add_argument("--cache-mb", type=float, default=None,
+                   help="prefix-state cache size in MiB (default: 10%% of device memory; 0 = off)")
+    p.add_argument("--checkpoint-every", type=int, default=256,
+                   help="a long prompt leaves a cached state every N tokens (default 256)")
     p.add_argument("--kv-type", choices=("f32", "f16"), default=None,
                    help="KV cache type for attention models (ZAYA1; default f32)")
     p.add_argument("--skip-mode", choices=("zero", "identity", "never"), default=None,
@@ -142,11 +146,13 @@ def open_model(args):
     path = resolve_model(args.model)
     if options:
         from .gguf import open_gguf
+        from .models import ARCHITECTURES
         arch = open_gguf(path, weights=False).arch
-        if arch != "zaya":
+        if arch in ARCHITECTURES and not set(options) <= set(ARCHITECTURES[arch].OPTIONS):
             raise VkInferError(f"--kv-type and --skip-mode apply to ZAYA1 models, not {arch}")
     return Model(path, device=args.device, n_ctx=args.ctx, n_batch=args.batch, quiet=args.quiet,
-                 **options)
+                 n_seq=getattr(args, "parallel", 1), cache_mb=args.cache_mb,
+                 checkpoint_every=args.checkpoint_every, **options)
 
 
 def sampling_args(args) -> dict:
@@ -202,7 +208,8 @@ def cmd_chat(args) -> int:
 
 def cmd_info(args) -> int:
     from dataclasses import asdict
-    from .gguf import memory_estimate, open_gguf
+    from .gguf import open_gguf
+    from .loader import memory_needed
 
     f = open_gguf(args.model)
     print(f"{f.path.name}: {f.arch}, {f.n_params() / 1e6:.1f}M parameters, "
@@ -218,7 +225,7 @@ def cmd_info(args) -> int:
           f"tokenizer model {f.get('tokenizer.ggml.model', 'none')!r}"
           f" (pre-tokenizer {f.get('tokenizer.ggml.pre', 'default')!r})")
     print(f"chat template: {'present' if f.get('tokenizer.chat_template') else 'none'}")
-    mem = memory_estimate(f, args.ctx)
+    mem = memory_needed(f, args.ctx)
     print(f"device memory at context {args.ctx}: " +
           ", ".join(f"{k} {format_bytes(v)}" for k, v in mem.items()))
     return 0

@@ -220,6 +220,13 @@ class Model:
             raise VkInferError(f"{self.file.path.name}: architecture '{self.file.arch}' has no GPU "
                                f"implementation yet (supported: {', '.join(arches)})")
         self.arch = self.file.arch
+        allowed = arches[self.arch].OPTIONS
+        for key, value in options.items():
+            if key not in allowed:
+                raise VkInferError(f"{self.arch} models take no option {key!r}"
+                                   + (f" (they take {', '.join(allowed)})" if allowed else ""))
+            if value not in allowed[key]:
+                raise VkInferError(f"{key} {value!r} is not one of {', '.join(allowed[key])}")
         self.n_ctx, self.n_batch, self.n_seq = int(n_ctx), int(n_batch), int(n_seq)
         self.checkpoint_every = int(checkpoint_every)
         # Rows a step can hold: a prompt micro-batch, or one token of every slot (padded).
@@ -227,7 +234,7 @@ class Model:
         self.dev = Device(device)
         self._closed = False
         try:
-            check_fits(self.dev, self.file, self.n_ctx, self.n_seq)
+            check_fits(self.dev, self.file, self.n_ctx, self.n_batch, self.n_seq, **options)
             t0 = time.perf_counter()
             tensors = upload_tensors(self.dev, self.file, quiet)
             log.info("uploaded %.1f MB in %.2f s", self.file.weight_bytes() / 1e6, time.perf_counter() - t0)

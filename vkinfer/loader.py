@@ -32,12 +32,21 @@ def device_memory(dev) -> int:
     return have
 
 
-def check_fits(dev, f: GGUFFile, n_ctx: int, n_seq: int = 1) -> dict:
-    """The memory estimate (state for n_seq slots); a VkInferError naming both numbers when it
-    exceeds the device heap."""
-    need = memory_estimate(f, n_ctx)
-    need["total"] += (n_seq - 1) * need["state"]
-    need["state"] *= n_seq
+def memory_needed(f: GGUFFile, n_ctx: int, n_batch: int = 32, n_seq: int = 1, **options) -> dict:
+    """Device bytes: weights as stored, the state of n_seq slots at n_ctx (the architecture's
+    own count, KV caches in their type), scratch for a step of max(n_batch, n_seq) rows."""
+    from .models import ARCHITECTURES
+    need = memory_estimate(f, n_ctx, max(n_batch, n_seq))
+    cls = ARCHITECTURES.get(f.arch)
+    if cls is not None:
+        need["state"] = n_seq * sum(cls.slot_state_bytes(f, n_ctx, **options))
+    need["total"] = sum(v for k, v in need.items() if k != "total")
+    return need
+
+
+def check_fits(dev, f: GGUFFile, n_ctx: int, n_batch: int = 32, n_seq: int = 1, **options) -> dict:
+    """The memory estimate; a VkInferError naming both numbers when it exceeds the device heap."""
+    need = memory_needed(f, n_ctx, n_batch, n_seq, **options)
     have = device_memory(dev)
     if have and need["total"] > have:
         parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in need.items() if k != "total")

@@ -13,6 +13,13 @@ from ..ops import norm, ssm
 
 class Mamba:
     """Records batched steps over the engine's slotted state pool."""
+    OPTIONS = {}              # option -> allowed values (vkinfer.load(..., **options))
+
+    @staticmethod
+    def slot_state_bytes(f, n_ctx: int, **options) -> tuple:
+        """(recurrent state bytes, KV-cache bytes) of one slot at context n_ctx."""
+        p = f.params
+        return 4 * p.n_layer * p.d_inner * (p.d_conv - 1 + p.d_state), 0
 
     def __init__(self, dev, f, weights: dict, n_ctx: int, max_rows: int):
         self.dev, self.p, self.w = dev, f.params, weights

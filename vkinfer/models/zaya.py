@@ -55,6 +55,18 @@ class Zaya:
 
     Options: skip_mode (SKIP_MODES; "zero" is the reference) and kv_type ("f32", or "f16" for
     a half-size KV cache)."""
+    OPTIONS = {"skip_mode": SKIP_MODES, "kv_type": KV_TYPES}
+
+    @staticmethod
+    def slot_state_bytes(f, n_ctx: int, kv_type: str = "f32", **options) -> tuple:
+        """(recurrent state bytes, KV-cache bytes) of one slot at context n_ctx: per CCA block
+        the conv state, the delayed value, and K and V (each by its own head width)."""
+        p = f.params
+        n_cca = len(range(0, p.n_block, 2))
+        grouped_taps = f.tensors["blk.0.cca_conv_grp.weight"].shape[-1]
+        conv_width = p.d_conv - 1 + grouped_taps - 1
+        kv = n_cca * n_ctx * p.n_head_kv * (p.head_dim + p.value_dim) * (2 if kv_type == "f16" else 4)
+        return 4 * n_cca * (p.n_qk * conv_width + p.n_embd), kv
 
     def __init__(self, dev, f, weights: dict, n_ctx: int, max_rows: int, skip_mode: str = "zero",
                  kv_type: str = "f32"):
