@@ -148,3 +148,12 @@ def test_chat_message_past_the_context_keeps_the_conversation(model):
         runner.turn("a long message " * 5, lambda text, r: None)
     assert runner.conv.state() == state and runner.session.n_past == n_past
     small.close()
+
+
+def test_run_until_the_context_is_full_and_bad_counts():
+    res = vkinfer("run", MODEL, "-p", "Hello there", "-n", -1, "-c", 12, "--ignore-eos", "-q")
+    assert res.returncode == 0, res.stderr
+    assert "stopped at the end of the context (12 tokens" in res.stderr
+    assert "generation: 11 tokens" in res.stderr and "load: " in res.stderr and "warm-up" in res.stderr
+    res = vkinfer("run", MODEL, "-p", "Hello", "-n", -3, "-q")
+    assert res.returncode == 1 and "-n must be at least 1" in res.stderr and "Traceback" not in res.stderr

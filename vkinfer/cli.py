@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="continue a prompt and stream the text")
     run.add_argument("model", nargs="?", help="GGUF file (default: the bundled demo model)")
     run.add_argument("-p", "--prompt", default="", help="text to continue")
-    run.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate")
+    run.add_argument("-n", "--n-predict", type=int, default=64,
+                     help="tokens to generate; -1 = until the context is full or the end of text")
+    run.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
     add_model_options(run)
     add_global_options(run, defaults=False)
     run.set_defaults(run=cmd_run)
@@ -150,9 +152,17 @@ def open_model(args):
         arch = open_gguf(path, weights=False).arch
         if arch in ARCHITECTURES and not set(options) <= set(ARCHITECTURES[arch].OPTIONS):
             raise VkInferError(f"--kv-type and --skip-mode apply to ZAYA1 models, not {arch}")
-    return Model(path, device=args.device, n_ctx=args.ctx, n_batch=args.batch, quiet=args.quiet,
-                 n_seq=getattr(args, "parallel", 1), cache_mb=args.cache_mb,
-                 checkpoint_every=args.checkpoint_every, **options)
+    import time
+    t0 = time.perf_counter()
+    model = Model(path, device=args.device, n_ctx=args.ctx, n_batch=args.batch, quiet=args.quiet,
+                  n_seq=getattr(args, "parallel", 1), cache_mb=args.cache_mb,
+                  checkpoint_every=args.checkpoint_every, **options)
+    t1 = time.perf_counter()
+    if not args.quiet:
+        print("vkinfer: compiling kernels…", file=sys.stderr, flush=True)
+    model.warm_up()
+    model.load_seconds, model.warm_up_seconds = t1 - t0, time.perf_counter() - t1
+    return model
 
 
 def sampling_args(args) -> dict:
@@ -170,6 +180,8 @@ def sampling_args(args) -> dict:
 def cmd_run(args) -> int:
     import time
     sampling = sampling_args(args)
+    if args.n_predict < -1 or args.n_predict == 0:
+        raise VkInferError(f"-n must be at least 1, or -1 for until the context is full (not {args.n_predict})")
     model = open_model(args)
     tok = model.tokenizer
     ids = tok.encode(args.prompt)
@@ -177,26 +189,39 @@ def cmd_run(args) -> int:
         raise VkInferError("the prompt is empty and the model adds no BOS token; give a prompt with -p")
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
+    if len(ids) >= model.n_ctx:
+        raise VkInferError(f"the prompt has {len(ids)} tokens, the context {model.n_ctx}; "
+                           "raise it with -c/--ctx or shorten the prompt")
+    max_tokens = model.n_ctx if args.n_predict == -1 else args.n_predict
     t0 = time.perf_counter()
-    t_first, n_gen = None, 0
+    t_first, n_gen, finish = None, 0, None
     with model.session() as session:
-        for _, text, _ in model.stream(ids, max_tokens=args.n_predict, session=session, **sampling):
+        for _, text, finish in model.stream(ids, max_tokens=max_tokens, session=session,
+                                            ignore_eos=args.ignore_eos, **sampling):
             if t_first is None:
                 t_first = time.perf_counter()    # the prompt is in, and its first token sampled
             n_gen += 1
             sys.stdout.write(text)
             sys.stdout.flush()
+        full = session.n_past >= model.n_ctx - 1 and finish == "length" and n_gen < max_tokens
     sys.stdout.write("\n")
     t_end = time.perf_counter()
-    print(speed_report(len(ids), (t_first or t_end) - t0, n_gen, t_end - (t_first or t_end)), file=sys.stderr)
+    if full:
+        print(f"vkinfer: stopped at the end of the context ({model.n_ctx} tokens; raise it with -c)",
+              file=sys.stderr)
+    print(speed_report(len(ids), (t_first or t_end) - t0, n_gen, t_end - (t_first or t_end),
+                       model.load_seconds, model.warm_up_seconds), file=sys.stderr)
     return 0
 
 
-def speed_report(n_prompt: int, t_prompt: float, n_gen: int, t_gen: float) -> str:
-    """'prompt: N tokens in S s (R tokens/s); generation: ...'."""
+def speed_report(n_prompt: int, t_prompt: float, n_gen: int, t_gen: float, t_load: float = None,
+                 t_warm: float = None) -> str:
+    """'load: S s; warm-up: S s; prompt: N tokens in S s (R tokens/s); generation: ...'."""
     line = f"prompt: {n_prompt} tokens in {t_prompt:.2f} s ({n_prompt / max(t_prompt, 1e-9):.1f} tokens/s)"
     if n_gen:
         line += f"; generation: {n_gen} tokens in {t_gen:.2f} s ({n_gen / max(t_gen, 1e-9):.1f} tokens/s)"
+    if t_warm is not None:
+        line = f"load: {t_load:.2f} s; warm-up (kernels): {t_warm:.2f} s; " + line
     return line
 
 

@@ -435,6 +435,14 @@ class Model:
                 (s.n_past - T) // self.checkpoint_every != s.n_past // self.checkpoint_every:
             s.checkpoint()
 
+    def warm_up(self):
+        """Record the decode and the prompt micro-batch graphs now, so that their kernels are
+        compiled (seconds on lavapipe the first time) before the first token, not during it."""
+        for T in sorted({1, self.n_batch}):
+            if (1, T, False) not in self._graphs:
+                g = self._graphs[(1, T, False)] = self._record(1, T, False)
+                g.record()
+
     def _inputs(self, B: int, T: int) -> dict:
         N = B * T
         return {"ids": self.step[0].slice(0, 0, N), "positions": self.step[1].slice(0, 0, N),
