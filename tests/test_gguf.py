@@ -18,6 +18,7 @@ from vkinfer.tokenizer import Tokenizer
 
 FIX = Path(__file__).parent / "fixtures"
 MAMBA = FIX / "mamba-tiny-q4_k_m.gguf"
+DEMO = Path(__file__).parent.parent / "vkinfer" / "data" / "demo-mamba.gguf"
 
 
 def cli(*args):
@@ -99,6 +100,19 @@ def test_missing_tensor(tmp_path):
     expect_error(p, "missing tensor blk.1.ssm_out.weight")
 
 
+@pytest.mark.parametrize("drop,tensors,pattern", [
+    ({"blk.0.ssm_conv1d.bias"}, None, "missing tensor blk.0.ssm_conv1d.bias"),
+    ((), {"output.weight": (np.zeros((100, 256), np.float32), "F32")},
+     r"tensor output.weight has shape \[100, 256\], expected \[4096, 256\]"),
+])
+def test_tensor_the_model_needs(tmp_path, drop, tensors, pattern):
+    # Both passed the checks and failed later: a KeyError in run, a shape error inside matmul.
+    p = tmp_path / "bad.gguf"
+    rewrite_gguf(DEMO, p, drop=drop, tensors=tensors)
+    with pytest.raises(GGUFError, match=pattern):
+        open_gguf(p)
+
+
 def test_missing_key(tmp_path):
     p = tmp_path / "nokey.gguf"
     rewrite_gguf(MAMBA, p, fields={"mamba.ssm.state_size": None})
@@ -136,7 +150,6 @@ def test_zaya_early_draft_names_load(tmp_path, zaya_weights_only):
 
 
 # ---- counts, types, values and layouts from a corrupt file (byte-level edits) --------------------
-DEMO = Path(__file__).parent.parent / "vkinfer" / "data" / "demo-mamba.gguf"
 
 
 @pytest.fixture(scope="module")

@@ -179,6 +179,13 @@ def zaya_tensors(p: ZayaParams, n_vocab: int) -> dict:
 EXPECTED_TENSORS = {"mamba": mamba_tensors, "zaya": zaya_tensors}
 
 
+def optional_shapes(arch: str, p, n_vocab: int) -> dict:
+    """Shapes of the optional tensors (None in EXPECTED_TENSORS), checked when present."""
+    if arch == "mamba":
+        return {"output.weight": (n_vocab, p.n_embd)}
+    return {f"blk.{i}.ssm_conv1d.bias": (p.n_qk,) for i in range(0, p.n_block, 2)}
+
+
 # ---- the container: a bounded reader ------------------------------------------------------------
 # GGUF value types: scalar type id -> (struct format, numpy dtype); 8 is a string, 9 an array.
 _SCALARS = {0: ("<B", "<u1"), 1: ("<b", "<i1"), 2: ("<H", "<u2"), 3: ("<h", "<i2"), 4: ("<I", "<u4"),
@@ -589,12 +596,14 @@ class GGUFFile:
             raise GGUFError(f"{name}: tensor token_embd.weight has shape {list(embd.shape)}, expected "
                             "[n_vocab, embedding_length] with at least one row")
         self._check_consistency()
+        optional = optional_shapes(self.arch, self.params, self.n_vocab)
         for tname, shape in EXPECTED_TENSORS[self.arch](self.params, self.n_vocab).items():
             t = self.tensors.get(tname)
             if t is None:
-                if shape is not None and not tname.endswith("ssm_conv1d.bias"):
+                if shape is not None:
                     raise GGUFError(f"{name}: missing tensor {tname}")
                 continue
+            shape = optional.get(tname) if shape is None else shape
             if shape is not None and (len(shape) != len(t.shape) or
                                       any(s is not None and s != n for s, n in zip(shape, t.shape))):
                 raise GGUFError(f"{name}: tensor {tname} has shape {list(t.shape)}, expected "
