@@ -219,3 +219,14 @@ def test_stream_random_ids(tokenizers, name):
             stream = tok.stream(skip_special=skip)
             joined = "".join(stream.push(i) for i in ids) + stream.flush()
             assert joined == tok.decode(ids, skip_special=skip), ids
+
+
+def test_encode_refuses_what_is_not_text(mpt):
+    from vkinfer.errors import BadArgument
+    for text, message in [(b"hello", "takes a str, not bytes"), (None, "takes a str, not NoneType"),
+                          ("ab\udcff", r"lone surrogate \(U\+DCFF\) at character 2")]:
+        with pytest.raises(BadArgument, match=message):
+            mpt.encode(text)
+    with pytest.raises(VkInferError, match="outside the vocabulary"):
+        mpt.decode([10 ** 6])
+    assert mpt.decode(mpt.encode("a\x00b \ufffd")) == "a\x00b \ufffd"

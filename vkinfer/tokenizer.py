@@ -18,7 +18,7 @@ from functools import lru_cache
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
-from .errors import VkInferError
+from .errors import BadArgument, VkInferError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 # Pre-tokenizer names whose words are split by the GPT-2 regex (HF's ByteLevel regex).
 GPT2_REGEX_PRE = ("gpt-2", "mpt", "olmo", "default")
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Texts of end-of-turn tokens used by common chat templates (generation stops on them too).
 END_OF_TURN_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<turn|>",
@@ -166,6 +168,13 @@ class Tokenizer:
         """Token ids of `text`. add_bos None follows the file (tok.add_bos). special=True turns
         control tokens written in the text ("<|im_end|>", "<start_of_turn>") into their ids;
         special=False tokenizes them as plain text."""
+        if not isinstance(text, str):
+            raise BadArgument(f"encode: takes a str, not {type(text).__name__}")
+        bad = _SURROGATE.search(text)
+        if bad:
+            raise BadArgument(f"encode: the text holds a lone surrogate (U+{ord(bad.group()):04X}) at "
+                              f"character {bad.start()}, which is not Unicode; decode bytes that may "
+                              "not be UTF-8 with errors='replace'")
         if add_bos is None:
             add_bos = self.add_bos
         ids = []
@@ -220,7 +229,7 @@ class Tokenizer:
     # ---- decoding ----------------------------------------------------------------------------
     def _check_id(self, tid: int, what: str):
         if not 0 <= tid < self.n_tokens:
-            raise ValueError(f"{what}: token id {tid} is outside the vocabulary "
+            raise BadArgument(f"{what}: token id {tid} is outside the vocabulary "
                              f"(0..{self.n_tokens - 1})")
 
     def _piece(self, tid: int, skip_special: bool) -> bytes:
