@@ -213,3 +213,10 @@ def test_the_issue_reproductions_as_commands():
     assert err.count("this message needs") == 1 and "not valid UTF-8" in err, err
     answers = [a for a in out.split("> ") if a.strip()]
     assert len(answers) == 5, out                  # all but the long message
+
+
+def test_line_editing_on_a_terminal(monkeypatch):
+    monkeypatch.delitem(sys.modules, "readline", raising=False)
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(isatty=lambda: True))
+    chat_cli._prepare_stdin()
+    assert "readline" in sys.modules
