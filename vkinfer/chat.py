@@ -35,6 +35,7 @@ import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import VkInferError
+from .tokenizer import END_OF_TURN_TEXTS
 
 # For base models with no template (Mamba): "User: …\nAssistant: …" lines, system text first.
 FALLBACK_TEMPLATE = (
@@ -49,8 +50,6 @@ FALLBACK_TEMPLATE = (
 # A base model does not stop by itself: the caller ends the reply when it writes this.
 FALLBACK_STOP_STRINGS = ("\nUser:",)
 
-# End-of-turn tokens of the template families we know; used when they are single tokens.
-STOP_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<turn|>", "<|endoftext|>")
 
 # (open, close) pairs: <think> (Qwen3, SmolLM3, ZAYA1) and Gemma 4's thought channel.
 REASONING_TAGS = (("<think>", "</think>"), ("<|channel>", "<channel|>"))
@@ -101,7 +100,7 @@ def render_template(template: str, messages: list, add_generation_prompt=True, b
 def stop_ids(tok) -> list:
     """EOS and every known end-of-turn string that is a single token of `tok`."""
     ids = [] if tok.eos_id is None else [tok.eos_id]
-    for text in STOP_TOKENS:
+    for text in END_OF_TURN_TEXTS:
         i = tok.token_to_id(text)
         if i is not None and i not in ids:
             ids.append(i)

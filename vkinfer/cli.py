@@ -142,7 +142,7 @@ def resolve_model(path):
     raise VkInferError("no model given and no bundled model found; pass a GGUF file")
 
 
-def open_model(args):
+def open_model(args, warm: bool = True):
     from .engine import Model
     options = {k: v for k, v in (("kv_type", args.kv_type), ("skip_mode", args.skip_mode)) if v}
     path = resolve_model(args.model)
@@ -157,12 +157,19 @@ def open_model(args):
     model = Model(path, device=args.device, n_ctx=args.ctx, n_batch=args.batch, quiet=args.quiet,
                   n_seq=getattr(args, "parallel", 1), cache_mb=args.cache_mb,
                   checkpoint_every=args.checkpoint_every, **options)
-    t1 = time.perf_counter()
-    if not args.quiet:
+    model.load_seconds = time.perf_counter() - t0
+    if warm:
+        warm_up(model, args.quiet)
+    return model
+
+
+def warm_up(model, quiet: bool):
+    import time
+    t0 = time.perf_counter()
+    if not quiet and sys.stderr.isatty():
         print("vkinfer: compiling kernels…", file=sys.stderr, flush=True)
     model.warm_up()
-    model.load_seconds, model.warm_up_seconds = t1 - t0, time.perf_counter() - t1
-    return model
+    model.warm_up_seconds = time.perf_counter() - t0
 
 
 def sampling_args(args) -> dict:
@@ -182,16 +189,17 @@ def cmd_run(args) -> int:
     sampling = sampling_args(args)
     if args.n_predict < -1 or args.n_predict == 0:
         raise VkInferError(f"-n must be at least 1, or -1 for until the context is full (not {args.n_predict})")
-    model = open_model(args)
+    model = open_model(args, warm=False)
     tok = model.tokenizer
     ids = tok.encode(args.prompt)
     if not ids:
         raise VkInferError("the prompt is empty and the model adds no BOS token; give a prompt with -p")
+    if len(ids) >= model.n_ctx:
+        raise VkInferError(f"the prompt's {len(ids)} tokens exceed the context size of {model.n_ctx} "
+                           "tokens (raise it with -c/--ctx)")
+    warm_up(model, args.quiet)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    if len(ids) >= model.n_ctx:
-        raise VkInferError(f"the prompt has {len(ids)} tokens, the context {model.n_ctx}; "
-                           "raise it with -c/--ctx or shorten the prompt")
     max_tokens = model.n_ctx if args.n_predict == -1 else args.n_predict
     t0 = time.perf_counter()
     t_first, n_gen, finish = None, 0, None

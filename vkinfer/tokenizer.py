@@ -33,9 +33,10 @@ GPT2_REGEX_PRE = ("gpt-2", "mpt", "olmo", "default")
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
-# Texts of end-of-turn tokens used by common chat templates (generation stops on them too).
-END_OF_TURN_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<turn|>",
-                     "<|endoftext|>")
+# Texts of end-of-turn tokens used by common chat templates: the one list generation stops on
+# (with EOS and EOT), for the engine's loop and the chat.
+END_OF_TURN_TEXTS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<turn|>",
+                     "<|endoftext|>", "<|end|>")
 
 
 @lru_cache(maxsize=1)
