@@ -5,7 +5,6 @@ open/eval/close cycles; a 1 MiB binding limit.
 Bounds: batched vs alone 1e-5 on the logits (the same kernels see more rows; each row's sums are
 its own); against transformers as tests/test_mamba.py and tests/test_zaya.py (1e-3), greedy ids
 identical."""
-import os
 from pathlib import Path
 
 import numpy as np

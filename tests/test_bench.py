@@ -10,7 +10,8 @@ import pytest
 
 from vkinfer import bench, synth
 from vkinfer.cli import main
-from vkinfer.gguf import mamba_tensors, open_gguf
+from vkinfer.gguf import OptionalShape, open_gguf
+from vkinfer.models.mamba import Mamba, mamba_tensors
 
 TINY = Path(__file__).parent / "fixtures" / "mamba-tiny-f16.gguf"
 
@@ -40,7 +41,7 @@ def test_roofline_and_profile():
     assert 0.05 < roof["bandwidth_gbps"] < 1e4
     f = open_gguf(TINY)
     need = roof["decode_bytes"]
-    assert need["kv"] == 0 and need["state"] == 2 * f.params.state_bytes(0)
+    assert need["kv"] == 0 and need["state"] == 2 * Mamba.slot_state_bytes(f, 0)[0]
     assert f.weight_bytes() < need["weights"] < f.weight_bytes() + 1024     # tied head + one row
     assert roof["ideal_tps"] == pytest.approx(roof["bandwidth_gbps"] * 1e9 / need["total"])
     assert 0 < roof["achieved_pct"] < 100
@@ -101,7 +102,7 @@ def test_synth_mamba_runs(tmp_path):
     f = open_gguf(path)
     assert f.arch == "mamba" and f.params.n_embd == 768 and f.params.dt_rank == 48
     assert {n: t.shape for n, t in f.tensors.items()} == {
-        n: s for n, s in mamba_tensors(f.params, 50280).items() if s is not None}
+        n: s for n, s in mamba_tensors(f.params, 50280).items() if not isinstance(s, OptionalShape)}
     assert len(f.get("tokenizer.ggml.tokens")) == 50280 and f.get("general.file_type") == 15
     model = vkinfer.load(path, n_ctx=16)
     try:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from vkinfer import load
-from vkinfer.gguf import open_gguf
 from vkinfer.models.mamba import MambaNumpy
 
 FIX = Path(__file__).parent / "fixtures"

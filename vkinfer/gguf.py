@@ -62,128 +62,15 @@ class TensorInfo:
             .astype(np.float32).reshape(self.shape)
 
 
-# ---- hyper-parameters -------------------------------------------------------------------------
-def _key(name, default=None, lo=1):
-    """A hyper-parameter: `name` is the GGUF key after '<arch>.'. Integers must be at least
+# ---- hyper-parameters and expected tensors (each architecture's are in vkinfer/models/<arch>.py) --
+def param(name, default=None, lo=1):
+    """A hyper-parameter field: `name` is the GGUF key after '<arch>.'. Integers must be at least
     `lo` (and at most MAX_PARAM); floats must be finite and above 0."""
     return field(metadata={"key": name, "default": default, "lo": lo})
 
 
-@dataclass
-class MambaParams:
-    n_embd: int = _key("embedding_length")
-    n_layer: int = _key("block_count")
-    d_conv: int = _key("ssm.conv_kernel", lo=2)          # the conv state keeps d_conv - 1 columns
-    d_inner: int = _key("ssm.inner_size")
-    d_state: int = _key("ssm.state_size")
-    dt_rank: int = _key("ssm.time_step_rank")
-    eps: float = _key("attention.layer_norm_rms_epsilon", 1e-5)
-    dt_b_c_rms: bool = _key("ssm.dt_b_c_rms", False)
-    n_ctx_train: int = _key("context_length", 1 << 20)
-
-    def state_bytes(self, n_ctx: int) -> int:
-        return 4 * self.n_layer * self.d_inner * (self.d_conv - 1 + self.d_state)
-
-
-@dataclass
-class ZayaParams:
-    n_block: int = _key("block_count")
-    n_embd: int = _key("embedding_length")
-    n_head: int = _key("attention.head_count")
-    n_head_kv: int = _key("attention.head_count_kv")
-    head_dim: int = _key("attention.key_length")
-    value_dim: int = _key("attention.value_length")
-    n_rot: int = _key("rope.dimension_count")
-    rope_theta: float = _key("rope.freq_base")
-    d_conv: int = _key("ssm.conv_kernel")
-    n_expert: int = _key("expert_count")
-    n_expert_used: int = _key("expert_used_count", 1)
-    n_ff_expert: int = _key("feed_forward_length")
-    n_router: int = _key("expert_feed_forward_length")
-    eps: float = _key("attention.layer_norm_rms_epsilon", 1e-5)
-    n_ctx_train: int = _key("context_length", 4096)
-
-    @property
-    def n_qk(self) -> int:
-        return (self.n_head + self.n_head_kv) * self.head_dim
-
-    def state_bytes(self, n_ctx: int) -> int:
-        n_cca = self.n_block // 2
-        kv = 2 * n_ctx * self.n_head_kv * self.head_dim * 4
-        return n_cca * (kv + 4 * (2 * self.n_qk + self.n_embd))
-
-
-ARCHITECTURES = {"mamba": MambaParams, "zaya": ZayaParams}
-
-
-# Tensor names written by early drafts of the ZAYA converter (zaya1.md §2.4) -> final names.
-ZAYA_ALIASES = {
-    "cca_conv_dw.weight": "ssm_conv1d.weight", "cca_conv_dw_b.bias": "ssm_conv1d.bias",
-    "zaya_router_down.weight": "ffn_gate_inp.weight", "zaya_router_down_b.bias": "ffn_gate_inp.bias",
-    "zaya_router_norm.weight": "ffn_norm.weight", "zaya_router_mlp0.weight": "ffn_gate.weight",
-    "zaya_router_mlp0_b.bias": "ffn_gate.bias", "zaya_router_mlp2_b.bias": "zaya_router_mlp2.bias",
-    "res_scale_hs_b.bias": "res_scale_hs.bias", "res_scale_res_b.bias": "res_scale_res.bias",
-}
-
-
-# ---- expected tensors ---------------------------------------------------------------------------
-def mamba_tensors(p: MambaParams, n_vocab: int) -> dict:
-    """name -> numpy shape; None marks an optional tensor (shape checked when present)."""
-    d, di = p.n_embd, p.d_inner
-    want = {"token_embd.weight": (n_vocab, d), "output_norm.weight": (d,),
-            "output.weight": None}
-    for i in range(p.n_layer):
-        b = f"blk.{i}."
-        want.update({
-            b + "attn_norm.weight": (d,), b + "ssm_in.weight": (2 * di, d),
-            b + "ssm_conv1d.weight": (di, p.d_conv), b + "ssm_conv1d.bias": (di,),
-            b + "ssm_x.weight": (p.dt_rank + 2 * p.d_state, di),
-            b + "ssm_dt.weight": (di, p.dt_rank), b + "ssm_dt.bias": (di,),
-            b + "ssm_a": (di, p.d_state), b + "ssm_d": (di,), b + "ssm_out.weight": (d, di)})
-    return want
-
-
-def zaya_tensors(p: ZayaParams, n_vocab: int) -> dict:
-    d, dh, r, e = p.n_embd, p.head_dim, p.n_router, p.n_expert
-    want = {"token_embd.weight": (n_vocab, d), "output_norm.weight": (d,)}
-    for s in ("res_scale_hs", "res_scale_res"):
-        want.update({f"{s}.weight": (d,), f"{s}.bias": (d,)})
-    for i in range(p.n_block):
-        b = f"blk.{i}."
-        want.update({b + "attn_norm.weight": (d,), b + "res_scale_hs.weight": (d,),
-                     b + "res_scale_hs.bias": (d,)})
-        if i > 0:
-            want.update({b + "res_scale_res.weight": (d,), b + "res_scale_res.bias": (d,)})
-        if i % 2 == 0:
-            want.update({
-                b + "attn_q.weight": (p.n_head * dh, d), b + "attn_k.weight": (p.n_head_kv * dh, d),
-                b + "cca_val_proj1.weight": (p.n_head_kv * p.value_dim // 2, d),
-                b + "cca_val_proj2.weight": (p.n_head_kv * p.value_dim // 2, d),
-                b + "ssm_conv1d.weight": (p.n_qk, p.d_conv), b + "ssm_conv1d.bias": None,
-                b + "cca_conv_grp.weight": (p.n_qk, dh, None), b + "cca_conv_grp.bias": (p.n_qk,),
-                b + "cca_k_scale.weight": (p.n_head_kv,),
-                b + "attn_output.weight": (d, p.n_head * p.value_dim)})
-        else:
-            want.update({
-                b + "ffn_gate_inp.weight": (r, d), b + "ffn_gate_inp.bias": (r,),
-                b + "ffn_norm.weight": (r,), b + "ffn_gate.weight": (r, r), b + "ffn_gate.bias": (r,),
-                b + "zaya_router_mlp2.weight": (r, r), b + "zaya_router_mlp2.bias": (r,),
-                b + "zaya_router_mlp4.weight": (e + 1, r), b + "zaya_router_biases.weight": (e + 1,),
-                b + "ffn_gate_up_exps.weight": (e, 2 * p.n_ff_expert, d),
-                b + "ffn_down_exps.weight": (e, d, p.n_ff_expert)})
-            if i > 1:
-                want[b + "zaya_router_eda.weight"] = (r,)
-    return want
-
-
-EXPECTED_TENSORS = {"mamba": mamba_tensors, "zaya": zaya_tensors}
-
-
-def optional_shapes(arch: str, p, n_vocab: int) -> dict:
-    """Shapes of the optional tensors (None in EXPECTED_TENSORS), checked when present."""
-    if arch == "mamba":
-        return {"output.weight": (n_vocab, p.n_embd)}
-    return {f"blk.{i}.ssm_conv1d.bias": (p.n_qk,) for i in range(0, p.n_block, 2)}
+class OptionalShape(tuple):
+    """The shape of an expected tensor that may be absent (checked when present)."""
 
 
 # ---- the container: a bounded reader ------------------------------------------------------------
@@ -576,15 +463,15 @@ class GGUFFile:
         return self.tensors["token_embd.weight"].shape[0]
 
     def _check_model(self):
+        from .models import ARCHITECTURES
         name = self.path.name
         if self.arch is None:
             raise GGUFError(f"{name}: missing metadata key general.architecture")
         if self.arch not in ARCHITECTURES:
             raise GGUFError(f"{name}: architecture '{self.arch}' is not supported "
                             f"(supported: {', '.join(ARCHITECTURES)})")
-        self.params = self._params(ARCHITECTURES[self.arch])
-        if self.arch == "zaya":
-            self._check_zaya_layout()
+        cls = ARCHITECTURES[self.arch]
+        self.params = self._params(cls.Params)
         for t in self.tensors.values():
             if t.type not in SUPPORTED_TYPES:
                 raise GGUFError(f"{name}: tensor {t.name} has type {t.type}, which vkinfer does not "
@@ -595,17 +482,14 @@ class GGUFFile:
         if len(embd.shape) != 2 or embd.shape[0] < 1:
             raise GGUFError(f"{name}: tensor token_embd.weight has shape {list(embd.shape)}, expected "
                             "[n_vocab, embedding_length] with at least one row")
-        self._check_consistency()
-        optional = optional_shapes(self.arch, self.params, self.n_vocab)
-        for tname, shape in EXPECTED_TENSORS[self.arch](self.params, self.n_vocab).items():
+        cls.check_file(self)
+        for tname, shape in cls.expected_tensors(self.params, self.n_vocab).items():
             t = self.tensors.get(tname)
             if t is None:
-                if shape is not None:
+                if not isinstance(shape, OptionalShape):
                     raise GGUFError(f"{name}: missing tensor {tname}")
                 continue
-            shape = optional.get(tname) if shape is None else shape
-            if shape is not None and (len(shape) != len(t.shape) or
-                                      any(s is not None and s != n for s, n in zip(shape, t.shape))):
+            if len(shape) != len(t.shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
                 raise GGUFError(f"{name}: tensor {tname} has shape {list(t.shape)}, expected "
                                 f"{['*' if s is None else s for s in shape]}")
 
@@ -626,46 +510,10 @@ class GGUFFile:
                                 "number above 0)")
             values[f.name] = v
         p = cls(**values)
-        n_layers = p.n_layer if cls is MambaParams else p.n_block
-        if n_layers > len(self.tensors):
-            raise GGUFError(f"{self.path.name}: {self.arch}.block_count = {n_layers} but the file has "
+        if p.n_layers > len(self.tensors):
+            raise GGUFError(f"{self.path.name}: {self.arch}.block_count = {p.n_layers} but the file has "
                             f"only {len(self.tensors)} tensors")
         return p
-
-    def _check_zaya_layout(self):
-        name = self.path.name
-        for old, new in ZAYA_ALIASES.items():
-            for tname in [n for n in self.tensors if n.endswith(old)]:
-                renamed = tname[: -len(old)] + new
-                self.tensors[renamed] = self.tensors.pop(tname)
-                self.tensors[renamed].name = renamed
-        if self.params.n_block % 2 or "blk.1.ffn_gate_inp.weight" not in self.tensors:
-            raise GGUFError(f"{name}: this ZAYA1 GGUF uses a {self.params.n_block}-block layout "
-                            "with CCA and MoE in the same block (a third-party fork's format); vkinfer "
-                            "reads the llama.cpp draft's layout (even blocks CCA, odd blocks MoE). "
-                            "Convert the model with that draft's convert_hf_to_gguf.py.")
-
-    def _check_consistency(self):
-        name, p = self.path.name, self.params
-        if self.arch == "mamba":
-            ssm_in = self.tensors.get("blk.0.ssm_in.weight")
-            if ssm_in is not None and ssm_in.shape[0] != 2 * p.d_inner:
-                raise GGUFError(f"{name}: mamba.ssm.inner_size = {p.d_inner} but blk.0.ssm_in.weight "
-                                f"has {ssm_in.shape[0]} rows (expected 2 x inner_size)")
-        if self.arch == "zaya":
-            vocab = self.value("zaya.vocab_size", "int", None)
-            if p.n_head % p.n_head_kv:
-                raise GGUFError(f"{name}: zaya.attention.head_count {p.n_head} is not a multiple "
-                                f"of head_count_kv {p.n_head_kv}")
-            if p.n_rot > p.head_dim or p.n_rot % 2:
-                raise GGUFError(f"{name}: zaya.rope.dimension_count = {p.n_rot} must be even and at "
-                                f"most the head size (attention.key_length = {p.head_dim})")
-            if p.n_expert_used > p.n_expert:
-                raise GGUFError(f"{name}: zaya.expert_used_count = {p.n_expert_used} is more than "
-                                f"expert_count = {p.n_expert}")
-            if vocab is not None and vocab < self.n_vocab:
-                raise GGUFError(f"{name}: zaya.vocab_size = {vocab} but token_embd.weight has "
-                                f"{self.n_vocab} rows")
 
     # sizes
     def weight_bytes(self) -> int:
@@ -684,14 +532,3 @@ class GGUFFile:
 
 def open_gguf(path, weights: bool = True) -> GGUFFile:
     return GGUFFile(path, weights)
-
-
-def memory_estimate(f: GGUFFile, n_ctx: int, n_batch: int = 32) -> dict:
-    """Device bytes a model needs: weights as stored, per-sequence state (KV cache for ZAYA at
-    n_ctx), and scratch for a prompt micro-batch of n_batch tokens (activations + logits)."""
-    p = f.params
-    widest = max(max(t.shape) for t in f.tensors.values() if len(t.shape) >= 2 and t.name != "token_embd.weight")
-    scratch = 4 * n_batch * (8 * widest + f.n_vocab)
-    out = {"weights": f.weight_bytes(), "state": p.state_bytes(n_ctx), "scratch": scratch}
-    out["total"] = sum(out.values())
-    return out

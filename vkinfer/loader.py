@@ -7,7 +7,7 @@ import sys
 from tqdm import tqdm
 
 from .errors import VkInferError
-from .gguf import GGUFFile, memory_estimate
+from .gguf import GGUFFile
 from .gpu.weights import upload_weight
 
 
@@ -34,13 +34,16 @@ def device_memory(dev) -> int:
 
 def memory_needed(f: GGUFFile, n_ctx: int, n_batch: int = 32, n_seq: int = 1, **options) -> dict:
     """Device bytes: weights as stored, the state of n_seq slots at n_ctx (the architecture's
-    own count, KV caches in their type), scratch for a step of max(n_batch, n_seq) rows."""
+    own count, KV caches in their type), scratch for a step of max(n_batch, n_seq) rows
+    (activations, estimated from the widest matrix, and logits)."""
     from .models import ARCHITECTURES
-    need = memory_estimate(f, n_ctx, max(n_batch, n_seq))
-    cls = ARCHITECTURES.get(f.arch)
-    if cls is not None:
-        need["state"] = n_seq * sum(cls.slot_state_bytes(f, n_ctx, **options))
-    need["total"] = sum(v for k, v in need.items() if k != "total")
+    rows = max(n_batch, n_seq)
+    widest = max((max(t.shape) for t in f.tensors.values()
+                  if len(t.shape) >= 2 and t.name != "token_embd.weight"), default=0)
+    need = {"weights": f.weight_bytes(),
+            "state": n_seq * sum(ARCHITECTURES[f.arch].slot_state_bytes(f, n_ctx, **options)),
+            "scratch": 4 * rows * (8 * widest + f.n_vocab)}
+    need["total"] = sum(need.values())
     return need
 
 

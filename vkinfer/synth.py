@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .gguf import MambaParams, ZayaParams, mamba_tensors, open_gguf, zaya_tensors
+from .gguf import open_gguf
+from .models.mamba import MambaParams, mamba_tensors
+from .models.zaya import ZayaParams, zaya_tensors
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 

@@ -1,8 +1,11 @@
 """Mamba-1 (general.architecture = "mamba"): the GPU graph, the per-slot state layout, and
 a numpy executor built from the ops' numpy twins (the reference for per-layer comparisons).
 Math: spec mamba.md."""
+from dataclasses import dataclass
+
 import numpy as np
 
+from ..gguf import GGUFError, OptionalShape, param
 from ..gpu import Graph, Tensor
 from ..ops import copy as copy_ops
 from ..ops import elementwise as ew
@@ -11,9 +14,52 @@ from ..ops import matmul as mm
 from ..ops import norm, ssm
 
 
+@dataclass
+class MambaParams:
+    n_embd: int = param("embedding_length")
+    n_layer: int = param("block_count")
+    d_conv: int = param("ssm.conv_kernel", lo=2)          # the conv state keeps d_conv - 1 columns
+    d_inner: int = param("ssm.inner_size")
+    d_state: int = param("ssm.state_size")
+    dt_rank: int = param("ssm.time_step_rank")
+    eps: float = param("attention.layer_norm_rms_epsilon", 1e-5)
+    dt_b_c_rms: bool = param("ssm.dt_b_c_rms", False)
+    n_ctx_train: int = param("context_length", 1 << 20)
+
+    @property
+    def n_layers(self) -> int:
+        return self.n_layer
+
+
+def mamba_tensors(p: MambaParams, n_vocab: int) -> dict:
+    """name -> numpy shape (OptionalShape: the tensor may be absent; a tied output head)."""
+    d, di = p.n_embd, p.d_inner
+    want = {"token_embd.weight": (n_vocab, d), "output_norm.weight": (d,),
+            "output.weight": OptionalShape((n_vocab, d))}
+    for i in range(p.n_layer):
+        b = f"blk.{i}."
+        want.update({
+            b + "attn_norm.weight": (d,), b + "ssm_in.weight": (2 * di, d),
+            b + "ssm_conv1d.weight": (di, p.d_conv), b + "ssm_conv1d.bias": (di,),
+            b + "ssm_x.weight": (p.dt_rank + 2 * p.d_state, di),
+            b + "ssm_dt.weight": (di, p.dt_rank), b + "ssm_dt.bias": (di,),
+            b + "ssm_a": (di, p.d_state), b + "ssm_d": (di,), b + "ssm_out.weight": (d, di)})
+    return want
+
+
 class Mamba:
     """Records batched steps over the engine's slotted state pool."""
     OPTIONS = {}              # option -> allowed values (vkinfer.load(..., **options))
+    Params = MambaParams
+    expected_tensors = staticmethod(mamba_tensors)
+
+    @staticmethod
+    def check_file(f):
+        """What the tensor list cannot say: d_inner agrees with ssm_in."""
+        ssm_in = f.tensors.get("blk.0.ssm_in.weight")
+        if ssm_in is not None and ssm_in.shape[0] != 2 * f.params.d_inner:
+            raise GGUFError(f"{f.path.name}: mamba.ssm.inner_size = {f.params.d_inner} but "
+                            f"blk.0.ssm_in.weight has {ssm_in.shape[0]} rows (expected 2 x inner_size)")
 
     @staticmethod
     def slot_state_bytes(f, n_ctx: int, **options) -> tuple:

@@ -9,13 +9,14 @@ with, layer by layer. It computes with the numpy twins of the ops (`*_ref` in vk
 running it also exercises them; weights are dequantized to float32 once and cached.
 """
 import logging
+from dataclasses import dataclass
 from math import sqrt
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import VkInferError
-from ..gguf import GGUFFile, open_gguf
+from ..gguf import GGUFError, GGUFFile, OptionalShape, open_gguf, param
 from ..gpu import Graph, Tensor
 from ..gpu.weights import Weight, as_weight
 from ..ops import attention as att
@@ -50,12 +51,114 @@ KV_TYPES = ("f32", "f16")
 NEVER_BIAS = -3.0e38      # the skip slot's balancing bias in skip_mode "never": it cannot win
 
 
+@dataclass
+class ZayaParams:
+    n_block: int = param("block_count")
+    n_embd: int = param("embedding_length")
+    n_head: int = param("attention.head_count")
+    n_head_kv: int = param("attention.head_count_kv")
+    head_dim: int = param("attention.key_length")
+    value_dim: int = param("attention.value_length")
+    n_rot: int = param("rope.dimension_count")
+    rope_theta: float = param("rope.freq_base")
+    d_conv: int = param("ssm.conv_kernel")
+    n_expert: int = param("expert_count")
+    n_expert_used: int = param("expert_used_count", 1)
+    n_ff_expert: int = param("feed_forward_length")
+    n_router: int = param("expert_feed_forward_length")
+    eps: float = param("attention.layer_norm_rms_epsilon", 1e-5)
+    n_ctx_train: int = param("context_length", 4096)
+
+    @property
+    def n_qk(self) -> int:
+        return (self.n_head + self.n_head_kv) * self.head_dim
+
+    @property
+    def n_layers(self) -> int:
+        return self.n_block
+
+
+# Tensor names written by early drafts of the ZAYA converter (zaya1.md §2.4) -> final names.
+ZAYA_ALIASES = {
+    "cca_conv_dw.weight": "ssm_conv1d.weight", "cca_conv_dw_b.bias": "ssm_conv1d.bias",
+    "zaya_router_down.weight": "ffn_gate_inp.weight", "zaya_router_down_b.bias": "ffn_gate_inp.bias",
+    "zaya_router_norm.weight": "ffn_norm.weight", "zaya_router_mlp0.weight": "ffn_gate.weight",
+    "zaya_router_mlp0_b.bias": "ffn_gate.bias", "zaya_router_mlp2_b.bias": "zaya_router_mlp2.bias",
+    "res_scale_hs_b.bias": "res_scale_hs.bias", "res_scale_res_b.bias": "res_scale_res.bias",
+}
+
+
+def zaya_tensors(p: ZayaParams, n_vocab: int) -> dict:
+    """name -> numpy shape (None: any size on that axis; OptionalShape: may be absent)."""
+    d, dh, r, e = p.n_embd, p.head_dim, p.n_router, p.n_expert
+    want = {"token_embd.weight": (n_vocab, d), "output_norm.weight": (d,)}
+    for s in ("res_scale_hs", "res_scale_res"):
+        want.update({f"{s}.weight": (d,), f"{s}.bias": (d,)})
+    for i in range(p.n_block):
+        b = f"blk.{i}."
+        want.update({b + "attn_norm.weight": (d,), b + "res_scale_hs.weight": (d,),
+                     b + "res_scale_hs.bias": (d,)})
+        if i > 0:
+            want.update({b + "res_scale_res.weight": (d,), b + "res_scale_res.bias": (d,)})
+        if i % 2 == 0:
+            want.update({
+                b + "attn_q.weight": (p.n_head * dh, d), b + "attn_k.weight": (p.n_head_kv * dh, d),
+                b + "cca_val_proj1.weight": (p.n_head_kv * p.value_dim // 2, d),
+                b + "cca_val_proj2.weight": (p.n_head_kv * p.value_dim // 2, d),
+                b + "ssm_conv1d.weight": (p.n_qk, p.d_conv), b + "ssm_conv1d.bias": OptionalShape((p.n_qk,)),
+                b + "cca_conv_grp.weight": (p.n_qk, dh, None), b + "cca_conv_grp.bias": (p.n_qk,),
+                b + "cca_k_scale.weight": (p.n_head_kv,),
+                b + "attn_output.weight": (d, p.n_head * p.value_dim)})
+        else:
+            want.update({
+                b + "ffn_gate_inp.weight": (r, d), b + "ffn_gate_inp.bias": (r,),
+                b + "ffn_norm.weight": (r,), b + "ffn_gate.weight": (r, r), b + "ffn_gate.bias": (r,),
+                b + "zaya_router_mlp2.weight": (r, r), b + "zaya_router_mlp2.bias": (r,),
+                b + "zaya_router_mlp4.weight": (e + 1, r), b + "zaya_router_biases.weight": (e + 1,),
+                b + "ffn_gate_up_exps.weight": (e, 2 * p.n_ff_expert, d),
+                b + "ffn_down_exps.weight": (e, d, p.n_ff_expert)})
+            if i > 1:
+                want[b + "zaya_router_eda.weight"] = (r,)
+    return want
+
+
 class Zaya:
     """Records batched steps over the engine's slotted state pool.
 
     Options: skip_mode (SKIP_MODES; "zero" is the reference) and kv_type ("f32", or "f16" for
     a half-size KV cache)."""
     OPTIONS = {"skip_mode": SKIP_MODES, "kv_type": KV_TYPES}
+    Params = ZayaParams
+    expected_tensors = staticmethod(zaya_tensors)
+
+    @staticmethod
+    def check_file(f):
+        """Early drafts' tensor names read as the final ones; the draft's 80-block layout (not a
+        fork's combined blocks); the hyper-parameters agree with each other."""
+        name, p = f.path.name, f.params
+        for old, new in ZAYA_ALIASES.items():
+            for tname in [n for n in f.tensors if n.endswith(old)]:
+                renamed = tname[: -len(old)] + new
+                f.tensors[renamed] = f.tensors.pop(tname)
+                f.tensors[renamed].name = renamed
+        if p.n_block % 2 or "blk.1.ffn_gate_inp.weight" not in f.tensors:
+            raise GGUFError(f"{name}: this ZAYA1 GGUF uses a {p.n_block}-block layout "
+                            "with CCA and MoE in the same block (a third-party fork's format); vkinfer "
+                            "reads the llama.cpp draft's layout (even blocks CCA, odd blocks MoE). "
+                            "Convert the model with that draft's convert_hf_to_gguf.py.")
+        if p.n_head % p.n_head_kv:
+            raise GGUFError(f"{name}: zaya.attention.head_count {p.n_head} is not a multiple "
+                            f"of head_count_kv {p.n_head_kv}")
+        if p.n_rot > p.head_dim or p.n_rot % 2:
+            raise GGUFError(f"{name}: zaya.rope.dimension_count = {p.n_rot} must be even and at "
+                            f"most the head size (attention.key_length = {p.head_dim})")
+        if p.n_expert_used > p.n_expert:
+            raise GGUFError(f"{name}: zaya.expert_used_count = {p.n_expert_used} is more than "
+                            f"expert_count = {p.n_expert}")
+        vocab = f.value("zaya.vocab_size", "int", None)
+        if vocab is not None and vocab < f.n_vocab:
+            raise GGUFError(f"{name}: zaya.vocab_size = {vocab} but token_embd.weight has "
+                            f"{f.n_vocab} rows")
 
     @staticmethod
     def slot_state_bytes(f, n_ctx: int, kv_type: str = "f32", **options) -> tuple:
