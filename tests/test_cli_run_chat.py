@@ -92,15 +92,15 @@ def test_turn_two_feeds_only_its_own_tokens(model):
 def test_ctrl_c_keeps_the_conversation_consistent(model, monkeypatch):
     runner = ChatRunner(model, {"temperature": 0.0}, max_tokens=20)
     calls = {"n": 0}
-    real_eval = runner.session.eval
+    real_eval = model.eval_batch
 
-    def eval_then_interrupt(ids, all_logits=False):
+    def eval_then_interrupt(items, all_logits=False):       # every step goes through eval_batch
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt
-        return real_eval(ids, all_logits)
+        return real_eval(items, all_logits)
 
-    monkeypatch.setattr(runner.session, "eval", eval_then_interrupt)
+    monkeypatch.setattr(model, "eval_batch", eval_then_interrupt)
     shown = []
     runner.turn("Hi", lambda text, r: shown.append(text))
     assert shown[-1] == " [stopped]"

@@ -12,6 +12,7 @@ import time
 
 from .chat import Conversation, ReasoningFilter, stop_ids
 from .errors import VkInferError
+from .engine import Generation
 from .sampling import Sampler
 
 HELP = """commands:
@@ -99,11 +100,11 @@ class ChatRunner:
         t0 = time.perf_counter()
         logits, n_prompt = self._feed_prompt(text)
         t1 = time.perf_counter()
-        stream = self.model.tokenizer.stream()
         filt = ReasoningFilter(self.reasoning, in_reasoning=self.conv.prompt_opens_reasoning)
-        stops = self.conv.stop_strings or ()
-        start, generated, answer, shown = self.session.n_past, [], "", 0
-        history = list(self.conv.fed_ids)
+        start, answer, shown = self.session.n_past, "", 0
+        gen = Generation(self.model, self.session, list(self.conv.fed_ids), max_tokens=self.max_tokens,
+                         stop=list(self.conv.stop_strings or ()), stop_ids=self.stops,
+                         sampler=self.sampler, whole=False)
 
         def show(upto):
             nonlocal shown
@@ -113,24 +114,11 @@ class ChatRunner:
 
         failure = None
         try:
-            for _ in range(self.max_tokens):
-                if self.session.n_past >= self.model.n_ctx:
+            for _, _, text, finish in self.model.decode_generations([gen], logits[None]):
+                answer += text
+                show(len(answer))
+                if finish == "length" and len(gen.generated) < self.max_tokens:
                     emit("\n[context full: /reset to start again]", False)
-                    break
-                token = self.sampler.sample(logits, history)
-                if token in self.stops:
-                    break
-                generated.append(token)
-                logits = self.session.eval([token])
-                history.append(token)
-                answer += stream.push(token)
-                cut = _find_stop(answer, stops)
-                if cut is not None:
-                    answer = answer[:cut]
-                    break
-                show(len(answer) - _partial_stop(answer, stops))
-            else:
-                answer += stream.flush()
         except KeyboardInterrupt:
             emit(" [stopped]", False)
         except (VkInferError, ValueError) as e:     # e.g. NaN logits: keep what was said
@@ -138,9 +126,10 @@ class ChatRunner:
         show(len(answer))
         for segment, is_reasoning in filt.flush():
             emit(segment, is_reasoning)
-        # Only what the session consumed counts as fed (Ctrl-C may land between sample and eval).
+        # Only what the session consumed counts as fed (the last token sampled is not, nor one
+        # a Ctrl-C caught between sample and eval).
         n_answer = self.session.n_past - start
-        self.conv.add_assistant(answer, generated[:n_answer])
+        self.conv.add_assistant(answer, gen.generated[:n_answer])
         self.last_stats = {"prompt": (n_prompt, t1 - t0), "answer": (n_answer, time.perf_counter() - t1)}
         if failure is not None:
             raise VkInferError(f"the answer stopped: {failure}") from None
@@ -217,22 +206,6 @@ class ChatRunner:
             raise VkInferError(f"{path}: not a saved vkinfer chat ({type(e).__name__}: {e})") from None
         self.conv.load_state(state)
         self.snapshots = {0: self.snapshots[0], self.conv.n_fed: self.session.snapshot()}
-
-
-def _find_stop(text: str, stop_strings) -> int | None:
-    hits = [text.find(s) for s in stop_strings or () if s in text]
-    return min(hits) if hits else None
-
-
-def _partial_stop(text: str, stop_strings) -> int:
-    """Length of the longest end of `text` that could be the start of a stop string."""
-    best = 0
-    for stop in stop_strings:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:n]):
-                best = n
-                break
-    return best
 
 
 # ---- the terminal ---------------------------------------------------------------------------------

@@ -576,6 +576,11 @@ class Model:
         logits = self.eval_batch([(g.session, rest) for g, rest in zip(gens, rests)])
         for g in gens:
             g.session.checkpoint()          # the end of every prompt
+        yield from self.decode_generations(gens, logits)
+
+    def decode_generations(self, gens: list, logits: np.ndarray):
+        """The decode half of run_generations: logits [len(gens), n_vocab] are each one's next
+        token's, after its prompt was fed. Yields (index, token_id, text, finish_reason)."""
         active = list(range(len(gens)))
         while active:
             feed = []
@@ -596,12 +601,14 @@ class Generation:
     text. step(logits) samples a token and returns (token_id, text, finish_reason), holding back
     text that may be the start of a stop string (a stop string is never emitted). whole: the
     prompt is the whole sequence (the session starts from the longest cached prefix of it);
-    else it continues what the session holds."""
+    else it continues what the session holds. sampler: a Sampler to use instead of one made
+    from the settings (a chat keeps one across turns)."""
 
     def __init__(self, model: Model, session: "Session", prompt: list, max_tokens: int = 64,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                  repeat_penalty: float = 1.0, seed=None, stop=None, stop_ids=None,
-                 ignore_eos: bool = False, logprobs: int | None = None, whole: bool = True):
+                 ignore_eos: bool = False, logprobs: int | None = None, whole: bool = True,
+                 sampler=None):
         from .sampling import Sampler
         if not prompt:
             raise VkInferError("the prompt is empty")
@@ -621,9 +628,9 @@ class Generation:
             raise VkInferError(f"logprobs must be a whole number from 0 to 20, not {logprobs!r}")
         tok = model.tokenizer
         try:
-            self.sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                   repeat_penalty=repeat_penalty, seed=seed,
-                                   n_valid=min(tok.n_tokens, model.n_vocab))
+            self.sampler = sampler or Sampler(temperature=temperature, top_k=top_k, top_p=top_p,
+                                              min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
+                                              n_valid=min(tok.n_tokens, model.n_vocab))
         except ValueError as e:
             raise VkInferError(str(e)) from None
         self.model, self.session, self.prompt, self.whole = model, session, list(prompt), whole
