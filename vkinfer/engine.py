@@ -567,33 +567,91 @@ class Model:
         return list(prompt)
 
     def run_generations(self, gens: list):
-        """Drive several Generations in shared steps: prefill every prompt together (from the
-        longest cached prefix), then one batched step per token for those still going. Yields
-        (index, token_id, text, finish_reason)."""
-        rests = [g.session.start(g.prompt) if g.whole else g.prompt for g in gens]
-        for g, rest in zip(gens, rests):
-            g.cached_tokens = len(g.prompt) - len(rest)
-        logits = self.eval_batch([(g.session, rest) for g, rest in zip(gens, rests)])
+        """Drive several Generations (sessions open) to their ends in shared steps, through a
+        Scheduler. Yields (index, token_id, text, finish_reason)."""
+        sched = Scheduler(self)
         for g in gens:
-            g.session.checkpoint()          # the end of every prompt
-        yield from self.decode_generations(gens, logits)
+            sched.add(g)
+        yield from self._drive(sched, gens)
 
     def decode_generations(self, gens: list, logits: np.ndarray):
-        """The decode half of run_generations: logits [len(gens), n_vocab] are each one's next
-        token's, after its prompt was fed. Yields (index, token_id, text, finish_reason)."""
-        active = list(range(len(gens)))
-        while active:
-            feed = []
-            for i, row in zip(active, logits):
-                event = gens[i].step(row)
-                yield (i,) + event
-                if event[2] is None:
-                    feed.append(i)
-                else:
-                    gens[i].session.checkpoint()    # the end of every generation
-            active = feed
-            if active:
-                logits = self.eval_batch([(gens[i].session, [gens[i].last_token]) for i in active])
+        """As run_generations for Generations whose prompts the caller has fed: logits
+        [len(gens), n_vocab] are each one's next token's."""
+        sched = Scheduler(self)
+        for g, row in zip(gens, logits):
+            sched.add(g, logits=row)
+        yield from self._drive(sched, gens)
+
+    @staticmethod
+    def _drive(sched: "Scheduler", gens: list):
+        index = {id(g): i for i, g in enumerate(gens)}
+        while sched.busy:
+            for gen, token, text, finish in sched.step():
+                yield index[id(gen)], token, text, finish
+
+
+class Scheduler:
+    """Continuous batching over Generations whose sessions are open. Each step() samples a
+    token for every generation that has logits (returning (gen, token_id, text, finish_reason)
+    for each), then feeds in one eval_batch the sampled token of every one still going and at
+    most n_batch prompt tokens (the oldest prompts first): a prompt never holds the others'
+    decoding up by more than one micro-batch. Generations may join (add) and leave (remove)
+    between steps."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.prefilling = []          # [generation, prompt tokens still to feed]
+        self.ready = []               # (generation, logits of its next token)
+
+    def add(self, gen: "Generation", logits: np.ndarray | None = None):
+        """A whole prompt starts from the longest cached prefix of it (else it continues the
+        session); with `logits`, the caller has fed the prompt and these are its next token's."""
+        if logits is not None:
+            self.ready.append((gen, logits))
+            return
+        rest = gen.session.start(gen.prompt) if gen.whole else list(gen.prompt)
+        gen.cached_tokens = len(gen.prompt) - len(rest)
+        self.prefilling.append([gen, rest])
+
+    def remove(self, gen: "Generation"):
+        self.prefilling = [e for e in self.prefilling if e[0] is not gen]
+        self.ready = [e for e in self.ready if e[0] is not gen]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.prefilling or self.ready)
+
+    def __len__(self):
+        return len(self.prefilling) + len(self.ready)
+
+    def step(self) -> list:
+        events, feed = [], []
+        for gen, row in self.ready:
+            event = gen.step(row)
+            events.append((gen,) + event)
+            if event[2] is None:
+                feed.append(gen)
+            else:
+                gen.session.checkpoint()            # the end of every generation
+        self.ready = []
+        budget, chunks = self.model.n_batch, []
+        for entry in self.prefilling:
+            if budget <= 0:
+                break
+            n = min(budget, len(entry[1]))
+            chunks.append((entry, n))
+            budget -= n
+        items = [(g.session, [g.last_token]) for g in feed] + [(e[0].session, e[1][:n]) for e, n in chunks]
+        if items:
+            logits = self.model.eval_batch(items)
+            self.ready = list(zip(feed, logits))
+            for (entry, n), row in zip(chunks, logits[len(feed):]):
+                del entry[1][:n]
+                if not entry[1]:
+                    self.prefilling.remove(entry)
+                    entry[0].session.checkpoint()   # the end of every prompt
+                    self.ready.append((entry[0], row))
+        return events
 
 
 class Generation:
