@@ -252,3 +252,16 @@ def test_generate_batch_equals_one_at_a_time(mamba):
     together = model.generate_batch(ps, max_tokens=6)
     alone = ["".join(model.generate(p, max_tokens=6)) for p in ps]
     assert together == alone
+
+
+def test_repeated_prompt_needs_no_prompt_step(mamba):
+    """The end-of-prompt snapshot keeps its logits: the same prompt again feeds no prompt token
+    and continues exactly as the first time."""
+    model, ref = mamba
+    model.cache.entries.clear()
+    model.cache.nbytes = 0
+    prompt = ref["prompt_ids"].tolist()[:15]
+    first = [t for t, _, _ in model.stream(prompt, max_tokens=4, ignore_eos=True)]
+    before = model.tokens_evaluated
+    again = [t for t, _, _ in model.stream(prompt, max_tokens=4, ignore_eos=True)]
+    assert again == first and model.tokens_evaluated - before == 3      # the 3 decode steps only

@@ -52,6 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_global_options(chat, defaults=False)
     chat.set_defaults(run=cmd_chat)
 
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server (many clients at once)")
+    serve.add_argument("model", nargs="?", help="GGUF file (default: the bundled demo model)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("-np", "--parallel", type=int, default=4,
+                       help="sequence slots: requests decoded together (default 4)")
+    serve.add_argument("--queue", type=int, default=None,
+                       help="requests that may wait for a slot before the server answers 503 "
+                            "(default 4 x slots)")
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    add_model_options(serve)
+    add_global_options(serve, defaults=False)
+    serve.set_defaults(run=cmd_serve)
+
     info = commands.add_parser("info", help="describe a GGUF model: hyper-parameters, tensors, memory")
     info.add_argument("model", help="path to a .gguf file")
     info.add_argument("-c", "--ctx", type=int, default=4096, help="context for the memory estimate")
@@ -237,6 +251,11 @@ def cmd_chat(args) -> int:
     from .chat_cli import chat_loop
     sampling = sampling_args(args)
     return chat_loop(open_model(args), args, sampling)
+
+
+def cmd_serve(args) -> int:
+    from .server import serve
+    return serve(args)
 
 
 def cmd_info(args) -> int:

@@ -168,7 +168,8 @@ class PrefixCache:
 
     @staticmethod
     def size(snap: dict) -> int:
-        return sum(a.nbytes for a in snap["state"].values())
+        logits = snap.get("logits")
+        return sum(a.nbytes for a in snap["state"].values()) + (0 if logits is None else logits.nbytes)
 
     def put(self, snap: dict):
         key = tuple(snap["tokens"])
@@ -184,12 +185,14 @@ class PrefixCache:
             _, old = self.entries.popitem(last=False)
             self.nbytes -= self.size(old)
 
-    def longest(self, ids: tuple, max_len: int):
-        """The cached snapshot of the longest prefix of ids no longer than max_len, or None."""
+    def longest(self, ids: tuple):
+        """The cached snapshot of the longest prefix of ids, or None; all of ids only from a
+        snapshot that kept its last logits (the next token comes from them)."""
         best = None
-        for key in self.entries:
+        for key, snap in self.entries.items():
             n = len(key)
-            if n <= max_len and (best is None or n > len(best)) and ids[:n] == key:
+            if (n < len(ids) or (n == len(ids) and "logits" in snap)) and \
+                    (best is None or n > len(best)) and ids[:n] == key:
                 best = key
         if best is None:
             self.misses += 1
@@ -410,13 +413,13 @@ class Model:
         logits = self._read_logits(n_rows)
         if log.isEnabledFor(logging.DEBUG) and hasattr(self.impl, "log_skips") and B == 1:
             self.impl.log_skips(T, entries[0][1].n_past)
-        for entry in entries:
+        for j, entry in enumerate(entries):
             s = entry[1]
             s.n_past += T
             if s.tokens is not None:
                 s.tokens.extend(entry[2][entry[3]:entry[3] + T])
             entry[3] += T
-            self._maybe_checkpoint(s, T)
+            self._maybe_checkpoint(s, T, logits[T - 1] if all_logits else logits[j])
         self.tokens_evaluated += B * T
         return logits
 
@@ -428,12 +431,12 @@ class Model:
                 out[r0:r0 + n, c0:c0 + cols] = block.buf.view()[:n * cols].view(np.float32).reshape(n, cols)
         return out
 
-    def _maybe_checkpoint(self, s: "Session", T: int):
+    def _maybe_checkpoint(self, s: "Session", T: int, logits: np.ndarray):
         """Inside a long prompt: a snapshot into the prefix cache each time n_past passes a
         multiple of checkpoint_every."""
         if self.cache.budget and s.tokens is not None and \
                 (s.n_past - T) // self.checkpoint_every != s.n_past // self.checkpoint_every:
-            s.checkpoint()
+            s.checkpoint(logits)
 
     def warm_up(self):
         """Record the decode and the prompt micro-batch graphs now, so that their kernels are
@@ -611,7 +614,10 @@ class Scheduler:
             return
         rest = gen.session.start(gen.prompt) if gen.whole else list(gen.prompt)
         gen.cached_tokens = len(gen.prompt) - len(rest)
-        self.prefilling.append([gen, rest])
+        if rest:
+            self.prefilling.append([gen, rest])
+        else:                               # the whole prompt came from the cache, with its logits
+            self.ready.append((gen, gen.session.last_logits))
 
     def remove(self, gen: "Generation"):
         self.prefilling = [e for e in self.prefilling if e[0] is not gen]
@@ -632,7 +638,7 @@ class Scheduler:
             if event[2] is None:
                 feed.append(gen)
             else:
-                gen.session.checkpoint()            # the end of every generation
+                gen.session.checkpoint(row)         # the end of every generation
         self.ready = []
         budget, chunks = self.model.n_batch, []
         for entry in self.prefilling:
@@ -649,7 +655,7 @@ class Scheduler:
                 del entry[1][:n]
                 if not entry[1]:
                     self.prefilling.remove(entry)
-                    entry[0].session.checkpoint()   # the end of every prompt
+                    entry[0].session.checkpoint(row)    # the end of every prompt
                     self.ready.append((entry[0], row))
         return events
 
@@ -666,14 +672,15 @@ class Generation:
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                  repeat_penalty: float = 1.0, seed=None, stop=None, stop_ids=None,
                  ignore_eos: bool = False, logprobs: int | None = None, whole: bool = True,
-                 sampler=None):
+                 sampler=None, presence_penalty: float = 0.0, frequency_penalty: float = 0.0):
         from .sampling import Sampler
         if not prompt:
             raise VkInferError("the prompt is empty")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:
             raise VkInferError(f"max_tokens must be a whole number >= 1, not {max_tokens!r}")
         for name, v in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p),
-                        ("repeat_penalty", repeat_penalty)):
+                        ("repeat_penalty", repeat_penalty), ("presence_penalty", presence_penalty),
+                        ("frequency_penalty", frequency_penalty)):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not np.isfinite(v):
                 raise VkInferError(f"{name} must be a finite number, not {v!r}")
         if isinstance(stop, str):
@@ -688,7 +695,9 @@ class Generation:
         try:
             self.sampler = sampler or Sampler(temperature=temperature, top_k=top_k, top_p=top_p,
                                               min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
-                                              n_valid=min(tok.n_tokens, model.n_vocab))
+                                              n_valid=min(tok.n_tokens, model.n_vocab),
+                                              presence_penalty=presence_penalty,
+                                              frequency_penalty=frequency_penalty)
         except ValueError as e:
             raise VkInferError(str(e)) from None
         self.model, self.session, self.prompt, self.whole = model, session, list(prompt), whole
@@ -707,7 +716,7 @@ class Generation:
         if not np.isfinite(logits).any() or np.isnan(logits).any():
             raise VkInferError("the model produced NaN or infinite logits; the weights or the input "
                                "may be broken")
-        token = self.sampler.sample(logits, self.history)
+        token = self.sampler.sample(logits, self.history, self.generated)
         if self.logprobs is not None:
             self.last_logprobs = log_probs(logits, token, self.logprobs)
         if token in self.stop_ids:
@@ -765,6 +774,7 @@ class Session:
         self._slot = slot
         self.n_past = 0
         self.tokens = []
+        self.last_logits = None
         self.timings = []       # (tokens, seconds) of each eval() call
 
     @property
@@ -811,25 +821,32 @@ class Session:
 
     def start(self, ids) -> list:
         """Position the session for `ids` (a whole prompt): keep its own state if its tokens are
-        a prefix of ids, else restore the longest cached prefix (or start from zero). Returns the
-        tokens still to feed (at least one, so that the last position's logits are computed)."""
+        a strict prefix of ids, else restore the longest cached prefix (or start from zero).
+        Returns the tokens still to feed; none when a snapshot of all of ids kept its logits,
+        which are then in `last_logits`."""
         self._check_open()
         ids = list(ids)
-        limit = len(ids) - 1
-        own = self.tokens is not None and len(self.tokens) <= limit and ids[:len(self.tokens)] == self.tokens
+        own = self.tokens is not None and len(self.tokens) < len(ids) and ids[:len(self.tokens)] == self.tokens
         base = len(self.tokens) if own else 0
-        snap = self.model.cache.longest(tuple(ids), limit) if self.model.cache.budget else None
+        snap = self.model.cache.longest(tuple(ids)) if self.model.cache.budget else None
+        self.last_logits = None
         if snap is not None and len(snap["tokens"]) > base:
             self.restore(snap)
             base = len(snap["tokens"])
+            if base == len(ids):
+                self.last_logits = snap["logits"]
         elif not own:
             self.reset()
         return ids[base:]
 
-    def checkpoint(self):
-        """This state into the model's prefix cache, keyed by the tokens it has seen."""
+    def checkpoint(self, logits: np.ndarray | None = None):
+        """This state into the model's prefix cache, keyed by the tokens it has seen, with the
+        logits of the last of them when given (so that the same tokens again need no step)."""
         if self.model.cache.budget and self.tokens:
-            self.model.cache.put(self.snapshot())
+            snap = self.snapshot()
+            if logits is not None:
+                snap["logits"] = np.array(logits, np.float32)
+            self.model.cache.put(snap)
 
     def snapshot(self) -> dict:
         """The sequence's state, copied to host memory. Position-indexed state (KV caches) is

@@ -17,11 +17,16 @@ class Sampler:
     * top_p: keep the most probable ids until their probabilities add up to at least p (the one
       that crosses p included, always at least one id; 1.0 = off).
     * min_p: keep the ids whose probability is at least min_p times the largest (0 = off).
+    * presence_penalty, frequency_penalty (OpenAI's): every id among the `generated` ids passed
+      to sample() has presence_penalty + frequency_penalty x its count subtracted from its logit.
     * n_valid: ids >= n_valid are vocabulary rows with no token; they are never chosen.
     """
 
     def __init__(self, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
-                 repeat_last_n=64, seed=None, n_valid=None):
+                 repeat_last_n=64, seed=None, n_valid=None, presence_penalty=0.0, frequency_penalty=0.0):
+        if not all(np.isfinite(v) for v in (temperature, top_p, min_p, repeat_penalty,
+                                             presence_penalty, frequency_penalty)):
+            raise ValueError("sampler: settings must be finite numbers")
         if temperature < 0 or top_k < 0 or not 0 <= top_p <= 1 or not 0 <= min_p <= 1:
             raise ValueError(f"sampler: invalid settings temperature={temperature} top_k={top_k} "
                              f"top_p={top_p} min_p={min_p}")
@@ -35,9 +40,11 @@ class Sampler:
         self.repeat_penalty = repeat_penalty
         self.repeat_last_n = repeat_last_n
         self.n_valid = n_valid
+        self.presence_penalty = presence_penalty
+        self.frequency_penalty = frequency_penalty
         self.rng = np.random.default_rng(seed)
 
-    def penalized(self, logits: np.ndarray, history) -> np.ndarray:
+    def penalized(self, logits: np.ndarray, history, generated=()) -> np.ndarray:
         """The valid logits as float64, with the repeat penalty applied."""
         logits = np.asarray(logits)
         if logits.ndim != 1:
@@ -51,12 +58,16 @@ class Sampler:
             ids = np.unique(np.asarray(recent, dtype=np.int64))
             ids = ids[(ids >= 0) & (ids < n)]
             x[ids] = np.where(x[ids] > 0, x[ids] / self.repeat_penalty, x[ids] * self.repeat_penalty)
+        if (self.presence_penalty or self.frequency_penalty) and len(generated):
+            ids, counts = np.unique(np.asarray(generated, dtype=np.int64), return_counts=True)
+            keep = (ids >= 0) & (ids < n)
+            x[ids[keep]] -= self.presence_penalty + self.frequency_penalty * counts[keep]
         return x
 
-    def distribution(self, logits: np.ndarray, history=()) -> tuple:
+    def distribution(self, logits: np.ndarray, history=(), generated=()) -> tuple:
         """The candidates left after the filters and their probabilities after temperature:
         (ids int64 [m], probs float64 [m]), most probable first. Greedy gives one id."""
-        x = self.penalized(logits, history)
+        x = self.penalized(logits, history, generated)
         if self.temperature == 0:
             return np.array([int(np.argmax(x))]), np.ones(1)
         order = np.lexsort((np.arange(x.size), -x))      # by logit descending, then by id
@@ -73,8 +84,8 @@ class Sampler:
             ids, kept = ids[:max(n, 1)], kept[:max(n, 1)]
         return ids, _softmax(kept / self.temperature)
 
-    def sample(self, logits: np.ndarray, history=()) -> int:
-        ids, probs = self.distribution(logits, history)
+    def sample(self, logits: np.ndarray, history=(), generated=()) -> int:
+        ids, probs = self.distribution(logits, history, generated)
         if ids.size == 1:
             return int(ids[0])
         cum = np.cumsum(probs)
