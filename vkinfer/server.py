@@ -588,7 +588,11 @@ def serve(args) -> int:
     args.quiet = True
     engine = Engine(lambda: open_model(args), queue_size)
     app = create_app(engine, name, args.api_key)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s vkinfer serve: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
