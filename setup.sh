@@ -42,7 +42,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 py=.venv/bin/python
 
-if ! $py -c "import kp, sys; sys.exit(0 if getattr(kp, 'vkinfer_compute_barrier', 0) else 1)" 2>/dev/null; then
+# kp is rebuilt when it lacks vkinfer's patch or was built from another version of it.
+kp_stamp=.venv/.kp-patch.sha256
+kp_patch_sum=$(sha256sum scripts/kp-compute-barrier.patch | cut -d' ' -f1)
+if ! $py -c "import kp, sys; sys.exit(0 if getattr(kp, 'vkinfer_set_workgroup', 0) else 1)" 2>/dev/null ||
+   [ "$(cat $kp_stamp 2>/dev/null)" != "$kp_patch_sum" ]; then
   say "building kp $KP_VERSION from source with scripts/kp-compute-barrier.patch (a few minutes)"
   logged $py -m pip install setuptools wheel numpy
   rm -rf build/kp && mkdir -p build/kp
@@ -53,6 +57,7 @@ if ! $py -c "import kp, sys; sys.exit(0 if getattr(kp, 'vkinfer_compute_barrier'
   KOMPUTE_OPT_USE_BUILT_IN_FMT=OFF KOMPUTE_OPT_USE_BUILT_IN_PYBIND11=OFF \
   KOMPUTE_OPT_DISABLE_VULKAN_VERSION_CHECK=ON KOMPUTE_OPT_DISABLE_VK_DEBUG_LAYERS=ON \
     logged $py -m pip install --no-build-isolation "./build/kp/kp-$KP_VERSION"
+  echo "$kp_patch_sum" > $kp_stamp
 fi
 
 stamp=.venv/.vkinfer-installed

@@ -85,6 +85,12 @@ class Sampler:
         return ids, _softmax(kept / self.temperature)
 
     def sample(self, logits: np.ndarray, history=(), generated=()) -> int:
+        if self.temperature == 0 and self.repeat_penalty == 1.0 and not self.presence_penalty \
+                and not self.frequency_penalty and np.ndim(logits) == 1:
+            valid = logits[:self.n_valid] if self.n_valid is not None else logits
+            if np.isnan(valid).any() or not np.isfinite(valid).any():
+                raise ValueError("sampler: logits hold NaN or no finite value")
+            return int(np.argmax(valid))            # greedy without penalties: no float64 copy
         ids, probs = self.distribution(logits, history, generated)
         if ids.size == 1:
             return int(ids[0])

@@ -58,6 +58,7 @@ class Sampling(BaseModel):
     stream_options: dict | None = None
     n: int = 1
     logit_bias: dict | None = None
+    ignore_eos: bool = False                  # vkinfer's (and llama-server's) extra, for benchmarks
 
     @field_validator("stop")
     @classmethod
@@ -424,7 +425,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, n_ct
         return dict(max_tokens=max_tokens or room, temperature=req.temperature, top_p=req.top_p,
                     top_k=req.top_k, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
                     presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-                    seed=req.seed, stop=list(req.stop), logprobs=logprobs)
+                    seed=req.seed, stop=list(req.stop), logprobs=logprobs, ignore_eos=req.ignore_eos)
 
     async def run(request: Request, req: Sampling, prompt: list, settings: dict, chat: bool):
         m = engine.model
@@ -450,14 +451,17 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, n_ct
 
         async def events():
             while True:
-                try:
-                    event = await asyncio.wait_for(job.events.get(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        job.cancelled = True
-                        engine.wake()
-                        return
-                    continue
+                if not job.events.empty():
+                    event = job.events.get_nowait()
+                else:
+                    try:
+                        event = await asyncio.wait_for(job.events.get(), timeout=1.0)
+                    except asyncio.TimeoutError:
+                        if await request.is_disconnected():
+                            job.cancelled = True
+                            engine.wake()
+                            return
+                        continue
                 if event[0] == "error":
                     raise APIError(event[1], event[2], None, None,
                                    "server_error" if event[1] >= 500 else "invalid_request_error")

@@ -66,6 +66,9 @@ class Device:
         # On a CPU device (lavapipe) the matmuls run the LANE kernels (a tile of rows and tokens
         # per invocation, wide loads), on other devices the team/tiled ones (shaders/matmul.comp).
         self.lane_matmul = self.info.device_type == "cpu"
+        # vkinfer's kp patch also lets a dispatch set its grid, so one algorithm (one pipeline,
+        # compiled once: ~0.16 s for a prompt kernel on lavapipe) serves every batch shape.
+        self.grid_per_dispatch = hasattr(kp.Algorithm, "set_workgroup")
         self._algos = {}
         self._staging = None
         self.allocated_bytes = 0
@@ -195,17 +198,19 @@ class Device:
 
     # ---- kp algorithms -----------------------------------------------------------------------
     def algorithm(self, kernel: str, buffers: list, groups: tuple, spec: tuple, n_push: int):
-        """A kp Algorithm for this kernel bound to these buffers, cached: kp binds buffers and the
-        grid at creation, so each distinct combination is one pipeline."""
+        """A kp Algorithm for this kernel bound to these buffers, cached, with its grid set to
+        `groups` for the dispatch recorded next. kp binds buffers (and, stock, the grid) at
+        creation, so each distinct combination is one pipeline."""
         from .kernels import spirv
-        key = (kernel, tuple(id(b) for b in buffers), groups, spec, n_push)
-        algo = self._algos.get(key)
-        if algo is None:
+        key = (kernel, tuple(id(b) for b in buffers), None if self.grid_per_dispatch else groups, spec, n_push)
+        entry = self._algos.get(key)
+        if entry is None:
             algo = self.mgr.algorithm([b.kt for b in buffers], spirv(kernel), list(groups),
                                       np.array(spec, np.uint32), np.zeros(n_push, np.uint32))
-            self._algos[key] = (algo, buffers)   # keep buffers alive as long as the pipeline
-            return algo
-        return algo[0]
+            entry = self._algos[key] = (algo, buffers)   # keep buffers alive as long as the pipeline
+        if self.grid_per_dispatch:
+            entry[0].set_workgroup(*groups)
+        return entry[0]
 
     def close(self):
         self._algos.clear()
