@@ -255,9 +255,9 @@ def test_sixteen_clients_on_the_demo_model(client):
 
 
 def test_queue_full_is_503():
-    s = Server(DEMO, "-np", 1, "--queue", 1, "-c", 256)
+    s = Server(DEMO, "-np", 1, "--queue", 1, "-c", 2048)
     try:
-        body = {"prompt": "Once", "max_tokens": 200, "stream": True, "temperature": 0}
+        body = {"prompt": "Once", "max_tokens": 2000, "stream": True, "temperature": 0, "ignore_eos": True}
         streams = [httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=60) for _ in range(2)]
         opened = [st.__enter__() for st in streams]          # one runs, one waits in the queue
         time.sleep(0.5)
