@@ -534,12 +534,16 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, n_ct
         return StreamingResponse(sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
+    async def completion_request(request: Request, cls):
         m = ready()
-        req = await body_of(request, ChatRequest)
+        req = await body_of(request, cls)
         req.check()
         check_model_name(req.model)
+        return m, req
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        m, req = await completion_request(request, ChatRequest)
         messages = [{"role": "system" if x.role == "developer" else x.role, "content": x.text()}
                     for x in req.messages]
         try:
@@ -554,10 +558,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, n_ct
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        m = ready()
-        req = await body_of(request, CompletionRequest)
-        req.check()
-        check_model_name(req.model)
+        m, req = await completion_request(request, CompletionRequest)
         if isinstance(req.prompt, str) or (req.prompt and isinstance(req.prompt[0], str)):
             text = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
             prompt = m.tokenizer.encode(text)
