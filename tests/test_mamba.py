@@ -91,3 +91,22 @@ def test_context_limit():
     with pytest.raises(VkInferError, match="16 already in the context"):
         s.eval([1])
     model.close()
+
+
+def test_falcon_mamba_matches_transformers():
+    """Falcon-Mamba (dt_b_c_rms): its dt, B and C norms use transformers' mixer_rms_eps of 1e-6,
+    not the layer-norm eps (1e-5 there is a 1.6e-3 logit error on this fixture)."""
+    ref = np.load(FIX / "falcon-mamba-tiny-q8_0.ref.npz")
+    with load(FIX / "falcon-mamba-tiny-q8_0.gguf", n_ctx=128) as model:
+        assert model.impl.p.dt_b_c_rms and model.impl.p.dt_b_c_eps == 1e-6
+        logits = model.logits(ref["prompt_ids"])
+        assert np.abs(logits[:, ref["cols"]] - ref["prefill_logits_cols"]).max() < 1e-4
+        assert np.abs(logits[-1] - ref["last_logits"]).max() < 1e-4
+        with model.session() as s:
+            row, ids, steps = s.eval(ref["prompt_ids"]), [], []
+            for _ in range(len(ref["greedy_ids"])):
+                ids.append(int(np.argmax(row)))
+                row = s.eval([ids[-1]])
+                steps.append(row[ref["cols"]])
+    assert ids == ref["greedy_ids"].tolist()
+    assert np.abs(np.array(steps) - ref["decode_logits_cols"]).max() < 1e-4

@@ -1,7 +1,7 @@
 """The `vkinfer` command: `vkinfer [--device D] [-v] <command> ...`.
 
 Every VkInferError becomes one line `vkinfer: error: <message>` on stderr and exit status 1;
-Ctrl-C exits 130 without a traceback."""
+Ctrl-C exits 130 without a traceback; a reader that stops early (`| head`) ends it quietly."""
 import argparse
 import logging
 import sys
@@ -20,6 +20,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader has gone: point stdout at nothing so that the exit's flush cannot fail too.
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,7 +307,7 @@ def add_bench_commands(commands):
 
     synth = commands.add_parser("synth", help="write real-shaped GGUF models with random weights")
     synth.add_argument("models", nargs="+", metavar="model",
-                       help="mamba-130m, mamba-370m, mamba-1.4b, mamba-2.8b, zaya1-8b")
+                       help="mamba-130m, mamba-370m, mamba-1.4b, mamba-2.8b, falcon-mamba-7b, zaya1-8b")
     synth.add_argument("-t", "--types", nargs="+", default=["q8_0"], help="f16, q8_0, q4_k_m")
     synth.add_argument("-o", "--out", default="models-synth", help="directory (default: models-synth)")
     synth.add_argument("--force", action="store_true", help="rewrite files that exist")

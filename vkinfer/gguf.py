@@ -63,10 +63,11 @@ class TensorInfo:
 
 
 # ---- hyper-parameters and expected tensors (each architecture's are in vkinfer/models/<arch>.py) --
-def param(name, default=None, lo=1):
+def param(name, default=None, lo=1, standard=True):
     """A hyper-parameter field: `name` is the GGUF key after '<arch>.'. Integers must be at least
-    `lo` (and at most MAX_PARAM); floats must be finite and above 0."""
-    return field(metadata={"key": name, "default": default, "lo": lo})
+    `lo` (and at most MAX_PARAM); floats must be finite and above 0. standard=False: a key that
+    llama.cpp's tools do not write (vkinfer reads it when present; synth leaves it out)."""
+    return field(metadata={"key": name, "default": default, "lo": lo, "standard": standard})
 
 
 class OptionalShape(tuple):

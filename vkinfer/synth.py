@@ -30,8 +30,10 @@ from .models.zaya import ZayaParams, zaya_tensors
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
-MAMBA_SIZES = {"mamba-130m": (24, 768), "mamba-370m": (48, 1024), "mamba-1.4b": (48, 2048),
-               "mamba-2.8b": (64, 2560)}
+# (layers, d_model, dt_b_c_rms, vocabulary rows, tied head)
+MAMBA_SIZES = {"mamba-130m": (24, 768, False, 50280, True), "mamba-370m": (48, 1024, False, 50280, True),
+               "mamba-1.4b": (48, 2048, False, 50280, True), "mamba-2.8b": (64, 2560, False, 50280, True),
+               "falcon-mamba-7b": (64, 4096, True, 65024, False)}
 MODELS = (*MAMBA_SIZES, "zaya1-8b")
 WEIGHT_TYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15}          # general.file_type values
 MAMBA_VOCAB, ZAYA_VOCAB = 50280, 262147
@@ -71,9 +73,10 @@ def tensor_type(name: str, shape: tuple, wtype: str, more_bits: bool = False) ->
 
 # ---- models: metadata and tensor plans -------------------------------------------------------------
 def mamba_params(model: str, n_layer: int | None = None) -> MambaParams:
-    layers, d = MAMBA_SIZES[model]
+    layers, d, dt_b_c_rms = MAMBA_SIZES[model][:3]
     return MambaParams(n_embd=d, n_layer=n_layer or layers, d_conv=4, d_inner=2 * d, d_state=16,
-                       dt_rank=ceil(d / 16), eps=1e-5, dt_b_c_rms=False, n_ctx_train=1 << 20)
+                       dt_rank=ceil(d / 16), eps=1e-5, dt_b_c_rms=dt_b_c_rms, n_ctx_train=1 << 20,
+                       dt_b_c_eps=1e-6)
 
 
 def zaya_params(n_block: int | None = None) -> ZayaParams:
@@ -91,8 +94,12 @@ def plan(model: str, wtype: str, n_layer: int | None = None, n_vocab: int | None
         raise ValueError(f"weight type {wtype!r} is not one of {', '.join(WEIGHT_TYPES)}")
     if model in MAMBA_SIZES:
         arch, p = "mamba", mamba_params(model, n_layer)
-        shapes = mamba_tensors(p, n_vocab or MAMBA_VOCAB)
-        shapes.pop("output.weight")                          # tied, as the converter writes it
+        vocab, tied = MAMBA_SIZES[model][3:]
+        shapes = mamba_tensors(p, n_vocab or vocab)
+        if tied:
+            shapes.pop("output.weight")                      # as the converter writes it
+        else:
+            shapes["output.weight"] = tuple(shapes["output.weight"])
         extra = {"feed_forward_length": 0, "attention.head_count": 0}
     elif model == "zaya1-8b":
         arch, p = "zaya", zaya_params(n_layer)
@@ -191,7 +198,7 @@ def copy_tokenizer(writer, source: Path):
 def add_params(writer, arch: str, params, extra: dict):
     from gguf import GGUFValueType
     kinds = {bool: GGUFValueType.BOOL, int: GGUFValueType.UINT32, float: GGUFValueType.FLOAT32}
-    items = {f.metadata["key"]: getattr(params, f.name) for f in fields(params)}
+    items = {f.metadata["key"]: getattr(params, f.name) for f in fields(params) if f.metadata["standard"]}
     for key, value in {**items, **extra}.items():
         writer.add_key_value(f"{arch}.{key}", value, kinds[type(value)])
 

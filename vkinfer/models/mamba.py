@@ -23,6 +23,9 @@ class MambaParams:
     d_state: int = param("ssm.state_size")
     dt_rank: int = param("ssm.time_step_rank")
     eps: float = param("attention.layer_norm_rms_epsilon", 1e-5)
+    # Falcon-Mamba's norms of dt, B and C: transformers' mixer_rms_eps (1e-6); GGUF has no key for
+    # it (llama.cpp uses the layer-norm eps there), so this one is vkinfer's, read when present.
+    dt_b_c_eps: float = param("ssm.dt_b_c_rms_epsilon", 1e-6, standard=False)
     dt_b_c_rms: bool = param("ssm.dt_b_c_rms", False)
     n_ctx_train: int = param("context_length", 1 << 20)
 
@@ -111,10 +114,10 @@ class Mamba:
                 dt_in = copy_ops.copy(g, dt_in, out=s["dt_in"])
             B_, C_ = dbc.slice(1, dtr, dtr + ds), dbc.slice(1, dtr + ds, dtr + 2 * ds)
             if p.dt_b_c_rms:
-                norm.rms_norm(g, dt_in, None, p.eps, out=dt_in)
+                norm.rms_norm(g, dt_in, None, p.dt_b_c_eps, out=dt_in)
                 bc = copy_ops.copy(g, dbc.slice(1, dtr, dtr + 2 * ds), out=s["bc"])
                 B_, C_ = bc.slice(1, 0, ds), bc.slice(1, ds, 2 * ds)
-                norm.rms_norm(g, bc.reshape(T * 2, ds), None, p.eps, out=bc.reshape(T * 2, ds))
+                norm.rms_norm(g, bc.reshape(T * 2, ds), None, p.dt_b_c_eps, out=bc.reshape(T * 2, ds))
             dt = mm.matmul(g, w[b + "ssm_dt.weight"], dt_in, out=s["dt"])
             for lo, part in state.parts("scan", layer):
                 y = ssm.ssm_scan(g, x1, dt, w[b + "ssm_a"], B_, C_, w[b + "ssm_d"], part,
@@ -155,7 +158,7 @@ class MambaNumpy:
             dbc = mm.matmul_ref(w[b + "ssm_x.weight"], x1)
             dt_in, B, C = dbc[:, :dtr], dbc[:, dtr:dtr + ds], dbc[:, dtr + ds:]
             if p.dt_b_c_rms:
-                dt_in, B, C = (norm.rms_norm_ref(a, None, p.eps) for a in (dt_in, B, C))
+                dt_in, B, C = (norm.rms_norm_ref(a, None, p.dt_b_c_eps) for a in (dt_in, B, C))
             dt = ew.softplus_ref(mm.matmul_ref(w[b + "ssm_dt.weight"], dt_in) + w[b + "ssm_dt.bias"])
             y, state["scan"][layer] = ssm.ssm_scan_ref(x1, dt, w[b + "ssm_a"], B, C, w[b + "ssm_d"],
                                                        state["scan"][layer], z=xz[:, di:])
