@@ -378,7 +378,13 @@ class Model:
         if not isinstance(s, Session) or s.model is not self:
             raise VkInferError("eval_batch: not a session of this model")
         s._check_open()
-        arr = np.asarray(ids if not isinstance(ids, (str, bytes)) else [None])
+        if isinstance(ids, (str, bytes)):
+            raise VkInferError("token ids must be a flat list of whole numbers, not text "
+                               "(tokenize it first: model.tokenizer.encode)")
+        try:
+            arr = np.asarray(ids)
+        except ValueError:                      # ragged nested lists
+            raise VkInferError("token ids must be a non-empty flat list") from None
         if arr.ndim != 1 or arr.size == 0:
             raise VkInferError(f"token ids must be a non-empty flat list, got shape {arr.shape}")
         if arr.dtype.kind not in "iu":
