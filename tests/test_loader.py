@@ -52,3 +52,20 @@ def test_does_not_fit(dev, monkeypatch):
     with pytest.raises(VkInferError, match=r"needs 12\.\d\d MiB of device memory .* has 4\.00 MiB"):
         check_fits(dev, f, 4096)
     assert dev.allocated_bytes == before
+
+
+def test_a_context_too_long_says_the_largest_that_fits(dev, monkeypatch, zaya_weights_only):
+    """ZAYA's KV caches grow with the context: the message names the largest -c that fits, and
+    that context does fit."""
+    from vkinfer.loader import memory_needed
+    f = open_gguf(zaya_weights_only)
+    need = memory_needed(f, 4096)["total"]
+    monkeypatch.setattr(dev.info, "heaps", [(need - (1 << 20), True)])
+    monkeypatch.setattr(dev.info, "device_type", "discrete")
+    with pytest.raises(VkInferError, match=r"the largest context that fits is -c (\d+)") as e:
+        check_fits(dev, f, 4096)
+    fits = int(e.value.args[0].rsplit("-c ", 1)[1].split()[0])
+    assert 0 < fits < 4096
+    check_fits(dev, f, fits)
+    with pytest.raises(VkInferError):
+        check_fits(dev, f, fits + 1)

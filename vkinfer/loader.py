@@ -53,9 +53,14 @@ def check_fits(dev, f: GGUFFile, n_ctx: int, n_batch: int = 32, n_seq: int = 1, 
     have = device_memory(dev)
     if have and need["total"] > have:
         parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in need.items() if k != "total")
+        # The state grows linearly with the context (KV caches): the largest context that fits.
+        base = memory_needed(f, 0, n_batch, n_seq, **options)["total"]
+        per_token = (need["total"] - base) / n_ctx
+        fits = int((have - base) // per_token) if per_token > 0 and have > base else 0
+        hint = (f"the largest context that fits is -c {fits}" + (f" (with {n_seq} slots)" if n_seq > 1 else "")
+                if fits >= 1 else "use a smaller quantization" + (" or fewer slots" if n_seq > 1 else ""))
         raise VkInferError(f"{f.path.name} needs {format_bytes(need['total'])} of device memory ({parts}) "
-                           f"at context {n_ctx}, but {dev.name} has {format_bytes(have)}; "
-                           "use a smaller quantization or a shorter context (-c)")
+                           f"at context {n_ctx}, but {dev.name} has {format_bytes(have)}; {hint}")
     return need
 
 
