@@ -157,3 +157,25 @@ def test_run_until_the_context_is_full_and_bad_counts():
     assert "generation: 11 tokens" in res.stderr and "load: " in res.stderr and "warm-up" in res.stderr
     res = vkinfer("run", MODEL, "-p", "Hello", "-n", -3, "-q")
     assert res.returncode == 1 and "-n must be at least 1" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_llama_cpp_flags(tmp_path):
+    """-m, -f, -e, --no-display-prompt, -r/--stop, -s, -ngl (a note), --version: the text is the
+    library's greedy continuation of the same prompt."""
+    prompt = "Once upon\na time"
+    (tmp_path / "p.txt").write_text(prompt)
+    with load(MODEL, n_ctx=128) as m:
+        want = "".join(m.generate(m.tokenizer.encode(prompt), max_tokens=8))
+    res = vkinfer("run", "-m", MODEL, "-f", tmp_path / "p.txt", "-n", 8, "--temp", 0, "-q",
+                  "--no-display-prompt", "-s", 1, "-ngl", 99)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == want + "\n" and "-ngl ignored" in res.stderr
+    res = vkinfer("run", MODEL, "-p", "Once upon\\na time", "-e", "-n", 8, "-q", "--no-display-prompt")
+    assert res.stdout == want + "\n"
+    stop = want[3:5]
+    res = vkinfer("run", MODEL, "-p", prompt, "-n", 8, "-q", "--no-display-prompt", "-r", stop)
+    assert res.stdout == want[:want.find(stop)] + "\n"
+    res = vkinfer("--version")
+    assert res.returncode == 0 and res.stdout.startswith("vkinfer ")
+    res = vkinfer("run", MODEL, "-p", "x", "-f", tmp_path / "p.txt")
+    assert res.returncode == 1 and "-p or -f, not both" in res.stderr

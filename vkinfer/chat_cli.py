@@ -40,10 +40,11 @@ class ChatRunner:
     streams the answer through emit(text, is_reasoning) and returns the answer's text."""
 
     def __init__(self, model, sampling: dict, max_tokens: int = 256, system: str | None = None,
-                 reasoning: str = "show"):
+                 reasoning: str = "show", template: str | None = None, stop=()):
         self.model, self.max_tokens, self.reasoning = model, max_tokens, reasoning
+        self.extra_stops = list(stop)
         tok = model.tokenizer
-        self.template = model.file.get("tokenizer.chat_template")
+        self.template = template or model.file.get("tokenizer.chat_template")
         piece = (lambda i: tok.decode([i]) if i is not None else "")
         self.conv = Conversation(tok, self.template, piece(tok.bos_id), piece(tok.eos_id), system=system)
         self.n_valid = min(tok.n_tokens, model.n_vocab)
@@ -103,7 +104,7 @@ class ChatRunner:
         filt = ReasoningFilter(self.reasoning, in_reasoning=self.conv.prompt_opens_reasoning)
         start, answer, shown = self.session.n_past, "", 0
         gen = Generation(self.model, self.session, list(self.conv.fed_ids), max_tokens=self.max_tokens,
-                         stop=list(self.conv.stop_strings or ()), stop_ids=self.stops,
+                         stop=list(self.conv.stop_strings or ()) + self.extra_stops, stop_ids=self.stops,
                          sampler=self.sampler, whole=False)
 
         def show(upto):
@@ -268,7 +269,9 @@ def read_message(prompt: str = "> ") -> str:
 
 def chat_loop(model, args, sampling: dict) -> int:
     try:
-        runner = ChatRunner(model, sampling, args.n_predict, args.system, args.reasoning)
+        from .cli import read_template
+        runner = ChatRunner(model, sampling, args.n_predict, args.system, args.reasoning,
+                            read_template(args.chat_template_file), args.stop)
     except ValueError as e:
         raise VkInferError(str(e)) from None
     tty = sys.stdout.isatty()

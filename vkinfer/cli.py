@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vkinfer", description="Run GGUF Mamba and ZAYA1 models on any Vulkan GPU.")
     add_global_options(parser, defaults=True)
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"vkinfer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     devices = commands.add_parser("devices", help="list Vulkan devices and the limits vkinfer uses")
@@ -40,9 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="continue a prompt and stream the text")
     run.add_argument("model", nargs="?", help="GGUF file (default: the bundled demo model)")
     run.add_argument("-p", "--prompt", default="", help="text to continue")
+    run.add_argument("-f", "--file", default=None, help="read the prompt from a file (- for stdin)")
+    run.add_argument("-e", "--escape", action="store_true", help="process \\n, \\t, \\\\ ... in the prompt")
     run.add_argument("-n", "--n-predict", type=int, default=64,
                      help="tokens to generate; -1 = until the context is full or the end of text")
     run.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
+    run.add_argument("--no-display-prompt", action="store_true", help="do not print the prompt first")
+    run.add_argument("-sys", "--system-prompt", default=None,
+                     help="answer the prompt as a chat turn, after this system message")
+    run.add_argument("--chat-template-file", default=None, help="a Jinja chat template for -sys")
     add_model_options(run)
     add_global_options(run, defaults=False)
     run.set_defaults(run=cmd_run)
@@ -50,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="talk with a model in the terminal")
     chat.add_argument("model", nargs="?", help="GGUF file (default: the bundled demo model)")
     chat.add_argument("-n", "--n-predict", type=int, default=256, help="most tokens per answer")
-    chat.add_argument("--system", default=None, help="system message")
+    chat.add_argument("-sys", "--system-prompt", "--system", dest="system", default=None, help="system message")
+    chat.add_argument("--chat-template-file", default=None,
+                      help="a Jinja chat template instead of the model's own")
     chat.add_argument("--reasoning", choices=("show", "hide"), default="show",
                       help="show <think> reasoning dimmed, or hide it")
     add_model_options(chat, CHATTY)
@@ -122,6 +132,12 @@ CHATTY = dict(temp=0.8, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1)
 
 
 def add_model_options(p: argparse.ArgumentParser, defaults: dict = GREEDY):
+    p.add_argument("-m", "--model", dest="model_flag", metavar="MODEL", default=None,
+                   help="the GGUF file (as llama.cpp's -m; or give it as the first argument)")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=None,
+                   help="accepted for llama.cpp habits and ignored: every layer runs on the GPU")
+    p.add_argument("-r", "--reverse-prompt", "--stop", dest="stop", action="append", default=[],
+                   metavar="TEXT", help="stop when the model writes TEXT (may be repeated)")
     p.add_argument("--temp", type=float, default=defaults["temp"],
                    help=f"temperature; 0 = greedy (default {defaults['temp']})")
     p.add_argument("--top-k", type=int, default=defaults["top_k"],
@@ -132,7 +148,7 @@ def add_model_options(p: argparse.ArgumentParser, defaults: dict = GREEDY):
                    help=f"drop tokens below min-p x the best (default {defaults['min_p']})")
     p.add_argument("--repeat-penalty", type=float, default=defaults["repeat_penalty"],
                    help=f"penalty for repeated tokens (default {defaults['repeat_penalty']})")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    p.add_argument("-s", "--seed", type=int, default=None, help="random seed for sampling")
     p.add_argument("-c", "--ctx", type=int, default=4096, help="context size in tokens")
     p.add_argument("-b", "--batch", type=int, default=32, help="prompt micro-batch size")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar while loading")
@@ -164,7 +180,11 @@ def resolve_model(path):
 def open_model(args, warm: bool = True):
     from .engine import Model
     options = {k: v for k, v in (("kv_type", args.kv_type), ("skip_mode", args.skip_mode)) if v}
-    path = resolve_model(args.model)
+    if args.model and args.model_flag and args.model != args.model_flag:
+        raise VkInferError(f"two models given: {args.model} and -m {args.model_flag}")
+    if args.n_gpu_layers is not None:
+        print("vkinfer: -ngl ignored: every layer runs on the GPU", file=sys.stderr)
+    path = args.model = resolve_model(args.model or args.model_flag)
     if options:
         from .gguf import open_gguf
         from .models import ARCHITECTURES
@@ -208,23 +228,34 @@ def cmd_run(args) -> int:
     sampling = sampling_args(args)
     if args.n_predict < -1 or args.n_predict == 0:
         raise VkInferError(f"-n must be at least 1, or -1 for until the context is full (not {args.n_predict})")
+    prompt = prompt_text(args)
+    template = read_template(args.chat_template_file)
     model = open_model(args, warm=False)
     tok = model.tokenizer
-    ids = tok.encode(args.prompt)
+    stop = list(args.stop)
+    if args.system_prompt is not None:
+        ids, plain = model.render_chat([{"role": "system", "content": args.system_prompt},
+                                        {"role": "user", "content": prompt}], template)
+        if plain:
+            from .chat import FALLBACK_STOP_STRINGS
+            stop += FALLBACK_STOP_STRINGS
+    else:
+        ids = tok.encode(prompt)
     if not ids:
         raise VkInferError("the prompt is empty and the model adds no BOS token; give a prompt with -p")
     if len(ids) >= model.n_ctx:
         raise VkInferError(f"the prompt's {len(ids)} tokens exceed the context size of {model.n_ctx} "
                            "tokens (raise it with -c/--ctx)")
     warm_up(model, args.quiet)
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
+    if not args.no_display_prompt:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
     max_tokens = model.n_ctx if args.n_predict == -1 else args.n_predict
     t0 = time.perf_counter()
     t_first, n_gen, finish = None, 0, None
     with model.session() as session:
         for _, text, finish in model.stream(ids, max_tokens=max_tokens, session=session,
-                                            ignore_eos=args.ignore_eos, **sampling):
+                                            ignore_eos=args.ignore_eos, stop=stop, **sampling):
             if t_first is None:
                 t_first = time.perf_counter()    # the prompt is in, and its first token sampled
             n_gen += 1
@@ -239,6 +270,45 @@ def cmd_run(args) -> int:
     print(speed_report(len(ids), (t_first or t_end) - t0, n_gen, t_end - (t_first or t_end),
                        model.load_seconds, model.warm_up_seconds), file=sys.stderr)
     return 0
+
+
+def prompt_text(args) -> str:
+    """-p, or the file -f names (- for stdin); with -e, backslash escapes processed."""
+    text = args.prompt
+    if args.file is not None:
+        if args.prompt:
+            raise VkInferError("give the prompt with -p or -f, not both")
+        try:
+            text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8",
+                                                                   errors="replace").read()
+        except OSError as e:
+            raise VkInferError(f"{args.file}: {e.strerror}") from None
+    return unescape(text) if args.escape else text
+
+
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "0": "\0"}
+
+
+def unescape(text: str) -> str:
+    """llama.cpp's -e: \\n, \\t, \\r, \\\\, \\', \\", \\0; anything else after a backslash is kept."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in ESCAPES:
+            out.append(ESCAPES[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def read_template(path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise VkInferError(f"{path}: {e.strerror}") from None
 
 
 def speed_report(n_prompt: int, t_prompt: float, n_gen: int, t_gen: float, t_load: float = None,

@@ -551,9 +551,9 @@ class Model:
         stop = list(settings.pop("stop", None) or ()) + (list(FALLBACK_STOP_STRINGS) if plain else [])
         yield from self.generate(prompt, max_tokens, session, stop=stop, **settings)
 
-    def render_chat(self, messages) -> tuple:
+    def render_chat(self, messages, template: str | None = None) -> tuple:
         """(token ids of the conversation with the assistant's turn opened, whether the plain
-        fallback format was used)."""
+        fallback format was used). template: a Jinja chat template instead of the GGUF's."""
         from .chat import FALLBACK_TEMPLATE, render_template
         if not isinstance(messages, (list, tuple)) or not messages:
             raise VkInferError("messages must be a non-empty list of {'role', 'content'} dicts")
@@ -562,7 +562,7 @@ class Model:
                     not isinstance(m.get("content"), str):
                 raise VkInferError(f"each message needs a string 'role' and 'content', got {m!r:.80}")
         tok = self.tokenizer
-        template = self.file.get("tokenizer.chat_template") or None
+        template = template or self.file.get("tokenizer.chat_template") or None
         piece = (lambda i: tok.decode([i]) if i is not None else "")
         bos, eos = piece(tok.bos_id), piece(tok.eos_id)
         text = render_template(template or FALLBACK_TEMPLATE, [dict(m) for m in messages],
