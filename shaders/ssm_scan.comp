@@ -8,9 +8,13 @@
 // WIDE (specialization constant 1; the host sets it when N and the offsets and row strides of
 // A, B, C and the state are multiples of 4) reads those in vec4s: on llvmpipe every load is a
 // loop over the SIMD lanes, so a quarter of the loads is most of the kernel's time.
+// `heads` (Mamba-2): channel c belongs to head h = c / head_dim, which has a scalar A[h], D[h],
+// dt[t, h] (+ dt_bias[h], softplus) and reads B and C of its group g = h / heads_per_group
+// (columns g*N .. g*N+N-1); no gate (Mamba-2 gates in its norm).
 //! variant plain
 //! variant gate HAS_GATE
 //! variant gate_dt HAS_GATE DT_BIAS
+//! variant heads HEADS DT_BIAS
 #include "common.glsl"
 #include "activations.glsl"
 layout(local_size_x = 64) in;
@@ -27,16 +31,17 @@ layout(binding = 3) readonly buffer B4_ { vec4 B4[]; };
 layout(binding = 4) readonly buffer C_ { float C[]; };
 layout(binding = 4) readonly buffer C4_ { vec4 C4[]; };
 layout(binding = 5) readonly buffer D_ { float D[]; };
-#define N_IN 6
 #ifdef HAS_GATE
-layout(binding = N_IN) readonly buffer Z { float z[]; };
-#undef N_IN
-#define N_IN 7
+layout(binding = 6) readonly buffer Z { float z[]; };
+#define GATE_IN 1
+#else
+#define GATE_IN 0
 #endif
 #ifdef DT_BIAS
-layout(binding = N_IN) readonly buffer DtBias { float dt_bias[]; };
-#undef N_IN
-#define N_IN 8
+layout(binding = 6 + GATE_IN) readonly buffer DtBias { float dt_bias[]; };
+#define N_IN (7 + GATE_IN)
+#else
+#define N_IN (6 + GATE_IN)
 #endif
 layout(binding = N_IN) readonly buffer Slots { uint slots[]; };
 layout(binding = N_IN + 1) buffer State { float state[]; };
@@ -51,7 +56,16 @@ layout(push_constant) uniform P {
     uint B_off; uint B_rs; uint C_off; uint C_rs; uint D_off;
     uint z_off; uint z_rs; uint state_off; uint o_off; uint bias_off;
     uint slots_off; uint slots_step; uint slot_lo; uint n_slots;
+    uint head_dim; uint heads_per_group;
 } p;
+
+#ifdef HEADS
+#define HEAD (c / p.head_dim)              // dt, A, D and dt_bias per head
+#define GROUP_COL ((c / p.head_dim) / p.heads_per_group * N)
+#else
+#define HEAD c
+#define GROUP_COL 0u
+#endif
 
 void main() {
     uint c = GLOBAL_INDEX;
@@ -61,46 +75,59 @@ void main() {
     uint state_base = p.state_off + slot * p.Dn * N;
     uint row0 = seq * p.T;
     float s[N4 * 4];
+    if (WIDE) {
+        [[unroll]] for (uint i = 0; i < N4; i++) {
+            vec4 s4 = state4[(state_base + c * N) / 4 + i];
+            [[unroll]] for (uint j = 0; j < 4; j++) s[4 * i + j] = s4[j];
+        }
+    } else {
+        [[unroll]] for (uint n = 0; n < N; n++) s[n] = state[state_base + c * N + n];
+    }
+#ifdef HEADS
+    float a_h = A[p.A_off + HEAD];
+#define DECAY(n) decay
+#else
     float a[N4 * 4];
     if (WIDE) {
         [[unroll]] for (uint i = 0; i < N4; i++) {
-            vec4 s4 = state4[(state_base + c * N) / 4 + i], a4 = A4[(p.A_off + c * N) / 4 + i];
-            [[unroll]] for (uint j = 0; j < 4; j++) {
-                s[4 * i + j] = s4[j];
-                a[4 * i + j] = a4[j];
-            }
+            vec4 a4 = A4[(p.A_off + c * N) / 4 + i];
+            [[unroll]] for (uint j = 0; j < 4; j++) a[4 * i + j] = a4[j];
         }
     } else {
-        [[unroll]] for (uint n = 0; n < N; n++) {
-            s[n] = state[state_base + c * N + n];
-            a[n] = A[p.A_off + c * N + n];
-        }
+        [[unroll]] for (uint n = 0; n < N; n++) a[n] = A[p.A_off + c * N + n];
     }
-    float d = D[p.D_off + c];
-#ifdef DT_BIAS
-    float bias = dt_bias[p.bias_off + c];
+#define DECAY(n) exp(dtv * a[n])
 #endif
+    float d = D[p.D_off + HEAD];
+#ifdef DT_BIAS
+    float bias = dt_bias[p.bias_off + HEAD];
+#endif
+    uint bc_col = GROUP_COL;
     for (uint t = row0; t < row0 + p.T; t++) {
         float xv = x[p.x_off + t * p.x_rs + c];
-        float dtv = dt[p.dt_off + t * p.dt_rs + c];
+        float dtv = dt[p.dt_off + t * p.dt_rs + HEAD];
 #ifdef DT_BIAS
         dtv = softplus(dtv + bias);
 #endif
+#ifdef HEADS
+        float decay = exp(dtv * a_h);         // one exp per token: A is a scalar per head
+#endif
         float dx = xv * dtv;
         float y = 0.0;
+        uint b_at = p.B_off + t * p.B_rs + bc_col, c_at = p.C_off + t * p.C_rs + bc_col;
         if (WIDE) {
             [[unroll]] for (uint i = 0; i < N4; i++) {
-                vec4 b4 = B4[(p.B_off + t * p.B_rs) / 4 + i], c4 = C4[(p.C_off + t * p.C_rs) / 4 + i];
+                vec4 b4 = B4[b_at / 4 + i], c4 = C4[c_at / 4 + i];
                 [[unroll]] for (uint j = 0; j < 4; j++) {
                     uint n = 4 * i + j;
-                    s[n] = s[n] * exp(dtv * a[n]) + b4[j] * dx;
+                    s[n] = s[n] * DECAY(n) + b4[j] * dx;
                     y += s[n] * c4[j];
                 }
             }
         } else {
             [[unroll]] for (uint n = 0; n < N; n++) {
-                s[n] = s[n] * exp(dtv * a[n]) + B[p.B_off + t * p.B_rs + n] * dx;
-                y += s[n] * C[p.C_off + t * p.C_rs + n];
+                s[n] = s[n] * DECAY(n) + B[b_at + n] * dx;
+                y += s[n] * C[c_at + n];
             }
         }
         y += d * xv;

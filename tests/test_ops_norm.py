@@ -79,3 +79,16 @@ def test_non_contiguous_then_copy(dev, rng):
         run(dev, lambda g: rms_norm(g, view))
     out = run(dev, lambda g: rms_norm(g, copy_ops.copy(g, view)))
     _check(dev.read(out), rms_norm_ref(x))
+
+
+@pytest.mark.parametrize("T,cols,G", [(1, 128, 1), (7, 128, 2), (5, 99, 3), (3, 4096, 8)])
+def test_gated_group_norm(dev, rng, T, cols, G):
+    """Mamba-2's gated norm, z as a column slice of a wider row (as it comes out of ssm_in)."""
+    from vkinfer.ops import norm
+    y = rng.standard_normal((T, cols)).astype(np.float32)
+    wide = rng.standard_normal((T, cols + 9)).astype(np.float32)
+    w = rng.standard_normal((G, cols // G)).astype(np.float32)
+    tw = dev.upload(wide)
+    out = run(dev, lambda g: norm.gated_group_norm(g, dev.upload(y), tw.slice(1, 3, 3 + cols), dev.upload(w), G))
+    want = norm.gated_group_norm_ref(y, wide[:, 3:3 + cols], w, G)
+    np.testing.assert_allclose(dev.read(out), want, rtol=0, atol=2e-5 * max(1, np.abs(want).max()))

@@ -248,3 +248,67 @@ def test_ssm_scan_checks_shapes(dev, rng):
     with pytest.raises(ValueError, match="ssm_scan: d_state 300"):
         run(dev, lambda g: ssm.ssm_scan(g, t["x"], t["dt"], dev.empty((10, 300)), t["B"], t["C"],
                                         t["D"], t["state"]))
+
+
+# ---- Mamba-2: the per-head scan -----------------------------------------------------------------
+def heads_inputs(rng, T, H, P, N, G):
+    x = rng.standard_normal((T, H * P)).astype(np.float32)
+    dt = rng.standard_normal((T, H)).astype(np.float32) - 1.0
+    A = -np.exp(rng.uniform(0.0, 2.0, H)).astype(np.float32)
+    B = rng.standard_normal((T, G * N)).astype(np.float32)
+    C = rng.standard_normal((T, G * N)).astype(np.float32)
+    D = rng.standard_normal(H).astype(np.float32)
+    bias = rng.standard_normal(H).astype(np.float32)
+    state = rng.standard_normal((H * P, N)).astype(np.float32)
+    return x, dt, A, B, C, D, bias, state
+
+
+@pytest.mark.parametrize("T,H,P,N,G", [
+    (1, 8, 16, 16, 1),        # decode, the fixture's shape
+    (7, 8, 16, 16, 2),
+    (5, 6, 17, 13, 3),        # odd head size and d_state (no vec4 loads), 3 groups
+    (3, 4, 128, 256, 2),      # the largest head and state
+    (33, 24, 64, 128, 8),     # Mamba-Codestral's 8 groups, a prompt chunk
+])
+def test_ssm_scan_heads(dev, rng, T, H, P, N, G):
+    x, dt, A, B, C, D, bias, state = heads_inputs(rng, T, H, P, N, G)
+    tstate = dev.upload(state)
+    y = run(dev, lambda g: ssm.ssm_scan_heads(g, *(dev.upload(a) for a in (x, dt, A, B, C, D)), tstate,
+                                              dev.upload(bias), G))
+    want, want_state = ssm.ssm_scan_heads_ref(x, dt, A, B, C, D, state, bias, G)
+    check_scaled(dev.read(y), want, 2e-5, "y")
+    check_scaled(dev.read(tstate), want_state, 2e-5, "state")
+
+
+def test_ssm_scan_heads_column_slices_and_slots(dev, rng):
+    """B and C as column slices of one xBC row (as Mamba-2 has them) and the state in slot 2 of
+    a 3-slot pool: the other slots stay as they were."""
+    T, H, P, N, G = 4, 4, 8, 16, 2
+    x, dt, A, B, C, D, bias, state = heads_inputs(rng, T, H, P, N, G)
+    xbc = dev.upload(np.concatenate([x, B, C], axis=1))
+    pool = rng.standard_normal((3, H * P, N)).astype(np.float32)
+    pool[2] = state
+    tpool = dev.upload(pool)
+    slots = dev.upload(np.full(T, 2, np.uint32))
+    Dn = H * P
+    y = run(dev, lambda g: ssm.ssm_scan_heads(g, xbc.slice(1, 0, Dn), dev.upload(dt), dev.upload(A),
+                                              xbc.slice(1, Dn, Dn + G * N), xbc.slice(1, Dn + G * N, Dn + 2 * G * N),
+                                              dev.upload(D), tpool, dev.upload(bias), G, slots=slots))
+    want, want_state = ssm.ssm_scan_heads_ref(x, dt, A, B, C, D, state, bias, G)
+    got = dev.read(tpool)
+    check_scaled(dev.read(y), want, 2e-5, "y")
+    check_scaled(got[2], want_state, 2e-5, "state")
+    np.testing.assert_array_equal(got[:2], pool[:2])
+
+
+def test_ssm_scan_heads_refuses_bad_shapes(dev):
+    from vkinfer.gpu import Graph
+    g = Graph(dev, "errors")
+    x, st = dev.empty((2, 32)), dev.empty((32, 16))
+    with pytest.raises(ValueError, match="3 groups do not divide 4 heads"):
+        ssm.ssm_scan_heads(g, x, dev.empty((2, 4)), dev.empty(4), dev.empty((2, 48)), dev.empty((2, 48)),
+                           dev.empty(4), st, dev.empty(4), 3)
+    with pytest.raises(ValueError, match="B has shape"):
+        ssm.ssm_scan_heads(g, x, dev.empty((2, 4)), dev.empty(4), dev.empty((2, 16)), dev.empty((2, 32)),
+                           dev.empty(4), st, dev.empty(4), 2)
+    assert len(g) == 0

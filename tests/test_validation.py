@@ -18,7 +18,7 @@ stock kp's Python API: consecutive OpTensorSyncLocal copies into the same tensor
 buffer are a transfer write-after-write (nothing records a barrier on a staging buffer, and no
 one reads it); that case is reported as an expected failure, any other message fails.
 
-A third check runs the models' batched graphs (Mamba and ZAYA fixtures, 3 sequences of different
+A third check runs the models' batched graphs (Mamba, Mamba-2 and ZAYA fixtures, 3 sequences of different
 lengths prefilled and decoded together over the slotted state pool, with a 1 MiB binding limit so
 that weights, logits and state are split across bindings) and compares them with each sequence
 run alone (1e-5).
@@ -234,7 +234,7 @@ def child_batched() -> dict:
     zaya.write_bytes(lzma.decompress((fixtures / "zaya-small-q4_k_m.gguf.xz").read_bytes()))
     prompts = [[5, 6, 7, 8, 9, 10, 11], [3], [12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]]
     max_error, dispatches, loaded = 0.0, 0, True
-    for path in (fixtures / "mamba-tiny-q8_0.gguf", zaya):
+    for path in (fixtures / "mamba-tiny-q8_0.gguf", fixtures / "mamba2-tiny-g2-q8_0.gguf", zaya):
         with load(path, n_ctx=32, n_batch=8, n_seq=4) as m:
             alone = []
             for p in prompts:

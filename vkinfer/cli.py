@@ -377,7 +377,7 @@ def add_bench_commands(commands):
 
     synth = commands.add_parser("synth", help="write real-shaped GGUF models with random weights")
     synth.add_argument("models", nargs="+", metavar="model",
-                       help="mamba-130m, mamba-370m, mamba-1.4b, mamba-2.8b, falcon-mamba-7b, zaya1-8b")
+                       help="mamba-130m, mamba-370m, mamba-1.4b, mamba-2.8b, falcon-mamba-7b, mamba2-130m, mamba2-370m, mamba2-780m, mamba2-1.3b, mamba2-2.7b, mamba-codestral-7b, zaya1-8b")
     synth.add_argument("-t", "--types", nargs="+", default=["q8_0"], help="f16, q8_0, q4_k_m")
     synth.add_argument("-o", "--out", default="models-synth", help="directory (default: models-synth)")
     synth.add_argument("--force", action="store_true", help="rewrite files that exist")

@@ -26,6 +26,7 @@ import numpy as np
 
 from .gguf import open_gguf
 from .models.mamba import MambaParams, mamba_tensors
+from .models.mamba2 import Mamba2Params, mamba2_tensors
 from .models.zaya import ZayaParams, zaya_tensors
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
@@ -34,12 +35,17 @@ FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 MAMBA_SIZES = {"mamba-130m": (24, 768, False, 50280, True), "mamba-370m": (48, 1024, False, 50280, True),
                "mamba-1.4b": (48, 2048, False, 50280, True), "mamba-2.8b": (64, 2560, False, 50280, True),
                "falcon-mamba-7b": (64, 4096, True, 65024, False)}
-MODELS = (*MAMBA_SIZES, "zaya1-8b")
+# Mamba-2: (layers, d_model, n_groups, vocabulary rows, tied head); d_state 128, head_dim 64,
+# expand 2, d_conv 4 as the state-spaces checkpoints and Mamba-Codestral have them.
+MAMBA2_SIZES = {"mamba2-130m": (24, 768, 1, 50280, True), "mamba2-370m": (48, 1024, 1, 50280, True),
+                "mamba2-780m": (48, 1536, 1, 50280, True), "mamba2-1.3b": (48, 2048, 1, 50280, True),
+                "mamba2-2.7b": (64, 2560, 1, 50280, True), "mamba-codestral-7b": (64, 4096, 8, 32768, False)}
+MODELS = (*MAMBA_SIZES, *MAMBA2_SIZES, "zaya1-8b")
 WEIGHT_TYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15}          # general.file_type values
 MAMBA_VOCAB, ZAYA_VOCAB = 50280, 262147
 
 # Tensors llama-quantize and the converters keep in F32 (besides every 1-D tensor).
-ALWAYS_F32 = ("_norm.weight", "ssm_conv1d.weight", "ssm_a", "ffn_gate_inp.weight")
+ALWAYS_F32 = ("_norm.weight", "ssm_conv1d.weight", "ssm_a", "ssm_d", "ffn_gate_inp.weight")
 
 # Block layouts for random data: bytes per block, elements per block, the byte offsets of the
 # fp16 scale fields, and the RMS of the decoded values when those scales are 1 (for Q4_K with
@@ -100,6 +106,15 @@ def plan(model: str, wtype: str, n_layer: int | None = None, n_vocab: int | None
             shapes.pop("output.weight")                      # as the converter writes it
         else:
             shapes["output.weight"] = tuple(shapes["output.weight"])
+        extra = {"feed_forward_length": 0, "attention.head_count": 0}
+    elif model in MAMBA2_SIZES:
+        layers, d, groups, vocab, tied = MAMBA2_SIZES[model]
+        arch = "mamba2"
+        p = Mamba2Params(n_embd=d, n_layer=n_layer or layers, d_conv=4, d_inner=2 * d, d_state=128,
+                         n_heads=2 * d // 64, n_groups=groups, eps=1e-5, n_ctx_train=1 << 20)
+        shapes = {name: tuple(shape) for name, shape in mamba2_tensors(p, n_vocab or vocab).items()}
+        if tied:
+            shapes.pop("output.weight")
         extra = {"feed_forward_length": 0, "attention.head_count": 0}
     elif model == "zaya1-8b":
         arch, p = "zaya", zaya_params(n_layer)
@@ -176,7 +191,7 @@ def tensor_bytes(rng, name: str, shape: tuple, qtype: str) -> np.ndarray:
 # ---- writing -------------------------------------------------------------------------------------------
 def tokenizer_source(arch: str, workdir: Path) -> Path:
     """A fixture GGUF holding the architecture's real tokenizer (the ZAYA one unpacked)."""
-    if arch == "mamba":
+    if arch in ("mamba", "mamba2"):
         return FIXTURES / "mamba-tiny-f16.gguf"
     packed = FIXTURES / "zaya-small-q4_k_m.gguf.xz"
     out = workdir / "zaya-tokenizer.gguf"

@@ -7,6 +7,7 @@ taps) recording one step of inputs["n_seq"] sequences (u32 tensors ids, position
 one row per token, sequence after sequence) on the engine's StatePool; build returns the
 residual stream [rows, n_embd] before the output norm."""
 from .mamba import Mamba
+from .mamba2 import Mamba2
 from .zaya import Zaya
 
-ARCHITECTURES = {"mamba": Mamba, "zaya": Zaya}
+ARCHITECTURES = {"mamba": Mamba, "mamba2": Mamba2, "zaya": Zaya}

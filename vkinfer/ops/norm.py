@@ -1,7 +1,8 @@
-"""RMS norm over the last axis of a contiguous F32 tensor, with an optional per-channel weight."""
+"""RMS norm over the last axis of a contiguous F32 tensor, with an optional per-channel weight;
+Mamba-2's gated group norm."""
 import numpy as np
 
-from ..gpu import Graph, Tensor, check_tensor, require
+from ..gpu import Graph, Tensor, check_tensor, output, require
 
 
 def rms_norm(g: Graph, x: Tensor, w: Tensor | None = None, eps: float = 1e-5,
@@ -22,8 +23,39 @@ def rms_norm(g: Graph, x: Tensor, w: Tensor | None = None, eps: float = 1e-5,
     w_off = w.offset if w is not None else 0
     variant = "weight" if w is not None else "plain"
     g.dispatch(f"rms_norm.{variant}", ins, [out],
-               [rows, cols, x.offset, w_off, out.offset, float(eps)], groups=rows)
+               [rows, cols, x.offset, w_off, out.offset, float(eps), 1, 0, 0], groups=rows)
     return out
+
+
+def gated_group_norm(g: Graph, y: Tensor, z: Tensor, w: Tensor, n_groups: int, eps: float = 1e-5,
+                     out: Tensor | None = None) -> Tensor:
+    """Mamba-2's gated norm: v = y * silu(z), then an RMS norm over each of n_groups groups of
+    columns, times w [G, cols / G] (group g's row for its columns). y [T, C] contiguous, z
+    [T, C] with contiguous rows (a column slice is fine) -> out [T, C]."""
+    op = "gated_group_norm"
+    check_tensor(op, "y", y, dtype="f32")
+    require(y.ndim == 2 and y.numel > 0, f"{op}: y has shape {y.shape}, expected [T, C]")
+    T, cols = y.shape
+    require(n_groups >= 1 and cols % n_groups == 0, f"{op}: {n_groups} groups do not divide {cols} columns")
+    check_tensor(op, "z", z, dtype="f32", shape=(T, cols), contiguous=False)
+    require(cols == 1 or z.strides[1] == 1, f"{op}: z {z} is not contiguous along its rows")
+    group = cols // n_groups
+    check_tensor(op, "w", w, dtype="f32")
+    require(w.numel == cols, f"{op}: w has shape {w.shape}, expected [{n_groups}, {group}]")
+    out = output(g, op, out, (T, cols))
+    rows = T * n_groups
+    g.dispatch("rms_norm.gated", [y, w, z], [out],
+               [rows, group, y.offset, w.offset, out.offset, float(eps), n_groups, z.offset,
+                z.strides[0] if T > 1 else cols], groups=rows)
+    return out
+
+
+def gated_group_norm_ref(y, z, w, n_groups: int, eps: float = 1e-5) -> np.ndarray:
+    v = y.astype(np.float64) * z / (1.0 + np.exp(-z.astype(np.float64)))
+    T, cols = v.shape
+    v = v.reshape(T, n_groups, cols // n_groups)
+    v = v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + eps)
+    return (v * np.asarray(w, np.float64).reshape(n_groups, -1)).reshape(T, cols).astype(np.float32)
 
 
 def rms_norm_ref(x: np.ndarray, w: np.ndarray | None = None, eps: float = 1e-5) -> np.ndarray:

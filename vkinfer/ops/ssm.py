@@ -113,7 +113,43 @@ def ssm_scan(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
                [T, Dn, x.offset, strides["x"], dt.offset, strides["dt"], A.offset,
                 B.offset, strides["B"], C.offset, strides["C"], D.offset,
                 z.offset if z is not None else 0, z_rs, part.offset, out.offset,
-                dt_bias.offset if dt_bias is not None else 0, *slot_words],
+                dt_bias.offset if dt_bias is not None else 0, *slot_words, 1, 1],
+               _groups(ceil(Dn / WG), n_seq), spec=(N, int(wide)))
+    return out
+
+
+def ssm_scan_heads(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+                   state: Tensor, dt_bias: Tensor, n_groups: int, out: Tensor | None = None,
+                   slots: Tensor | None = None, n_seq: int = 1, slot_lo: int = 0) -> Tensor:
+    """Mamba-2's scan: H heads of P = Dn / H channels, a scalar A [H] (already -exp(A_log)), D
+    [H] and dt [rows, H] per head (softplus(dt + dt_bias[H]) taken here); B, C [rows, G * N]
+    with head h reading group h // (H / G); x [rows, Dn]; state [Dn, N] per slot (head-major:
+    channel h * P + p) updated in place -> y [rows, Dn], not gated."""
+    op = "ssm_scan_heads"
+    check_tensor(op, "A", A, dtype="f32")
+    require(A.ndim == 1, f"{op}: A must be [n_heads], got {A.shape}")
+    H = A.shape[0]
+    require(n_groups >= 1 and H % n_groups == 0, f"{op}: {n_groups} groups do not divide {H} heads")
+    T = _sequences(op, x, n_seq)
+    rows, Dn = n_seq * T, x.shape[1]
+    require(Dn % H == 0, f"{op}: {Dn} channels are not {H} heads of equal size")
+    part = slotted_state(op, "state", state, 2)
+    require(part.dtype == "f32" and part.shape[1] == Dn, f"{op}: state must be [{Dn}, d_state] per slot, "
+                                                        f"got {state.shape}")
+    N = part.shape[2]
+    require(1 <= N <= MAX_D_STATE, f"{op}: d_state {N} is outside 1..{MAX_D_STATE}")
+    strides = {name: _row_stride(op, name, t, shape) for name, t, shape in
+               (("x", x, (rows, Dn)), ("dt", dt, (rows, H)), ("B", B, (rows, n_groups * N)),
+                ("C", C, (rows, n_groups * N)))}
+    for name, t in (("D", D), ("dt_bias", dt_bias)):
+        check_tensor(op, name, t, dtype="f32", shape=(H,))
+    out = output(g, op, out, (rows, Dn))
+    wide = all(v % 4 == 0 for v in (N, B.offset, C.offset, part.offset, strides["B"], strides["C"]))
+    slot_t, slot_words = slot_push(g, op, slots, rows, T, part, slot_lo)
+    g.dispatch("ssm_scan.heads", [x, dt, A, B, C, D, dt_bias, slot_t], [part, out],
+               [T, Dn, x.offset, strides["x"], dt.offset, strides["dt"], A.offset,
+                B.offset, strides["B"], C.offset, strides["C"], D.offset, 0, 0, part.offset,
+                out.offset, dt_bias.offset, *slot_words, Dn // H, H // n_groups],
                _groups(ceil(Dn / WG), n_seq), spec=(N, int(wide)))
     return out
 
@@ -128,6 +164,24 @@ def ssm_conv_ref(x, state, w, b, silu=False):
     if silu:
         out = out / (1.0 + np.exp(-out))
     return out.astype(np.float32), window[:, T:].astype(np.float32)
+
+
+def ssm_scan_heads_ref(x, dt, A, B, C, D, state, dt_bias, n_groups):
+    """Mamba-2's recurrence in float64, head by head: state [H * P, N]."""
+    dt = softplus_ref(np.asarray(dt, np.float32) + dt_bias).astype(np.float64)    # [T, H]
+    T, Dn = x.shape
+    H = A.shape[0]
+    P, N = Dn // H, state.shape[1]
+    group = np.arange(H) // (H // n_groups)
+    xs = np.asarray(x, np.float64).reshape(T, H, P)
+    Bs = np.asarray(B, np.float64).reshape(T, n_groups, N)[:, group]          # [T, H, N]
+    Cs = np.asarray(C, np.float64).reshape(T, n_groups, N)[:, group]
+    s = np.array(state, np.float64).reshape(H, P, N)
+    y = np.empty((T, H, P))
+    for t in range(T):
+        s = s * np.exp(dt[t] * A)[:, None, None] + (dt[t][:, None] * xs[t])[:, :, None] * Bs[t][:, None, :]
+        y[t] = (s * Cs[t][:, None, :]).sum(-1) + D[:, None] * xs[t]
+    return y.reshape(T, Dn).astype(np.float32), s.reshape(Dn, N).astype(np.float32)
 
 
 def ssm_scan_ref(x, dt, A, B, C, D, state, z=None, dt_bias=None):
