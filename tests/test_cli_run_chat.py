@@ -179,3 +179,14 @@ def test_llama_cpp_flags(tmp_path):
     assert res.returncode == 0 and res.stdout.startswith("vkinfer ")
     res = vkinfer("run", MODEL, "-p", "x", "-f", tmp_path / "p.txt")
     assert res.returncode == 1 and "-p or -f, not both" in res.stderr
+
+
+def test_nan_logits_are_one_line(tmp_path):
+    """Weights that make NaN logits end `run` with one line, not a ValueError traceback."""
+    from gguf_edit import rewrite_gguf
+    bad = tmp_path / "nan.gguf"
+    w = np.full(64, np.nan, np.float32)
+    rewrite_gguf(MODEL, bad, tensors={"output_norm.weight": (w, "F32")})
+    res = vkinfer("run", bad, "-p", "Hello", "-n", 4, "-q")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "NaN or infinite logits" in res.stderr.strip().splitlines()[-1]
