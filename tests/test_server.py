@@ -12,11 +12,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import openai
 import pytest
 
-openai = pytest.importorskip("openai")
-
-import vkinfer  # noqa: E402
+import vkinfer
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "vkinfer" / "data" / "demo-mamba.gguf"
