@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""Compile every shader variant in shaders/ to SPIR-V in shaders/spv/.
+"""Compile every shader variant in shaders/ to SPIR-V in vkinfer/spv/.
 
 A shader declares its variants on lines of the form
 
     //! variant NAME DEFINE[=VALUE] ...
 
-and is compiled once per variant to shaders/spv/<shader>.<NAME>.spv; a shader with no
-variant line compiles once to shaders/spv/<shader>.spv. Only outputs older than their
+and is compiled once per variant to vkinfer/spv/<shader>.<NAME>.spv; a shader with no
+variant line compiles once to vkinfer/spv/<shader>.spv. Only outputs older than their
 source or any file it includes are rebuilt. Each output is checked with spirv-val.
 On a compile error this prints `file:line: message` and exits non-zero.
+
+vkinfer/spv/ is package data: `pip install .` (setup.py runs this script before copying the
+package) ships the SPIR-V and manifest.json in the wheel. The directory ignores itself in git
+(its own .gitignore). glslc and spirv-val are needed only when something must be compiled.
 """
 import argparse
 import json
@@ -22,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 SHADERS = ROOT / "shaders"
 INCLUDE = SHADERS / "include"
-OUT = SHADERS / "spv"
+OUT = ROOT / "vkinfer" / "spv"
 TARGET = "vulkan1.1"
 
 VARIANT_RE = re.compile(r"^//!\s*variant\s+(\S+)(.*)$", re.M)
@@ -106,26 +110,32 @@ def format_errors(stderr: str, stem: str) -> str:
 
 
 def build(force: bool = False, quiet: bool = False) -> int:
-    glslc = find_tool("glslc")
-    spirv_val = find_tool("spirv-val")
     OUT.mkdir(parents=True, exist_ok=True)
+    ignore = OUT / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# compiled by build_shaders.py; package data, not sources\n*\n")
     expected = outputs()
     for stale in OUT.glob("*.spv"):
         if stale.stem not in expected:
             stale.unlink()
-    built, failed = 0, 0
+    todo = []
     for src in shader_sources():
         newest = newest_input(src)
         for stem, defines in variants(src):
             out = OUT / f"{stem}.spv"
-            if not force and out.exists() and out.stat().st_mtime >= newest:
-                continue
-            err = compile_one(glslc, spirv_val, src, stem, defines)
-            if err:
-                print(err, file=sys.stderr)
-                failed += 1
-            else:
-                built += 1
+            if force or not out.exists() or out.stat().st_mtime < newest:
+                todo.append((src, stem, defines))
+    built, failed = 0, 0
+    if todo:
+        glslc = find_tool("glslc")
+        spirv_val = find_tool("spirv-val")
+    for src, stem, defines in todo:
+        err = compile_one(glslc, spirv_val, src, stem, defines)
+        if err:
+            print(err, file=sys.stderr)
+            failed += 1
+        else:
+            built += 1
     manifest = {stem: [str(p.relative_to(ROOT)) for p in sorted({src, *includes(src)})]
                 for src in shader_sources() for stem, _ in variants(src)}
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -1,5 +1,6 @@
 """The shader toolchain: build_shaders.py run as a subprocess on a tiny shaders/ tree in
-tmp_path, and the runtime's refusal (vkinfer.gpu.kernels) of SPIR-V that is missing or stale."""
+tmp_path (it writes <tree>/vkinfer/spv), the runtime's refusal (vkinfer.gpu.kernels) of SPIR-V
+that is missing or stale in a source checkout, and its trust in an installed package's."""
 import json
 import os
 import re
@@ -66,7 +67,7 @@ def n_compiled(res: subprocess.CompletedProcess) -> int:
 
 
 def spv_mtimes(root: Path) -> dict[str, float]:
-    return {p.name: p.stat().st_mtime for p in (root / "shaders" / "spv").glob("*.spv")}
+    return {p.name: p.stat().st_mtime for p in (root / "vkinfer" / "spv").glob("*.spv")}
 
 
 def age(paths, seconds_ago: float):
@@ -79,7 +80,7 @@ def age_sources_then_outputs(root: Path):
     """Sources older than outputs, both in the past, so a later touch is clearly newer."""
     shaders = root / "shaders"
     age([*shaders.rglob("*.comp"), *shaders.rglob("*.glsl")], 200)
-    age((shaders / "spv").glob("*.spv"), 100)
+    age((root / "vkinfer" / "spv").glob("*.spv"), 100)
 
 
 def test_compile_error_names_file_and_line(tree):
@@ -88,12 +89,12 @@ def test_compile_error_names_file_and_line(tree):
     assert res.returncode != 0
     error_line = rf"^shaders/broken\.comp:{BROKEN_LINE}: .*not_declared"
     assert re.search(error_line, res.stderr, re.M), res.stderr
-    assert not (tree / "shaders" / "spv" / "broken.spv").exists()
+    assert not (tree / "vkinfer" / "spv" / "broken.spv").exists()
     assert {"good.a.spv", "good.b.spv", "plain.spv"} <= set(spv_mtimes(tree))
 
 
 def test_rebuilds_only_what_changed(tree):
-    spv = tree / "shaders" / "spv"
+    spv = tree / "vkinfer" / "spv"
     first = build(tree)
     assert first.returncode == 0, first.stderr
     assert n_compiled(first) == 3
@@ -101,6 +102,7 @@ def test_rebuilds_only_what_changed(tree):
     manifest = json.loads((spv / "manifest.json").read_text())
     assert manifest["good.a"] == ["shaders/good.comp", "shaders/include/helpers.glsl"]
     assert manifest["plain"] == ["shaders/plain.comp"]
+    assert (spv / ".gitignore").read_text().splitlines()[-1] == "*"     # ignores itself
 
     age_sources_then_outputs(tree)
     before = spv_mtimes(tree)
@@ -128,7 +130,7 @@ def runtime_on(monkeypatch):
     """Point vkinfer.gpu.kernels at another tree; its caches are cleared before and after."""
     def point_at(root: Path):
         monkeypatch.setattr(kernels, "ROOT", root)
-        monkeypatch.setattr(kernels, "SPV_DIR", root / "shaders" / "spv")
+        monkeypatch.setattr(kernels, "SPV_DIR", root / "vkinfer" / "spv")
         clear()
 
     def clear():
@@ -143,7 +145,7 @@ def test_runtime_loads_fresh_spirv(tree, runtime_on):
     assert build(tree).returncode == 0
     runtime_on(tree)
     assert kernels.spirv("good.a")[:4] == SPIRV_MAGIC
-    assert kernels.spirv("plain") == (tree / "shaders" / "spv" / "plain.spv").read_bytes()
+    assert kernels.spirv("plain") == (tree / "vkinfer" / "spv" / "plain.spv").read_bytes()
 
 
 def test_runtime_refuses_missing_spirv(tree, runtime_on):
@@ -152,7 +154,7 @@ def test_runtime_refuses_missing_spirv(tree, runtime_on):
         kernels.spirv("good.a")
 
     assert build(tree).returncode == 0
-    (tree / "shaders" / "spv" / "good.b.spv").unlink()
+    (tree / "vkinfer" / "spv" / "good.b.spv").unlink()
     runtime_on(tree)
     with pytest.raises(ShaderMissing, match=r"good\.b\.spv is missing.*build_shaders\.py"):
         kernels.spirv("good.b")
@@ -170,6 +172,41 @@ def test_runtime_refuses_spirv_older_than_a_source(tree, runtime_on, touched):
     with pytest.raises(ShaderMissing, match=stale):
         kernels.spirv("good.a")
     assert kernels.spirv("plain")[:4] == SPIRV_MAGIC
+
+
+def test_installed_package_has_no_sources_to_check(tree, runtime_on, monkeypatch):
+    """Without build_shaders.py and shaders/ beside the package (an installed wheel), SPIR-V is
+    used whatever the mtimes of files that happen to sit at the manifest's paths."""
+    assert build(tree).returncode == 0
+    age_sources_then_outputs(tree)
+    (tree / "shaders" / "good.comp").touch()
+    runtime_on(tree)
+    assert kernels.source_checkout()
+    with pytest.raises(ShaderMissing, match="older than"):
+        kernels.spirv("good.a")
+    (tree / "build_shaders.py").unlink()
+    runtime_on(tree)
+    assert not kernels.source_checkout()
+    assert kernels.spirv("good.a")[:4] == SPIRV_MAGIC
+    (tree / "vkinfer" / "spv" / "manifest.json").unlink()
+    runtime_on(tree)
+    with pytest.raises(ShaderMissing, match=r"reinstall vkinfer \(pip install \.\)"):
+        kernels.spirv("good.a")
+
+
+def test_build_needs_no_compiler_when_nothing_changed(tree):
+    """An up-to-date tree (a wheel built from a compiled checkout) builds without glslc."""
+    assert build(tree).returncode == 0
+    age_sources_then_outputs(tree)
+    env = {**os.environ, "PATH": str(tree / "no-tools")}
+    res = subprocess.run([sys.executable, "build_shaders.py"], cwd=tree, capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    assert n_compiled(res) == 0
+    (tree / "shaders" / "plain.comp").touch()
+    res = subprocess.run([sys.executable, "build_shaders.py"], cwd=tree, capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert res.returncode != 0 and "glslc" in res.stderr
 
 
 def test_runtime_reads_spv_dir_from_environment(tree):
