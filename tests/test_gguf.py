@@ -71,7 +71,7 @@ def test_truncated(tmp_path, keep):
 def test_unknown_architecture(tmp_path):
     p = tmp_path / "llama.gguf"
     rewrite_gguf(MAMBA, p, arch="llama")
-    expect_error(p, "architecture 'llama' is not supported.*mamba, zaya")
+    expect_error(p, "architecture 'llama' is not supported.*mamba, mamba2, zaya")
 
 
 def test_unknown_tensor_type(tmp_path):

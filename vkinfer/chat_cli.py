@@ -271,7 +271,8 @@ def chat_loop(model, args, sampling: dict) -> int:
     try:
         from .cli import read_template
         runner = ChatRunner(model, sampling, args.n_predict, args.system, args.reasoning,
-                            read_template(args.chat_template_file), args.stop)
+                            read_template(getattr(args, "chat_template_file", None)),
+                            getattr(args, "stop", ()))
     except ValueError as e:
         raise VkInferError(str(e)) from None
     tty = sys.stdout.isatty()
