@@ -1,7 +1,9 @@
-"""vkinfer bench (table, JSON, roofline, profile) on the tiny fixture, and the synthetic model
-writer: real widths, the tensor types real tools write, loading through the normal path.
+"""vkinfer bench (table, CSV, JSON, JSON lines; comma lists, -pg; roofline, profile) on the
+tiny fixture, and the synthetic model writer: real widths, the tensor types real tools write,
+loading through the normal path.
 Error bounds: random block weights decode to within 5% of the RMS asked for; a synthetic
 model's logits are finite with a standard deviation between 0.3 and 3."""
+import csv
 import json
 from pathlib import Path
 
@@ -28,6 +30,7 @@ def test_bench_table(capsys):
 def test_bench_json(capsys):
     assert main(["bench", str(TINY), "-p", "8", "-n", "4", "-r", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["n_batch"] == 32 and out["load_s"] > 0      # -o json prints the same object
     tests = {r["test"]: r for r in out["results"]}
     assert set(tests) == {"pp8", "tg4"}
     for r in tests.values():
@@ -35,8 +38,62 @@ def test_bench_json(capsys):
         assert r["device"] and r["driver"] and r["version"] and r["weight_type"] == "F16"
 
 
+def test_lists_and_pg_every_combination_jsonl(capsys):
+    """-p, -n, -b lists and -pg: a row per combination in llama-bench's order (pp, tg, pg for
+    each -b), 0 skipped; t/s is tokens / the whole test's time, prompt and generation together."""
+    assert main(["bench", str(TINY), "-p", "4,0,8", "-n", "0,3", "-b", "4,8", "-pg", "4,2",
+                 "-pg", "2,1", "-r", "2", "-o", "jsonl"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    got = [(r["n_batch"], r["test"], r["n_prompt"], r["n_gen"], r["n_tokens"]) for r in rows]
+    want = [(4, "pp4", 4, 0, 4), (4, "pp8", 8, 0, 8), (4, "tg3", 0, 3, 3),
+            (4, "pp4+tg2", 4, 2, 6), (4, "pp2+tg1", 2, 1, 3)]
+    assert got == want + [(8, *w[1:]) for w in want]
+    for r in rows:
+        assert len(r["samples"]) == len(r["samples_ns"]) == 2 and r["n_seq"] == 1
+        for ts, ns in zip(r["samples"], r["samples_ns"]):
+            assert ts == pytest.approx(r["n_tokens"] / ns * 1e9, rel=1e-6)
+        assert r["avg_ns"] == pytest.approx(sum(r["samples_ns"]) / 2)
+        assert r["model_filename"] == str(TINY) and r["test_time"].endswith("Z")
+    assert "n_batch 4, 8" in captured.err and not captured.err.startswith("|")
+
+
+def test_csv_and_parallel(capsys):
+    assert main(["bench", str(TINY), "-p", "0", "-n", "2", "-r", "2", "--parallel", "2",
+                 "-o", "csv"]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [r["test"] for r in rows] == ["tg2", "tg2x2"]
+    assert [(r["n_gen"], r["n_seq"], r["n_tokens"]) for r in rows] == [("2", "1", "2"), ("2", "2", "4")]
+    for key in ("n_prompt", "n_batch", "avg_ts", "stddev_ts", "avg_ns", "stddev_ns", "samples_ns"):
+        assert key in rows[0]
+    assert len(rows[1]["samples"].split()) == len(rows[1]["samples_ns"].split()) == 2
+
+
+def test_table_shows_n_batch_when_not_default(capsys):
+    assert main(["bench", str(TINY), "-p", "8", "-n", "0", "-b", "8", "-r", "1", "-o", "md"]) == 0
+    header, rule, row = capsys.readouterr().out.splitlines()[:3]
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[-3:] == ["n_batch", "test", "t/s"]
+    assert [c.strip() for c in row.strip("|").split("|")][-3:-1] == ["8", "pp8"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-pg", "4"], "expected PP,TG"), (["-pg", "0,4"], "expected PP,TG"),
+    (["-p", "8,-1"], ">= 0"), (["-b", "0"], ">= 1"), (["-n", "x"], ">= 0"),
+    (["-o", "xml"], "invalid choice")])
+def test_bad_lists_are_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", str(TINY), *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_roofline_and_profile():
-    out = bench.bench(TINY, 8, 4, 1, with_roofline=True, with_profile=True, ruler_size=32 << 20)
+    """With two -b, the roofline and the profiles use the first; the rows cover both."""
+    out = bench.bench(TINY, 8, 4, 1, n_batch=(8, 4), with_roofline=True, with_profile=True,
+                      ruler_size=32 << 20)
+    rows = [(r.n_batch, r.test) for r in out["results"]]
+    assert rows == [(8, "pp8"), (8, "tg4"), (4, "pp8"), (4, "tg4")]
+    assert out["n_batch"] == 8 and out["n_batches"] == [8, 4]
     roof = out["roofline"]
     assert 0.05 < roof["bandwidth_gbps"] < 1e4
     f = open_gguf(TINY)
@@ -52,7 +109,9 @@ def test_roofline_and_profile():
         assert sum(k["dispatches"] for k in prof["kernels"]) == prof["dispatches"]
         matmuls = [k for k in prof["kernels"] if k["kernel"].startswith(kind)]
         assert matmuls and all(k["gbps"] > 0 for k in matmuls)
-    assert "roofline: read bandwidth" in bench.report(out)
+    text = bench.report(out)
+    assert "roofline: read bandwidth" in text and "n_batch 8, 4 (profiles and roofline: 8)" in text
+    assert "roofline: read bandwidth" in bench.render(out, "csv")[1]
 
 
 def test_decode_bytes_counts_one_expert(zaya_weights_only):

@@ -3,8 +3,13 @@ roofline report that puts the decode speed next to what the device's memory band
 
 * pp<N>: a fresh sequence evaluates N random tokens (in micro-batches of n_batch) — tokens/s.
 * tg<N>: a fresh sequence evaluates N random tokens one at a time — tokens/s.
+* pp<P>+tg<N>: a fresh sequence evaluates P prompt tokens, then N one at a time — (P + N) /
+  the whole time, as llama-bench's -pg reports it.
+* tg<N>x<B>: B sequences decoded together, a token each per step — aggregate tokens/s.
 Each test runs once to warm up (recording its graphs), then `reps` times; t/s is the mean and
-standard deviation over the repetitions.
+standard deviation over the repetitions. Lists of prompt lengths, generation lengths and
+micro-batch sizes give a row for every combination, in llama-bench's order; the output is a
+markdown table, CSV, JSON or JSON lines (llama-bench's -o md|csv|json|jsonl).
 
 The roofline: `stream_read` sums a buffer larger than the last-level cache (256 MiB) with
 uvec4 loads, which gives the device's read bandwidth; a decode step must read every weight it
@@ -30,9 +35,16 @@ RULER_BYTES = 256 << 20          # at least; on a CPU device at least twice the 
 RULER_PER_THREAD = (16, 64, 256)
 
 
+DEFAULT_BATCH = 32          # the table shows an n_batch column when a row has another
+
+
 @dataclass
 class Result:
-    """One row of the table: a test and its speed over the repetitions."""
+    """One row of the table: a test and its speed over the repetitions. Fields added since the
+    first version take llama-bench's JSON/CSV names (n_prompt, n_gen, n_batch, model_filename,
+    test_time, samples_ns, and avg_ns/stddev_ns beside avg_ts/stddev_ts); the first ones keep
+    theirs: size is llama-bench's model_size, params its model_n_params, samples (tokens/s)
+    its samples_ts. n_seq counts the sequences decoded together (tg<N>x<B>)."""
     model: str
     size: int                  # bytes of weights
     params: int
@@ -41,9 +53,20 @@ class Result:
     device: str
     driver: str
     version: str
-    test: str                  # pp512, tg128
+    test: str                  # pp512, tg128, pp512+tg128, tg128x4
     n_tokens: int
     samples: list = field(default_factory=list)    # tokens/s of each repetition
+    n_prompt: int = 0
+    n_gen: int = 0
+    n_batch: int = DEFAULT_BATCH
+    n_seq: int = 1
+    model_filename: str = ""
+    test_time: str = ""        # when the test started, ISO 8601 UTC
+    samples_ns: list = field(default_factory=list)  # nanoseconds of each repetition
+
+    def add_sample(self, seconds: float):
+        self.samples.append(self.n_tokens / seconds)
+        self.samples_ns.append(int(seconds * 1e9))
 
     @property
     def mean(self) -> float:
@@ -54,7 +77,19 @@ class Result:
         return statistics.stdev(self.samples) if len(self.samples) > 1 else 0.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "avg_ts": self.mean, "stddev_ts": self.stdev}
+        ns = self.samples_ns
+        return {**asdict(self), "avg_ts": self.mean, "stddev_ts": self.stdev,
+                "avg_ns": statistics.fmean(ns) if ns else 0.0,
+                "stddev_ns": statistics.stdev(ns) if len(ns) > 1 else 0.0}
+
+
+def values(x) -> tuple:
+    """A number or a list of numbers, as a tuple of ints."""
+    return (int(x),) if isinstance(x, (int, np.integer)) else tuple(int(v) for v in x)
+
+
+def test_time() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 # ---- describing a model -----------------------------------------------------------------------------
@@ -107,60 +142,75 @@ class RunTimer:
         graph.run = timed_run
 
 
-def run_tests(model, n_prompt: int, n_gen: int, reps: int, seed: int = 0,
-              parallel: tuple = ()) -> tuple[list, dict]:
-    """[Result] for pp<n_prompt> and tg<n_gen> (a test with 0 tokens is skipped), tg<n_gen>xB
-    (B sequences decoded together: aggregate tokens/s) for each B > 1 in `parallel`, and the
-    decode timing split {"eval_s", "run_s", "steps"} over the tg repetitions."""
+def run_tests(model, n_prompt=512, n_gen=128, reps: int = 3, seed: int = 0, parallel: tuple = (),
+              pg: tuple = ()) -> tuple[list, dict]:
+    """[Result] in llama-bench's order: pp<P> for each P of n_prompt, tg<N> for each N of n_gen
+    (a number or a list; tests of 0 tokens are skipped), pp<P>+tg<N> for each (P, N) of pg,
+    then tg<N>xB (B sequences decoded together: aggregate tokens/s) for each N and each B > 1 in
+    `parallel`; and the decode timing split {"eval_s", "run_s", "steps"} over the repetitions
+    of the first tg test."""
     f, dev = model.file, model.dev
     rng = np.random.default_rng(seed)
     n_ids = min(model.n_vocab, len(f.get("tokenizer.ggml.tokens") or []) or model.n_vocab)
     base = dict(model=model_label(f), size=f.weight_bytes(), params=f.n_params(), backend=BACKEND,
                 weight_type=weight_type(f), device=dev.name, driver=dev.info.driver,
-                version=__version__)
-    session = model.session()
+                version=__version__, n_batch=model.n_batch, model_filename=str(f.path))
+    gens = [n for n in values(n_gen) if n]
+    tests = [(p, 0) for p in values(n_prompt) if p] + [(0, n) for n in gens] + list(pg)
     results, split = [], {"eval_s": 0.0, "run_s": 0.0, "steps": 0}
-    if n_prompt:
-        prompt = rng.integers(0, n_ids, n_prompt).tolist()
-        row = Result(**base, test=f"pp{n_prompt}", n_tokens=n_prompt)
-        for rep in range(reps + 1):
-            session.reset()
-            t0 = time.perf_counter()
+    session = model.session()
+    try:
+        for p, n in tests:
+            first_tg = not p and n and not split["steps"]
+            results.append(_sequence_test(model, session, base, p, n, reps, rng, n_ids,
+                                          split if first_tg else None))
+    finally:
+        session.close()
+    for n in gens:
+        for B in sorted(set(parallel) - {1}):
+            results.append(_parallel_decode(model, base, B, n, reps, rng, n_ids))
+    return results, split
+
+
+def _sequence_test(model, session, base: dict, n_prompt: int, n_gen: int, reps: int, rng,
+                   n_ids: int, split: dict | None) -> "Result":
+    """One sequence: n_prompt tokens in one eval (micro-batches of n_batch), then n_gen evals of
+    one token; the whole time counts. With `split`, the time inside the graphs' run() too."""
+    prompt = rng.integers(0, n_ids, n_prompt).tolist()
+    tokens = rng.integers(0, n_ids, n_gen).tolist()
+    name = "+".join(t for t in (n_prompt and f"pp{n_prompt}", n_gen and f"tg{n_gen}") if t)
+    row = Result(**base, test=name, n_tokens=n_prompt + n_gen, n_prompt=n_prompt, n_gen=n_gen,
+                 test_time=test_time())
+    timer = RunTimer()
+    for rep in range(reps + 1):                                # rep 0 is the warm-up
+        session.reset()
+        if rep == 1 and split is not None:
+            for g in model._graphs.values():
+                timer.wrap(g)
+        t0 = time.perf_counter()
+        if prompt:
             session.eval(prompt)
-            if rep:                                            # rep 0 is the warm-up
-                row.samples.append(n_prompt / (time.perf_counter() - t0))
-        results.append(row)
-    if n_gen:
-        tokens = rng.integers(0, n_ids, n_gen).tolist()
-        row = Result(**base, test=f"tg{n_gen}", n_tokens=n_gen)
-        timer = RunTimer()
-        for rep in range(reps + 1):
-            session.reset()
-            if rep == 1:
-                for g in model._graphs.values():
-                    timer.wrap(g)
-            eval_s = 0.0
-            for token in tokens:
-                t0 = time.perf_counter()
-                session.eval([token])
-                eval_s += time.perf_counter() - t0
-            if rep:
-                row.samples.append(n_gen / eval_s)
+        eval_s = 0.0
+        for token in tokens:
+            t1 = time.perf_counter()
+            session.eval([token])
+            eval_s += time.perf_counter() - t1
+        if rep:
+            row.add_sample(time.perf_counter() - t0)
+            if split is not None:
                 split["eval_s"] += eval_s
                 split["steps"] += n_gen
+    if split is not None:
         split["run_s"] = timer.seconds
-        results.append(row)
-    session.close()
-    for B in sorted(set(parallel) - {1}) if n_gen else ():
-        results.append(_parallel_decode(model, base, B, n_gen, reps, rng, n_ids))
-    return results, split
+    return row
 
 
 def _parallel_decode(model, base: dict, B: int, n_gen: int, reps: int, rng, n_ids: int) -> "Result":
     """B sessions, each fed a token per step, all in one batched step: aggregate tokens/s."""
     sessions = [model.session() for _ in range(B)]
     tokens = rng.integers(0, n_ids, (n_gen, B)).tolist()
-    row = Result(**base, test=f"tg{n_gen}x{B}", n_tokens=n_gen * B)
+    row = Result(**base, test=f"tg{n_gen}x{B}", n_tokens=n_gen * B, n_gen=n_gen, n_seq=B,
+                 test_time=test_time())
     try:
         for rep in range(reps + 1):
             for s in sessions:
@@ -169,7 +219,7 @@ def _parallel_decode(model, base: dict, B: int, n_gen: int, reps: int, rng, n_id
             for step in tokens:
                 model.eval_batch([(s, [t]) for s, t in zip(sessions, step)])
             if rep:
-                row.samples.append(n_gen * B / (time.perf_counter() - t0))
+                row.add_sample(time.perf_counter() - t0)
     finally:
         for s in sessions:
             s.close()
@@ -330,59 +380,91 @@ def profile(model, n_tokens: int = 1, reps: int = 3, n_seq: int = 1) -> dict:
 
 
 # ---- the command --------------------------------------------------------------------------------------
-def bench(path, n_prompt: int = 512, n_gen: int = 128, reps: int = 3, n_batch: int = 32,
-          device=None, with_roofline: bool = False, with_profile: bool = False,
-          ruler_size: int | None = None, parallel: tuple = ()) -> dict:
-    """Everything `vkinfer bench` prints, as a dict."""
+def bench(path, n_prompt=512, n_gen=128, reps: int = 3, n_batch=32, device=None,
+          with_roofline: bool = False, with_profile: bool = False, ruler_size: int | None = None,
+          parallel: tuple = (), pg: tuple = ()) -> dict:
+    """Everything `vkinfer bench` prints, as a dict. n_prompt, n_gen and n_batch are a number or
+    a list: every combination is a row (the model is loaded once for each n_batch, in order);
+    pg holds (prompt, generated) pairs. The roofline and the profiles are measured with the
+    first n_batch, the first non-zero n_gen and the first non-zero n_prompt."""
     from .engine import Model
+    batches, pg = values(n_batch), tuple((int(p), int(n)) for p, n in pg)
+    prompts, gens = values(n_prompt), values(n_gen)
     load = os.getloadavg()
     rulers = [measure_bandwidth(device, ruler_size)] if with_roofline else []
-    t0 = time.perf_counter()
     n_seq = max((1, *parallel))
-    model = Model(path, device=device, n_ctx=max(n_prompt, n_gen, 1), n_batch=n_batch, quiet=True,
-                  n_seq=n_seq, cache_mb=0)
-    load_s = time.perf_counter() - t0
-    try:
-        results, split = run_tests(model, n_prompt, n_gen, reps, parallel=parallel)
-        out = {"results": results, "load_s": load_s, "n_batch": n_batch, "reps": reps,
-               "host": platform.node(), "cpus": os.cpu_count()}
-        if with_roofline:
-            rulers.append(measure_bandwidth(device, ruler_size))
-            out["roofline"] = roofline(model, results, split, n_gen, rulers)
-        if with_profile:
-            out["profiles"] = [profile(model, 1, reps)]
-            if n_prompt:
-                out["profiles"].append(profile(model, min(n_batch, n_prompt), reps))
-            if n_seq > 1:
-                out["profiles"].append(profile(model, 1, reps, n_seq))
-    finally:
-        model.close()
+    n_ctx = max(1, *prompts, *gens, *(p + n for p, n in pg))
+    out = {"results": [], "load_s": 0.0, "n_batch": batches[0], "n_batches": list(batches),
+           "reps": reps, "host": platform.node(), "cpus": os.cpu_count()}
+    for i, b in enumerate(batches):
+        t0 = time.perf_counter()
+        model = Model(path, device=device, n_ctx=n_ctx, n_batch=b, quiet=True, n_seq=n_seq,
+                      cache_mb=0)
+        out["load_s"] += time.perf_counter() - t0
+        try:
+            results, split = run_tests(model, prompts, gens, reps, parallel=parallel, pg=pg)
+            out["results"] += results
+            if i == 0:
+                _measure_first_batch(model, out, results, split, device, ruler_size, rulers,
+                                     with_roofline, with_profile, prompts, gens, reps)
+        finally:
+            model.close()
     out["loadavg"] = [load, os.getloadavg()]
     return out
+
+
+def _measure_first_batch(model, out, results, split, device, ruler_size, rulers, with_roofline,
+                         with_profile, prompts, gens, reps):
+    """The roofline and the profiles, with the model of the first n_batch still loaded."""
+    n_prompt = next((p for p in prompts if p), 0)
+    if with_roofline:
+        rulers.append(measure_bandwidth(device, ruler_size))
+        out["roofline"] = roofline(model, results, split, next((n for n in gens if n), 0), rulers)
+    if with_profile:
+        out["profiles"] = [profile(model, 1, reps)]
+        if n_prompt:
+            out["profiles"].append(profile(model, min(model.n_batch, n_prompt), reps))
+        if model.n_seq > 1:
+            out["profiles"].append(profile(model, 1, reps, model.n_seq))
 
 
 COLUMNS = ("model", "size", "params", "backend", "type", "device", "driver", "vkinfer", "test", "t/s")
 
 
 def table(results: list) -> str:
+    """llama-bench's markdown table; an n_batch column (before test) when a row's n_batch is
+    not the default."""
+    with_batch = any(r.n_batch != DEFAULT_BATCH for r in results)
+    columns = COLUMNS[:-2] + ("n_batch",) * with_batch + COLUMNS[-2:]
     rows = [(r.model, format_size(r.size), format_count(r.params), r.backend, r.weight_type,
-             r.device, r.driver, r.version, r.test, f"{r.mean:.2f} ± {r.stdev:.2f}") for r in results]
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
-    right = {"size", "params", "test", "t/s"}
+             r.device, r.driver, r.version, *(str(r.n_batch),) * with_batch, r.test,
+             f"{r.mean:.2f} ± {r.stdev:.2f}") for r in results]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    right = {"size", "params", "n_batch", "test", "t/s"}
 
     def line(cells):
         return "| " + " | ".join(c.rjust(w) if name in right else c.ljust(w)
-                                 for c, w, name in zip(cells, widths, COLUMNS)) + " |"
+                                 for c, w, name in zip(cells, widths, columns)) + " |"
     rule = "| " + " | ".join(("-" * (w - 1) + ":") if name in right else "-" * w
-                             for w, name in zip(widths, COLUMNS)) + " |"
-    return "\n".join([line(COLUMNS), rule, *map(line, rows)])
+                             for w, name in zip(widths, columns)) + " |"
+    return "\n".join([line(columns), rule, *map(line, rows)])
 
 
 def report(out: dict) -> str:
-    lines = [table(out["results"]) if out["results"] else "(no tests: -p 0 -n 0)"]
-    lines.append(f"load {out['load_s']:.2f} s; n_batch {out['n_batch']}; {out['reps']} repetitions after "
-                 f"a warm-up; load average {out['loadavg'][0][0]:.2f} -> {out['loadavg'][1][0]:.2f} "
-                 f"on {out['cpus']} CPUs")
+    """The markdown table and the notes under it."""
+    return "\n".join([table(out["results"]) if out["results"] else "(no tests: -p 0 -n 0)",
+                      notes(out)])
+
+
+def notes(out: dict) -> str:
+    """Load time, repetitions and load average; the profiles and the roofline when measured."""
+    batches = out.get("n_batches", [out["n_batch"]])
+    batch = f"n_batch {', '.join(map(str, batches))}"
+    if len(batches) > 1 and ("profiles" in out or "roofline" in out):
+        batch += f" (profiles and roofline: {batches[0]})"
+    lines = [f"load {out['load_s']:.2f} s; {batch}; {out['reps']} repetitions after "
+             f"a warm-up; load average {out['loadavg'][0][0]:.2f} -> {out['loadavg'][1][0]:.2f} "
+             f"on {out['cpus']} CPUs"]
     for prof in out.get("profiles", []):
         what = "decode step" if prof["n_tokens"] == 1 else f"prompt micro-batch of {prof['n_tokens']} tokens"
         if prof.get("n_seq", 1) > 1:
@@ -417,3 +499,40 @@ def report(out: dict) -> str:
 
 def to_json(out: dict) -> dict:
     return {**out, "results": [r.as_dict() for r in out["results"]]}
+
+
+def to_csv(results: list) -> str:
+    """A header and a row per result, llama-bench style: the samples joined by spaces."""
+    import csv
+    import io
+    buf = io.StringIO()
+    rows = [{k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in r.as_dict().items()}
+            for r in results]
+    fields = list(rows[0]) if rows else list(Result.__dataclass_fields__) + [
+        "avg_ts", "stddev_ts", "avg_ns", "stddev_ns"]
+    writer = csv.DictWriter(buf, fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().rstrip("\n")
+
+
+def to_jsonl(results: list) -> str:
+    """One JSON object per result and line."""
+    import json
+    return "\n".join(json.dumps(r.as_dict()) for r in results)
+
+
+def render(out: dict, fmt: str) -> tuple[str, str | None]:
+    """(what goes to stdout, notes for stderr or None): md is the table with its notes under it,
+    json everything as one object; csv and jsonl are the rows only, their notes (load time, and
+    the profiles and roofline when measured) go to stderr so that stdout stays parseable."""
+    import json
+    if fmt == "md":
+        return report(out), None
+    if fmt == "json":
+        return json.dumps(to_json(out), indent=1), None
+    if fmt == "csv":
+        return to_csv(out["results"]), notes(out)
+    if fmt == "jsonl":
+        return to_jsonl(out["results"]), notes(out)
+    raise ValueError(f"unknown output format {fmt!r}")

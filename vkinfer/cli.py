@@ -359,19 +359,37 @@ def cmd_info(args) -> int:
 
 
 # ---- vkinfer bench, vkinfer synth --------------------------------------------------------------
+BENCH_FORMATS = ("md", "csv", "json", "jsonl")       # llama-bench's -o, less sql
+
+
 def add_bench_commands(commands):
-    bench = commands.add_parser("bench", help="prompt and generation speed (llama-bench style), roofline")
+    bench = commands.add_parser(
+        "bench", help="prompt and generation speed (llama-bench style), roofline",
+        description="Prompt and generation speed like llama-bench: -p, -n and -b take comma lists "
+                    "and every combination is a row.")
     bench.add_argument("model", help="GGUF file")
-    bench.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens (0: skip)")
-    bench.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (0: skip)")
+    bench.add_argument("-p", "--n-prompt", type=_counts, default=(512,), metavar="N,N,...",
+                       help="prompt tokens: a pp row for each (0: none; default 512)")
+    bench.add_argument("-n", "--n-gen", type=_counts, default=(128,), metavar="N,N,...",
+                       help="generated tokens: a tg row for each (0: none; default 128)")
+    bench.add_argument("-pg", dest="pg", type=_pair, action="append", default=[], metavar="PP,TG",
+                       help="a prompt of PP tokens then TG generated, one row ppPP+tgTG with the "
+                            "combined tokens/s (may be repeated)")
     bench.add_argument("-r", "--repetitions", type=int, default=3, help="repetitions after a warm-up")
-    bench.add_argument("-b", "--batch", type=int, default=32, help="prompt micro-batch size")
+    bench.add_argument("-b", "--batch", type=_int_list, default=(32,), metavar="B,B,...",
+                       help="prompt micro-batch sizes: every test runs with each (default 32)")
     bench.add_argument("--roofline", action="store_true",
-                       help="measure read bandwidth; decode speed against its ideal; Python overhead")
-    bench.add_argument("--profile", action="store_true", help="time a decode step kernel by kernel")
+                       help="measure read bandwidth; decode speed against its ideal; Python overhead "
+                            "(with the first -b and the first -n)")
+    bench.add_argument("--profile", action="store_true",
+                       help="time a decode step kernel by kernel (with the first -b)")
     bench.add_argument("--parallel", type=_int_list, default=(), metavar="B,B,...",
                        help="also decode B sequences together (aggregate tokens/s), e.g. 1,2,4,8")
-    bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    bench.add_argument("-o", "--output", choices=BENCH_FORMATS, default="md",
+                       help="md: the table (default); csv, jsonl: a row per test, the notes on "
+                            "stderr; json: everything")
+    bench.add_argument("--json", dest="output", action="store_const", const="json",
+                       help="the same as -o json")
     add_global_options(bench, defaults=False)
     bench.set_defaults(run=cmd_bench)
 
@@ -385,25 +403,45 @@ def add_bench_commands(commands):
     synth.set_defaults(run=cmd_synth)
 
 
-def _int_list(text: str) -> tuple:
+def _int_list(text: str, least: int = 1) -> tuple:
     import argparse
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 separated by commas, not {text!r}")
+    if not values or min(values) < least:
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers >= {least} separated by commas, not {text!r}")
+    return values
+
+
+def _counts(text: str) -> tuple:
+    return _int_list(text, least=0)
+
+
+def _pair(text: str) -> tuple:
+    import argparse
+    try:
+        values = _int_list(text)
+    except argparse.ArgumentTypeError:
+        values = ()
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected PP,TG (two numbers >= 1), not {text!r}")
     return values
 
 
 def cmd_bench(args) -> int:
-    import json
-    from .bench import bench, report, to_json
-    if args.n_prompt < 0 or args.n_gen < 0 or args.repetitions < 1 or args.batch < 1:
-        raise VkInferError("-p and -n must be >= 0, -r and -b >= 1")
+    from .bench import bench, render
+    if args.repetitions < 1:
+        raise VkInferError(f"-r must be at least 1 (not {args.repetitions})")
     out = bench(args.model, args.n_prompt, args.n_gen, args.repetitions, args.batch, args.device,
-                with_roofline=args.roofline, with_profile=args.profile, parallel=args.parallel)
-    print(json.dumps(to_json(out), indent=1) if args.json else report(out))
+                with_roofline=args.roofline, with_profile=args.profile, parallel=args.parallel,
+                pg=args.pg)
+    text, notes = render(out, args.output)
+    if text:
+        print(text)
+    if notes:
+        print(notes, file=sys.stderr)
     return 0
 
 
