@@ -3,6 +3,7 @@
 Every reported field is compared with `vulkaninfo` (when installed), the ctypes struct layouts
 with vulkan_core.h (when a C compiler and the header are installed), and device 0 with kp's."""
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -171,8 +172,40 @@ def test_cli_devices_lists_the_limits():
     assert re.search(r"kp barrier fix: (yes|no)", out)
 
 
+def test_cli_devices_json_holds_the_same_facts():
+    res = vkinfer_cli("devices", "--json")
+    assert res.returncode == 0, res.stderr
+    facts = json.loads(res.stdout)
+    devices = query_devices()
+    assert facts["selected"] == 0 and len(facts["devices"]) == len(devices)
+    for got, d in zip(facts["devices"], devices):
+        assert got == {"index": d.index, "name": d.name, "selected": d.index == 0,
+                       "device_type": d.device_type, "driver": d.driver,
+                       "api_version": d.api_version,
+                       "device_local_heaps": [size for size, local in d.heaps if local],
+                       "max_storage_buffer_range": d.max_storage_buffer_range,
+                       "max_compute_work_group_count": list(d.max_compute_work_group_count),
+                       "max_compute_work_group_invocations": d.max_compute_work_group_invocations,
+                       "subgroup_size": d.subgroup_size or None}
+    text = vkinfer_cli("devices").stdout
+    assert f"kp barrier fix: {facts['kp_barrier_fix_note']}" in text
+    assert facts["kp_barrier_fix"] is (facts["kp_barrier_fix_note"] == "yes")
+
+
+def test_cli_devices_json_without_kp(monkeypatch, capsys):
+    """kp not importable: the JSON says null and why, the listing still comes."""
+    from vkinfer import cli
+    monkeypatch.setitem(sys.modules, "kp", None)
+    assert cli.main(["devices", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["kp_barrier_fix"] is None
+    assert facts["kp_barrier_fix_note"].startswith("kp is not importable")
+    assert facts["devices"]
+
+
 @pytest.mark.parametrize("args, env", [(["--device", "99", "devices"], {}),
                                        (["devices", "--device", "99"], {}),
+                                       (["devices", "--json", "--device", "99"], {}),
                                        (["devices"], {"VKINFER_DEVICE": "99"})])
 def test_cli_bad_device_is_one_line(args, env):
     res = vkinfer_cli(*args, env=env)

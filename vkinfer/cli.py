@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     devices = commands.add_parser("devices", help="list Vulkan devices and the limits vkinfer uses")
+    devices.add_argument("--json", action="store_true", help="the same facts as one JSON object")
     add_global_options(devices, defaults=False)
     devices.set_defaults(run=cmd_devices)
 
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a GGUF model: hyper-parameters, tensors, memory")
     info.add_argument("model", help="path to a .gguf file")
     info.add_argument("-c", "--ctx", type=int, default=4096, help="context for the memory estimate")
+    info.add_argument("--json", action="store_true", help="the same facts as one JSON object")
     add_global_options(info, defaults=False)
     info.set_defaults(run=cmd_info)
     add_bench_commands(commands)
@@ -101,28 +103,58 @@ def add_global_options(parser: argparse.ArgumentParser, defaults: bool):
 
 
 def cmd_devices(args) -> int:
+    facts = device_facts(args.device)
+    if args.json:
+        return print_json(facts)
+    for d in facts["devices"]:
+        print(f"{'*' if d['selected'] else ' '} {d['index']}: {d['name']}")
+        work_groups = d["max_compute_work_group_count"]
+        rows = [
+            ("type", d["device_type"]),
+            ("driver", d["driver"]),
+            ("Vulkan API", d["api_version"]),
+            ("device-local heaps", ", ".join(map(format_bytes, d["device_local_heaps"])) or "none"),
+            ("maxStorageBufferRange",
+             f"{d['max_storage_buffer_range']} ({format_bytes(d['max_storage_buffer_range'])})"),
+            ("maxComputeWorkGroupCount", " x ".join(map(str, work_groups))),
+            ("maxComputeWorkGroupInvocations", str(d["max_compute_work_group_invocations"])),
+            ("subgroup size", str(d["subgroup_size"]) if d["subgroup_size"] else "unknown"),
+        ]
+        for label, value in rows:
+            print(f"    {label + ':':32}{value}")
+    print(f"(* = selected device)  kp barrier fix: {facts['kp_barrier_fix_note']}")
+    return 0
+
+
+def device_facts(device=None) -> dict:
+    """What `vkinfer devices` shows: every device with the limits vkinfer uses (heap sizes in
+    bytes; subgroup_size null when unknown), which one is selected, and whether kp has
+    vkinfer's barrier fix (null when kp is not importable)."""
     from .gpu.device import choose_device_index
     from .gpu.vulkan_info import query_devices
 
     devices = query_devices()
-    selected = choose_device_index(args.device)
-    for d in devices:
-        local = [size for size, is_local in d.heaps if is_local]
-        print(f"{'*' if d.index == selected else ' '} {d.index}: {d.name}")
-        rows = [
-            ("type", d.device_type),
-            ("driver", d.driver),
-            ("Vulkan API", d.api_version),
-            ("device-local heaps", ", ".join(format_bytes(s) for s in local) or "none"),
-            ("maxStorageBufferRange",
-             f"{d.max_storage_buffer_range} ({format_bytes(d.max_storage_buffer_range)})"),
-            ("maxComputeWorkGroupCount", " x ".join(map(str, d.max_compute_work_group_count))),
-            ("maxComputeWorkGroupInvocations", str(d.max_compute_work_group_invocations)),
-            ("subgroup size", str(d.subgroup_size) if d.subgroup_size else "unknown"),
-        ]
-        for label, value in rows:
-            print(f"    {label + ':':32}{value}")
-    print(f"(* = selected device)  kp barrier fix: {kp_barrier_fix()}")
+    selected = choose_device_index(device)
+    note = kp_barrier_fix()
+    return {"selected": selected,
+            "devices": [{"index": d.index, "name": d.name, "selected": d.index == selected,
+                         "device_type": d.device_type, "driver": d.driver,
+                         "api_version": d.api_version,
+                         "device_local_heaps": [size for size, local in d.heaps if local],
+                         "max_storage_buffer_range": d.max_storage_buffer_range,
+                         "max_compute_work_group_count": list(d.max_compute_work_group_count),
+                         "max_compute_work_group_invocations": d.max_compute_work_group_invocations,
+                         "subgroup_size": d.subgroup_size or None} for d in devices],
+            "kp_barrier_fix": None if note.startswith("kp is not") else note == "yes",
+            "kp_barrier_fix_note": note}
+
+
+def print_json(facts: dict) -> int:
+    import json
+
+    def plain(value):                       # numpy scalars and anything else json cannot write
+        return value.item() if hasattr(value, "item") else str(value)
+    print(json.dumps(facts, indent=1, default=plain))
     return 0
 
 
@@ -334,28 +366,45 @@ def cmd_serve(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from dataclasses import asdict
     from .gguf import open_gguf
+    facts = model_facts(open_gguf(args.model), args.ctx)
+    if args.json:
+        return print_json(facts)
+    vocab = facts["vocabulary"]
+    print(f"{facts['file']}: {facts['arch']}, {facts['n_params'] / 1e6:.1f}M parameters, "
+          f"{format_bytes(facts['weight_bytes'])} of weights, GGUF v{facts['gguf_version']}")
+    print("hyper-parameters:")
+    for key, value in facts["hyper_parameters"].items():
+        print(f"    {key + ':':32}{value}")
+    print(f"tensors: {facts['tensors']}")
+    for qtype, t in facts["tensor_types"].items():
+        print(f"    {qtype + ':':32}{t['count']:5d} tensors, {format_bytes(t['bytes'])}")
+    print(f"vocabulary: {vocab['rows']} rows in token_embd, {vocab['tokens']} tokens, "
+          f"tokenizer model {vocab['tokenizer_model'] or 'none'!r}"
+          f" (pre-tokenizer {vocab['pre_tokenizer'] or 'default'!r})")
+    print(f"chat template: {'present' if facts['chat_template'] else 'none'}")
+    print(f"device memory at context {facts['memory']['n_ctx']}: " +
+          ", ".join(f"{k} {format_bytes(v)}" for k, v in facts["memory"]["bytes"].items()))
+    return 0
+
+
+def model_facts(f, n_ctx: int) -> dict:
+    """What `vkinfer info` shows, as plain values (sizes in bytes; a missing tokenizer model or
+    pre-tokenizer is null)."""
+    from dataclasses import asdict
     from .loader import memory_needed
 
-    f = open_gguf(args.model)
-    print(f"{f.path.name}: {f.arch}, {f.n_params() / 1e6:.1f}M parameters, "
-          f"{format_bytes(f.weight_bytes())} of weights, GGUF v{f.get('GGUF.version')}")
-    print("hyper-parameters:")
-    for key, value in asdict(f.params).items():
-        print(f"    {key + ':':32}{value}")
-    print(f"tensors: {len(f.tensors)}")
-    for qtype, (count, nbytes) in f.bytes_by_type().items():
-        print(f"    {qtype + ':':32}{count:5d} tensors, {format_bytes(nbytes)}")
     tokens = f.get("tokenizer.ggml.tokens")
-    print(f"vocabulary: {f.n_vocab} rows in token_embd, {len(tokens) if tokens else 0} tokens, "
-          f"tokenizer model {f.get('tokenizer.ggml.model', 'none')!r}"
-          f" (pre-tokenizer {f.get('tokenizer.ggml.pre', 'default')!r})")
-    print(f"chat template: {'present' if f.get('tokenizer.chat_template') else 'none'}")
-    mem = memory_needed(f, args.ctx)
-    print(f"device memory at context {args.ctx}: " +
-          ", ".join(f"{k} {format_bytes(v)}" for k, v in mem.items()))
-    return 0
+    return {"file": f.path.name, "path": str(f.path), "arch": f.arch, "n_params": f.n_params(),
+            "weight_bytes": f.weight_bytes(), "gguf_version": f.get("GGUF.version"),
+            "hyper_parameters": asdict(f.params), "tensors": len(f.tensors),
+            "tensor_types": {qtype: {"count": count, "bytes": nbytes}
+                             for qtype, (count, nbytes) in f.bytes_by_type().items()},
+            "vocabulary": {"rows": f.n_vocab, "tokens": len(tokens) if tokens else 0,
+                           "tokenizer_model": f.get("tokenizer.ggml.model"),
+                           "pre_tokenizer": f.get("tokenizer.ggml.pre")},
+            "chat_template": bool(f.get("tokenizer.chat_template")),
+            "memory": {"n_ctx": n_ctx, "bytes": memory_needed(f, n_ctx)}}
 
 
 # ---- vkinfer bench, vkinfer synth --------------------------------------------------------------
