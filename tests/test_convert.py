@@ -1,0 +1,250 @@
+"""`vkinfer convert` (Hugging Face checkpoint -> GGUF) for Mamba and Falcon-Mamba.
+
+The checkpoints are the fixtures' bf16 `save_pretrained` directories; the references are
+transformers' logits for them. `falcon-mamba-tiny-f16.gguf` was written by llama.cpp's
+`convert_hf_to_gguf.py` for the same model (its F16 rounding), so a converted file must have its
+tensor names, shapes and types and its metadata (apart from tokenizer.* and general.*)."""
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from vkinfer import load
+from vkinfer.convert import add_convert_command, convert, summary_line
+from vkinfer.errors import VkInferError
+
+FIX = Path(__file__).parent / "fixtures"
+CHECKPOINTS = ("mamba-tiny-hf", "falcon-mamba-tiny-hf")
+BOUND = 1e-4
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for name in CHECKPOINTS:
+        with tarfile.open(FIX / f"{name}.tar.gz") as tar:
+            tar.extractall(root, filter="data")
+        out[name] = root / name
+        assert (out[name] / "config.json").is_file()
+    return out
+
+
+@pytest.fixture(scope="module")
+def converted(hf_dirs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gguf")
+    cache = {}
+
+    def get(name, outtype):
+        if (name, outtype) not in cache:
+            path = root / f"{name}-{outtype}.gguf"
+            cache[name, outtype] = (path, convert(hf_dirs[name], path, outtype, quiet=True))
+        return cache[name, outtype]
+    return get
+
+
+@pytest.mark.parametrize("outtype", ["f32", "bf16"])
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_converted_model_matches_transformers(converted, name, outtype):
+    path, summary = converted(name, outtype)
+    assert summary["tensors"] == 22 and summary["bytes"] == path.stat().st_size
+    ref = np.load(FIX / f"{name}.ref.npz")
+    with load(path, n_ctx=128) as model:
+        assert model.arch == "mamba" and model.n_vocab == 4096
+        if name.startswith("falcon"):
+            assert model.impl.p.dt_b_c_rms
+        assert model.tokenizer.encode(str(ref["text"])) == ref["prompt_ids"].tolist()
+        logits = model.logits(ref["prompt_ids"])
+        assert np.abs(logits[:, ref["cols"]] - ref["prefill_logits_cols"]).max() < BOUND
+        assert np.abs(logits[-1] - ref["last_logits"]).max() < BOUND
+        with model.session() as s:
+            row, ids, steps = s.eval(ref["prompt_ids"]), [], []
+            for _ in range(len(ref["greedy_ids"])):
+                ids.append(int(np.argmax(row)))
+                row = s.eval([ids[-1]])
+                steps.append(row[ref["cols"]])
+    assert ids == ref["greedy_ids"].tolist()
+    assert np.abs(np.array(steps) - ref["decode_logits_cols"]).max() < BOUND
+
+
+def _layout(path):
+    r = gguf.GGUFReader(path)
+    kv = {k: (tuple(f.types), f.contents()) for k, f in r.fields.items()
+          if not k.startswith(("tokenizer.", "general.", "GGUF."))}
+    tensors = [(t.name, t.tensor_type.name, tuple(int(d) for d in t.shape)) for t in r.tensors]
+    return kv, tensors, r
+
+
+def test_falcon_f16_has_llama_cpp_layout(converted):
+    path, summary = converted("falcon-mamba-tiny-hf", "f16")
+    want_kv, want_tensors, want = _layout(FIX / "falcon-mamba-tiny-f16.gguf")
+    got_kv, got_tensors, got = _layout(path)
+    assert sorted(got_tensors) == sorted(want_tensors)
+    assert got_kv == want_kv
+    assert got_kv["mamba.ssm.dt_b_c_rms"][1] is True
+    assert summary["types"] == {"F16": 9, "F32": 13}
+    # the same model, rounded to bf16 here and to f16 there: the values agree to that rounding
+    theirs = {t.name: np.asarray(t.data, np.float32) for t in want.tensors}
+    for t in got.tensors:
+        a, b = np.asarray(t.data, np.float32), theirs[t.name]
+        if t.name.endswith("ssm_a"):            # -exp(A_log) of the rounded A_log
+            np.testing.assert_allclose(a, b, rtol=2e-2)
+        else:
+            assert np.abs(a - b).max() <= 1e-2 * max(1.0, np.abs(b).max()), t.name
+    for key in ("general.architecture", "tokenizer.ggml.model", "tokenizer.ggml.pre",
+                "tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id",
+                "tokenizer.ggml.eos_token_id"):
+        assert got.fields[key].contents() == want.fields[key].contents(), key
+
+
+def test_mamba_layout_and_auto_outtype(converted):
+    kv, tensors, r = _layout(converted("mamba-tiny-hf", "f32")[0])
+    assert kv["mamba.ssm.dt_b_c_rms"][1] is False
+    assert kv["mamba.context_length"][1] == 2 ** 20
+    assert ("blk.0.ssm_conv1d.weight", "F32", (4, 128)) in tensors
+    assert ("blk.1.ssm_a", "F32", (16, 128)) in tensors
+    assert all(t[1] == "F32" for t in tensors)
+    assert r.fields["general.file_type"].contents() == 0
+    path, summary = converted("mamba-tiny-hf", "auto")       # a bf16 checkpoint -> bf16
+    assert summary["outtype"] == "bf16" and summary["types"] == {"BF16": 9, "F32": 13}
+    assert gguf.GGUFReader(path).fields["general.file_type"].contents() == 32
+
+
+TEXTS = ["Hello world", " The  quick\tbrown fox,\n\njumps 1234 times!", "<|endoftext|>",
+         "don't   stop    ", "naïve café — 東京", "   \n  x"]
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_tokenizer_round_trip(converted, hf_dirs, name):
+    from tokenizers import Tokenizer as HF
+    from vkinfer import Tokenizer
+    hf = HF.from_file(str(hf_dirs[name] / "tokenizer.json"))
+    tok = Tokenizer.from_gguf(converted(name, "bf16")[0])
+    assert tok.n_tokens == 4096 and tok.pre == "mpt"
+    for text in TEXTS:
+        want = hf.encode(text, add_special_tokens=False).ids
+        assert tok.encode(text, special="<|" in text) == want, text
+        assert tok.decode(want) == hf.decode(want, skip_special_tokens=False), text
+
+
+def _cli(*argv):
+    """The convert subcommand through argparse, as cli.py wires it."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="vkinfer")
+    add_convert_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["convert", *argv])
+    return args.run(args)
+
+
+def test_command_writes_summary(hf_dirs, tmp_path, capsys):
+    out = tmp_path / "m.gguf"
+    assert _cli(str(hf_dirs["mamba-tiny-hf"]), "-o", str(out), "--outtype", "f16", "-q") == 0
+    line = capsys.readouterr().out.strip()
+    assert "\n" not in line and "22 tensors (F16 9, F32 13)" in line and str(out) in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+def _broken_copy(hf_dirs, tmp_path, edit):
+    d = tmp_path / "ckpt"
+    shutil.copytree(hf_dirs["mamba-tiny-hf"], d)
+    edit(d)
+    return d
+
+
+def _set_config(d, **changes):
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def _rewrite_weights(d, change):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+    with safe_open(str(d / "model.safetensors"), framework="np") as f:
+        names = list(f.keys())
+    # re-save as F32 (numpy has no bf16) after the change
+    import vkinfer.convert as c
+    src = c.open_checkpoint(d)
+    tensors = {n: np.ascontiguousarray(c._to_f32(src[n].raw(), src[n].dtype)) for n in names}
+    change(tensors)
+    (d / "model.safetensors").unlink()
+    save_file(tensors, str(d / "model.safetensors"))
+
+
+BAD = {
+    "no config": lambda d: (d / "config.json").unlink(),
+    "unknown arch": lambda d: _set_config(d, architectures=["LlamaForCausalLM"]),
+    "no weights": lambda d: (d / "model.safetensors").unlink(),
+    "no tokenizer": lambda d: (d / "tokenizer.json").unlink(),
+    "wrong shape": lambda d: _set_config(d, state_size=8),
+    "missing tensor": lambda d: _rewrite_weights(d, lambda t: t.pop("backbone.layers.1.mixer.D")),
+    "truncated": lambda d: (d / "model.safetensors").write_bytes(
+        (d / "model.safetensors").read_bytes()[:-1000]),
+}
+MESSAGES = {"no config": "no config.json", "unknown arch": "LlamaForCausalLM is not supported",
+            "no weights": "no model.safetensors", "no tokenizer": "no tokenizer.json",
+            "wrong shape": "expected", "missing tensor": "backbone.layers.1.mixer.D",
+            "truncated": "past the end"}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_checkpoint_is_one_clear_error(hf_dirs, tmp_path, case):
+    d = _broken_copy(hf_dirs, tmp_path, BAD[case])
+    out = tmp_path / "out.gguf"
+    with pytest.raises(VkInferError, match=MESSAGES[case]) as e:
+        convert(d, out, "f32", quiet=True)
+    assert "\n" not in str(e.value)
+    assert not out.exists() and not list(tmp_path.glob(".out.gguf*"))
+
+
+def test_sharded_checkpoint(hf_dirs, tmp_path):
+    """model.safetensors.index.json with two shards gives the same file; a shard it names that
+    is gone is an error."""
+    from safetensors.numpy import save_file
+    import vkinfer.convert as c
+    d = tmp_path / "sharded"
+    shutil.copytree(hf_dirs["mamba-tiny-hf"], d)
+    src = c.open_checkpoint(d)
+    names = list(src)
+    halves = {"model-00001-of-00002.safetensors": names[:9],
+              "model-00002-of-00002.safetensors": names[9:]}
+    for part, ns in halves.items():
+        save_file({n: np.ascontiguousarray(c._to_f32(src[n].raw(), src[n].dtype)) for n in ns},
+                  str(d / part))
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: p for p, ns in halves.items() for n in ns}}))
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    convert(d, a, "f32", quiet=True)
+    convert(hf_dirs["mamba-tiny-hf"], b, "f32", quiet=True)
+    ra, rb = gguf.GGUFReader(a), gguf.GGUFReader(b)
+    for x, y in zip(ra.tensors, rb.tensors):
+        assert x.name == y.name
+        np.testing.assert_array_equal(x.data, y.data)
+    (d / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(VkInferError, match="missing model files"):
+        convert(d, tmp_path / "c.gguf", "f32", quiet=True)
+
+
+def test_bad_directory_from_the_command_line(tmp_path):
+    """Through `python -m vkinfer` when cli.py has the convert command, else through the
+    subparser: one line, exit status 1."""
+    import argparse
+    from vkinfer import cli
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "convert" not in sub.choices:
+        with pytest.raises(VkInferError, match="not a directory"):
+            _cli(str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.gguf"))
+        return
+    p = subprocess.run([sys.executable, "-m", "vkinfer", "convert", str(tmp_path / "nowhere"),
+                        "-o", str(tmp_path / "x.gguf")], capture_output=True, text=True)
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vkinfer: error: ") and "not a directory" in lines[0]
