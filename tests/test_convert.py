@@ -248,3 +248,36 @@ def test_bad_directory_from_the_command_line(tmp_path):
     assert p.returncode == 1
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vkinfer: error: ") and "not a directory" in lines[0]
+
+
+def test_failure_while_writing_leaves_nothing(hf_dirs, tmp_path, monkeypatch):
+    import vkinfer.convert as c
+    calls = []
+    real = c._materialise
+
+    def failing(o):
+        calls.append(o.name)
+        if len(calls) == 5:
+            raise VkInferError("disk on fire")
+        return real(o)
+    monkeypatch.setattr(c, "_materialise", failing)
+    out = tmp_path / "out.gguf"
+    out.write_bytes(b"old")                   # an existing OUT stays as it was
+    with pytest.raises(VkInferError, match="disk on fire"):
+        convert(hf_dirs["mamba-tiny-hf"], out, "bf16", quiet=True)
+    assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]
+
+
+def test_pre_tokenizer_recognition():
+    from vkinfer.convert import recognise_pre_tokenizer as pre
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    assert pre({"pre_tokenizer": byte_level, "normalizer": {"type": "NFC"}}, "t") == "mpt"
+    assert pre({"pre_tokenizer": byte_level, "normalizer": None}, "t") == "gpt-2"
+    assert pre({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [byte_level]}}, "t") == "gpt-2"
+    falcon = {"type": "Sequence", "pretokenizers": [
+        {"type": "Punctuation", "behavior": "Contiguous"}, byte_level,
+        {"type": "Digits", "individual_digits": False},
+        {"type": "Split", "pattern": {"Regex": "[0-9][0-9][0-9]"}, "behavior": "Isolated"}]}
+    assert pre({"pre_tokenizer": falcon}, "t") == "falcon"
+    with pytest.raises(VkInferError, match="pre-tokenizer not recognised"):
+        pre({"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581"}}, "t")

@@ -39,7 +39,7 @@ _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": n
               "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
               "BOOL": np.bool_}
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-_CHUNK_BYTES = 64 << 20     # convert large tensors this many input bytes at a time
+_CHUNK_BYTES = 16 << 20     # convert large tensors this many input bytes at a time
 
 
 # ---- reading the checkpoint -------------------------------------------------------------------
