@@ -281,3 +281,54 @@ def test_pre_tokenizer_recognition():
     assert pre({"pre_tokenizer": falcon}, "t") == "falcon"
     with pytest.raises(VkInferError, match="pre-tokenizer not recognised"):
         pre({"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581"}}, "t")
+
+
+def test_untied_head_and_vocabulary_padding(hf_dirs, tmp_path):
+    """An lm_head equal to the embedding is left out (as llama.cpp does), a different one is
+    output.weight; a vocabulary of 4093 is padded to 4096 tokens ([PAD] / UNUSED where the
+    tokenizer has none) and the embedding rows with zeros."""
+    from vkinfer import Tokenizer
+    emb = "backbone.embeddings.weight"
+
+    def tied(t):
+        t["lm_head.weight"] = t[emb].copy()
+
+    def untied(t):
+        t["lm_head.weight"] = t[emb][::-1].copy()
+    for change, has_output in ((tied, False), (untied, True)):
+        d = tmp_path / change.__name__
+        shutil.copytree(hf_dirs["mamba-tiny-hf"], d)
+        _rewrite_weights(d, change)
+        out = tmp_path / f"{change.__name__}.gguf"
+        convert(d, out, "f16", quiet=True)
+        names = [t.name for t in gguf.GGUFReader(out).tensors]
+        assert ("output.weight" in names) == has_output
+
+    d = tmp_path / "cut"
+    shutil.copytree(hf_dirs["mamba-tiny-hf"], d)
+    _set_config(d, vocab_size=4093)
+    _rewrite_weights(d, lambda t: t.update({emb: t[emb][:4093].copy()}))
+    tok = json.loads((d / "tokenizer.json").read_text())
+    for text in [t for t, i in tok["model"]["vocab"].items() if i >= 4093]:
+        del tok["model"]["vocab"][text]
+    tok["model"]["merges"] = [m for m in tok["model"]["merges"]
+                              if all(p in tok["model"]["vocab"] for p in
+                                     (m.split(" ") if isinstance(m, str) else m))
+                              and "".join(m.split(" ") if isinstance(m, str) else m) in tok["model"]["vocab"]]
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    out = tmp_path / "cut.gguf"
+    s = convert(d, out, "f32", quiet=True)
+    assert s["n_vocab"] == 4096
+    r = gguf.GGUFReader(out)
+    t = next(t for t in r.tensors if t.name == "token_embd.weight")
+    assert tuple(int(x) for x in t.shape) == (64, 4096)
+    assert not np.asarray(t.data)[4093:].any() and np.asarray(t.data)[4092].any()
+    tk = Tokenizer.from_gguf(out)
+    assert tk.tokens[4093:] == ["[PAD4093]", "[PAD4094]", "[PAD4095]"]
+    assert tk.token_types[4093:] == [5, 5, 5]
+
+
+def test_default_output_name(hf_dirs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = convert(hf_dirs["mamba-tiny-hf"], None, "auto", quiet=True)
+    assert s["path"] == tmp_path / "mamba-tiny-hf-bf16.gguf" and s["path"].is_file()

@@ -419,10 +419,11 @@ def _materialise(o: _Out) -> np.ndarray:
     rows = raw.shape[0]
     step = max(1, _CHUNK_BYTES // max(1, raw.nbytes // max(1, rows)))
     for i in range(0, rows, step):
-        v = _to_f32(raw[i:i + step], o.src.dtype)
+        j = min(i + step, rows)
+        v = _to_f32(raw[i:j], o.src.dtype)
         if o.transform is not None:
             v = o.transform(v)
-        flat[i:i + step] = _encode(v, o.qtype).reshape(flat[i:i + step].shape)
+        flat[i:j] = _encode(v, o.qtype).reshape(flat[i:j].shape)
     if o.pad_rows:
         flat[rows:] = 0
     return out
@@ -432,13 +433,14 @@ def _pretty_name(dir_name: str) -> str:
     return " ".join(w[:1].upper() + w[1:] for w in dir_name.replace("_", "-").split("-") if w)
 
 
-def convert(hf_dir, out, outtype: str = "auto", quiet: bool = False) -> dict:
-    """Convert the checkpoint directory hf_dir to the GGUF file out; returns a summary dict
-    (tensors, types: {type: count}, bytes, seconds, outtype, path)."""
+def convert(hf_dir, out=None, outtype: str = "auto", quiet: bool = False) -> dict:
+    """Convert the checkpoint directory hf_dir to the GGUF file out (default: DIRNAME-TYPE.gguf
+    in the current directory); returns a summary dict (path, tensors, types: {type: count},
+    bytes, seconds, outtype, arch, n_vocab)."""
     import gguf
     from tqdm import tqdm
     t0 = time.perf_counter()
-    hf_dir, out = Path(hf_dir), Path(out)
+    hf_dir = Path(hf_dir)
     config = load_config(hf_dir)
     archs = config.get("architectures") or []
     arch = next((a for a in archs if a in ARCHITECTURES), None)
@@ -446,14 +448,20 @@ def convert(hf_dir, out, outtype: str = "auto", quiet: bool = False) -> dict:
         raise VkInferError(f"{hf_dir.name}/config.json: architecture "
                            f"{', '.join(map(str, archs)) or '(none given)'} is not supported by "
                            f"vkinfer convert (supported: {', '.join(ARCHITECTURES)})")
-    if out.is_dir():
-        raise VkInferError(f"{out}: is a directory; give the output file name")
-    if not out.parent.is_dir():
-        raise VkInferError(f"{out.parent}: no such directory for the output file")
+    if outtype not in OUTTYPES:
+        raise VkInferError(f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
+    if out is not None:
+        out = Path(out)
+        if out.is_dir():
+            raise VkInferError(f"{out}: is a directory; give the output file name")
+        if not out.parent.is_dir():
+            raise VkInferError(f"{out.parent}: no such directory for the output file")
     tensors = open_checkpoint(hf_dir)
     outs, hp = plan_mamba(config, tensors, hf_dir)
     vocab = read_tokenizer(hf_dir, hp["n_vocab"])
     outtype = _choose_outtype(outtype, outs)
+    if out is None:
+        out = Path.cwd() / f"{hf_dir.resolve().name}-{outtype}.gguf"
     wtype = {"f32": "F32", "f16": "F16", "bf16": "BF16"}[outtype]
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
              "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
@@ -532,10 +540,7 @@ def summary_line(s: dict) -> str:
 
 # ---- the command ------------------------------------------------------------------------------
 def cmd_convert(args) -> int:
-    out = args.outfile
-    if out is None:
-        out = Path(args.model_dir).resolve().name + f"-{args.outtype}.gguf"
-    s = convert(args.model_dir, out, args.outtype, quiet=args.quiet)
+    s = convert(args.model_dir, args.outfile, args.outtype, quiet=args.quiet)
     print(summary_line(s))
     return 0
 
@@ -546,7 +551,7 @@ def add_convert_command(commands) -> None:
     p.add_argument("model_dir", metavar="HF_DIR",
                    help="directory with config.json, *.safetensors and tokenizer.json")
     p.add_argument("-o", "--outfile", metavar="OUT.gguf", default=None,
-                   help="output file (default: DIRNAME-OUTTYPE.gguf here)")
+                   help="output file (default: DIRNAME-TYPE.gguf in the current directory)")
     p.add_argument("--outtype", choices=OUTTYPES, default="auto",
                    help="type of the weight matrices: f32, f16, bf16, or auto (f16 for an F16 "
                         "checkpoint, else bf16, as llama.cpp); norms, biases, A, D and the conv "
