@@ -332,3 +332,26 @@ def test_default_output_name(hf_dirs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     s = convert(hf_dirs["mamba-tiny-hf"], None, "auto", quiet=True)
     assert s["path"] == tmp_path / "mamba-tiny-hf-bf16.gguf" and s["path"].is_file()
+
+
+def test_special_tokens_and_chat_template(hf_dirs, tmp_path):
+    """bos/eos ids, add_bos and the chat template come from tokenizer_config.json;
+    chat_template.jinja is read when the config has none."""
+    template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+    d = tmp_path / "chat"
+    shutil.copytree(hf_dirs["mamba-tiny-hf"], d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg.update(add_bos_token=True, chat_template=template)
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "chat.gguf"
+    convert(d, out, "bf16", quiet=True)
+    f = gguf.GGUFReader(out).fields
+    assert f["tokenizer.chat_template"].contents() == template
+    assert f["tokenizer.ggml.add_bos_token"].contents() is True
+    assert f["tokenizer.ggml.bos_token_id"].contents() == 0
+    assert f["tokenizer.ggml.eos_token_id"].contents() == 0
+    del cfg["chat_template"]
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (d / "chat_template.jinja").write_text(template)
+    convert(d, out, "bf16", quiet=True)
+    assert gguf.GGUFReader(out).fields["tokenizer.chat_template"].contents() == template
