@@ -199,14 +199,12 @@ def resolve_model(path):
     from pathlib import Path
     if path:
         return path
-    root = Path(__file__).resolve().parent
-    for candidate in (root / "data" / "demo-mamba.gguf",
-                      root.parent / "tests" / "fixtures" / "mamba-tiny-f16.gguf"):
-        if candidate.exists():
-            print(f"vkinfer: no model given, using the bundled {candidate.name}; "
-                  "pass a GGUF file to run a real model: vkinfer chat MODEL.gguf", file=sys.stderr)
-            return str(candidate)
-    raise VkInferError("no model given and no bundled model found; pass a GGUF file")
+    candidate = Path(__file__).resolve().parent / "data" / "demo-mamba.gguf"
+    if not candidate.exists():
+        raise VkInferError("no model given and no bundled model found; pass a GGUF file")
+    print(f"vkinfer: no model given, using the bundled {candidate.name}; "
+          "pass a GGUF file to run a real model: vkinfer chat MODEL.gguf", file=sys.stderr)
+    return str(candidate)
 
 
 def open_model(args, warm: bool = True):
@@ -448,6 +446,8 @@ def add_bench_commands(commands):
     synth.add_argument("-t", "--types", nargs="+", default=["q8_0"], help="f16, q8_0, q4_k_m")
     synth.add_argument("-o", "--out", default="models-synth", help="directory (default: models-synth)")
     synth.add_argument("--force", action="store_true", help="rewrite files that exist")
+    synth.add_argument("--tokenizer-from", default=None, metavar="GGUF",
+                       help="copy the tokenizer from this GGUF (default: the source checkout's fixtures)")
     add_global_options(synth, defaults=False)
     synth.set_defaults(run=cmd_synth)
 
@@ -511,7 +511,7 @@ def cmd_synth(args) -> int:
             if path.exists() and not args.force:
                 print(f"{path}: exists (--force rewrites it)")
                 continue
-            synth.write(path, model, wtype)
+            synth.write(path, model, wtype, tokenizer_from=args.tokenizer_from)
             print(f"{path}: {format_bytes(path.stat().st_size)}")
     return 0
 

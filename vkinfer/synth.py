@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import VkInferError
 from .gguf import open_gguf
 from .models.mamba import MambaParams, mamba_tensors
 from .models.mamba2 import Mamba2Params, mamba2_tensors
@@ -190,7 +191,12 @@ def tensor_bytes(rng, name: str, shape: tuple, qtype: str) -> np.ndarray:
 
 # ---- writing -------------------------------------------------------------------------------------------
 def tokenizer_source(arch: str, workdir: Path) -> Path:
-    """A fixture GGUF holding the architecture's real tokenizer (the ZAYA one unpacked)."""
+    """A fixture GGUF of a source checkout holding the architecture's real tokenizer (the ZAYA one
+    unpacked); an installed package has none, so it asks for --tokenizer-from."""
+    if not FIXTURES.is_dir():
+        raise VkInferError("vkinfer synth copies a real tokenizer from a GGUF file, and this install "
+                           "has no test fixtures to take it from; pass --tokenizer-from FILE.gguf "
+                           f"(any GGUF with the {arch} model's tokenizer)")
     if arch in ("mamba", "mamba2"):
         return FIXTURES / "mamba-tiny-f16.gguf"
     packed = FIXTURES / "zaya-small-q4_k_m.gguf.xz"

@@ -140,8 +140,12 @@ class MambaNumpy:
 
     def new_state(self) -> dict:
         p = self.p
-        return {"conv": np.zeros((p.n_layer, p.d_inner, p.d_conv - 1), np.float32),
+        return {"conv": np.zeros((p.n_layer, self.conv_channels, p.d_conv - 1), np.float32),
                 "scan": np.zeros((p.n_layer, p.d_inner, p.d_state), np.float32)}
+
+    @property
+    def conv_channels(self) -> int:
+        return self.p.d_inner
 
     def forward(self, state: dict, ids, collect: list | None = None) -> np.ndarray:
         """Logits [T, n_vocab] for a chunk; `collect` gets the residual after each layer."""

@@ -16,6 +16,7 @@ from ..ops import copy as copy_ops
 from ..ops import get_rows as gr
 from ..ops import matmul as mm
 from ..ops import norm, ssm
+from .mamba import MambaNumpy
 
 
 @dataclass
@@ -130,18 +131,13 @@ class Mamba2:
 
 
 # ---- numpy executor ------------------------------------------------------------------------------
-class Mamba2Numpy:
-    """The same model on the CPU with the ops' numpy twins; state carried like the GPU's."""
+class Mamba2Numpy(MambaNumpy):
+    """The same model on the CPU with the ops' numpy twins; state carried like the GPU's (laid
+    out as Mamba-1's, the conv over all of xBC)."""
 
-    def __init__(self, f):
-        self.p = f.params
-        self.w = {name: t.dequantize() for name, t in f.tensors.items()}
-        self.output = self.w.get("output.weight", self.w["token_embd.weight"])
-
-    def new_state(self) -> dict:
-        p = self.p
-        return {"conv": np.zeros((p.n_layer, p.conv_dim, p.d_conv - 1), np.float32),
-                "scan": np.zeros((p.n_layer, p.d_inner, p.d_state), np.float32)}
+    @property
+    def conv_channels(self) -> int:
+        return self.p.conv_dim
 
     def forward(self, state: dict, ids, collect: list | None = None) -> np.ndarray:
         p, w = self.p, self.w
