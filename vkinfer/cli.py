@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_global_options(info, defaults=False)
     info.set_defaults(run=cmd_info)
     add_bench_commands(commands)
+    from .convert import add_convert_command
+    add_convert_command(commands)
     return parser
 
 
