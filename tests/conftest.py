@@ -117,3 +117,22 @@ def matmul_kernels(request, dev, monkeypatch):
     monkeypatch.setattr(dev, "lane_matmul", request.param == "lane")
     monkeypatch.setattr(dev, "subgroup_arithmetic", request.param == "subgroup")
     return request.param
+
+
+def check_prompt_logits(logits, ref, bound):
+    """A prompt's logits [T, n_vocab] against a transformers reference: the stored columns of every
+    position and the whole last row."""
+    assert np.abs(logits[:, ref["cols"]] - ref["prefill_logits_cols"]).max() < bound
+    assert np.abs(logits[-1] - ref["last_logits"]).max() < bound
+
+
+def check_greedy_decode(session, row, ref, bound):
+    """From the prompt's last logits `row`, the greedy continuation of `session` equals the
+    reference's ids, and each step's logits its stored columns."""
+    ids, steps = [], []
+    for _ in range(len(ref["greedy_ids"])):
+        ids.append(int(np.argmax(row)))
+        row = session.eval([ids[-1]])
+        steps.append(row[ref["cols"]])
+    assert ids == ref["greedy_ids"].tolist()
+    assert np.abs(np.array(steps) - ref["decode_logits_cols"]).max() < bound

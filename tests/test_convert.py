@@ -15,8 +15,9 @@ import gguf
 import numpy as np
 import pytest
 
+from conftest import check_greedy_decode, check_prompt_logits
 from vkinfer import load
-from vkinfer.convert import add_convert_command, convert, summary_line
+from vkinfer.convert import add_convert_command, convert
 from vkinfer.errors import VkInferError
 
 FIX = Path(__file__).parent / "fixtures"
@@ -60,17 +61,9 @@ def test_converted_model_matches_transformers(converted, name, outtype):
         if name.startswith("falcon"):
             assert model.impl.p.dt_b_c_rms
         assert model.tokenizer.encode(str(ref["text"])) == ref["prompt_ids"].tolist()
-        logits = model.logits(ref["prompt_ids"])
-        assert np.abs(logits[:, ref["cols"]] - ref["prefill_logits_cols"]).max() < BOUND
-        assert np.abs(logits[-1] - ref["last_logits"]).max() < BOUND
+        check_prompt_logits(model.logits(ref["prompt_ids"]), ref, BOUND)
         with model.session() as s:
-            row, ids, steps = s.eval(ref["prompt_ids"]), [], []
-            for _ in range(len(ref["greedy_ids"])):
-                ids.append(int(np.argmax(row)))
-                row = s.eval([ids[-1]])
-                steps.append(row[ref["cols"]])
-    assert ids == ref["greedy_ids"].tolist()
-    assert np.abs(np.array(steps) - ref["decode_logits_cols"]).max() < BOUND
+            check_greedy_decode(s, s.eval(ref["prompt_ids"]), ref, BOUND)
 
 
 def _layout(path):

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import check_greedy_decode, check_prompt_logits
 from vkinfer import load
 from vkinfer.models.mamba import MambaNumpy
 
@@ -99,14 +100,6 @@ def test_falcon_mamba_matches_transformers():
     ref = np.load(FIX / "falcon-mamba-tiny-q8_0.ref.npz")
     with load(FIX / "falcon-mamba-tiny-q8_0.gguf", n_ctx=128) as model:
         assert model.impl.p.dt_b_c_rms and model.impl.p.dt_b_c_eps == 1e-6
-        logits = model.logits(ref["prompt_ids"])
-        assert np.abs(logits[:, ref["cols"]] - ref["prefill_logits_cols"]).max() < 1e-4
-        assert np.abs(logits[-1] - ref["last_logits"]).max() < 1e-4
+        check_prompt_logits(model.logits(ref["prompt_ids"]), ref, 1e-4)
         with model.session() as s:
-            row, ids, steps = s.eval(ref["prompt_ids"]), [], []
-            for _ in range(len(ref["greedy_ids"])):
-                ids.append(int(np.argmax(row)))
-                row = s.eval([ids[-1]])
-                steps.append(row[ref["cols"]])
-    assert ids == ref["greedy_ids"].tolist()
-    assert np.abs(np.array(steps) - ref["decode_logits_cols"]).max() < 1e-4
+            check_greedy_decode(s, s.eval(ref["prompt_ids"]), ref, 1e-4)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import check_greedy_decode, check_prompt_logits
 from vkinfer import load
 from vkinfer.models.mamba2 import Mamba2Numpy
 
@@ -31,15 +32,8 @@ def test_prefill_and_decode_match_transformers(case, chunk):
     with model.session() as s:
         size = chunk or len(ids)
         prompt = np.concatenate([s.eval(ids[i:i + size], all_logits=True) for i in range(0, len(ids), size)])
-        assert np.abs(prompt[:, ref["cols"]] - ref["prefill_logits_cols"]).max() < REF_TOL
-        assert np.abs(prompt[-1] - ref["last_logits"]).max() < REF_TOL
-        row, out, steps = prompt[-1], [], []
-        for _ in range(len(ref["greedy_ids"])):
-            out.append(int(np.argmax(row)))
-            row = s.eval([out[-1]])
-            steps.append(row[ref["cols"]])
-    assert out == ref["greedy_ids"].tolist()
-    assert np.abs(np.array(steps) - ref["decode_logits_cols"]).max() < REF_TOL
+        check_prompt_logits(prompt, ref, REF_TOL)
+        check_greedy_decode(s, prompt[-1], ref, REF_TOL)
 
 
 def test_layers_match_numpy_executor(case):

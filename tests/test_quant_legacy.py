@@ -18,7 +18,7 @@ import gguf
 import numpy as np
 import pytest
 
-from conftest import check_matmul, run, view_then_copy
+from conftest import check_matmul, run
 from vkinfer.gguf import open_gguf
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.gpu.tensor import BLOCK_TYPES
