@@ -48,7 +48,7 @@ kp_patch_sum=$(sha256sum scripts/kp-compute-barrier.patch | cut -d' ' -f1)
 if ! $py -c "import kp, sys; sys.exit(0 if getattr(kp, 'vkinfer_set_workgroup', 0) else 1)" 2>/dev/null ||
    [ "$(cat $kp_stamp 2>/dev/null)" != "$kp_patch_sum" ]; then
   say "building kp $KP_VERSION from source with scripts/kp-compute-barrier.patch (a few minutes)"
-  logged $py -m pip install setuptools wheel numpy
+  logged $py -m pip install setuptools wheel "numpy<2"      # kp 0.9.0 misreads numpy 2 arrays
   rm -rf build/kp && mkdir -p build/kp
   logged $py -m pip download --no-deps --no-binary :all: "kp==$KP_VERSION" -d build/kp
   tar xzf "build/kp/kp-$KP_VERSION.tar.gz" -C build/kp
