@@ -348,3 +348,180 @@ def test_special_tokens_and_chat_template(hf_dirs, tmp_path):
     (d / "chat_template.jinja").write_text(template)
     convert(d, out, "bf16", quiet=True)
     assert gguf.GGUFReader(out).fields["tokenizer.chat_template"].contents() == template
+
+
+# ---- Mamba-2 ----------------------------------------------------------------------------------
+# No transformers Mamba-2 checkpoint is stored: the mamba2 fixtures are written back in the
+# transformers layout (their Q8_0 weights dequantized, F32) and converted again, so the result
+# must be the fixture itself: its tensor names and shapes, the types it keeps in F32, its
+# metadata apart from tokenizer.* and general.*, and the dequantized values.
+MAMBA2 = ("mamba2-tiny-q8_0", "mamba2-tiny-g2-q8_0")
+
+
+def _mamba2_to_hf(gguf_path, d, tokenizer_from):
+    """The inverse of llama.cpp's Mamba-2 mapping: a save_pretrained-like directory."""
+    from safetensors.numpy import save_file
+    from vkinfer.gguf import open_gguf
+    f = open_gguf(gguf_path)
+    r = gguf.GGUFReader(gguf_path)
+    kv = {k: r.fields[k].contents() for k in r.fields if k.startswith("mamba2.")}
+    n_layer, H, G = kv["mamba2.block_count"], kv["mamba2.ssm.time_step_rank"], kv["mamba2.ssm.group_count"]
+    d_model, d_inner = kv["mamba2.embedding_length"], kv["mamba2.ssm.inner_size"]
+    w = {n: np.ascontiguousarray(t.dequantize(), np.float32) for n, t in f.tensors.items()}
+    hf = {"backbone.embeddings.weight": w["token_embd.weight"],
+          "backbone.norm_f.weight": w["output_norm.weight"]}
+    assert "output.weight" not in w
+    for i in range(n_layer):
+        b, m = f"blk.{i}.", f"backbone.layers.{i}.mixer."
+        hf[f"backbone.layers.{i}.norm.weight"] = w[b + "attn_norm.weight"]
+        hf[m + "in_proj.weight"] = w[b + "ssm_in.weight"]
+        conv = w[b + "ssm_conv1d.weight"]
+        hf[m + "conv1d.weight"] = conv.reshape(conv.shape[0], 1, conv.shape[1])
+        hf[m + "conv1d.bias"] = w[b + "ssm_conv1d.bias"]
+        hf[m + "dt_bias"] = w[b + "ssm_dt.bias"]
+        hf[m + "A_log"] = np.log(-w[b + "ssm_a"].reshape(H))
+        hf[m + "D"] = w[b + "ssm_d"].reshape(H)
+        hf[m + "norm.weight"] = w[b + "ssm_norm.weight"].reshape(d_inner)
+        hf[m + "out_proj.weight"] = w[b + "ssm_out.weight"]
+    d.mkdir()
+    save_file(hf, str(d / "model.safetensors"))
+    config = {"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2",
+              "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "chunk_size": 256,
+              "conv_kernel": kv["mamba2.ssm.conv_kernel"], "expand": d_inner // d_model,
+              "head_dim": d_inner // H, "hidden_act": "silu", "hidden_size": d_model,
+              "layer_norm_epsilon": 1e-5, "n_groups": G, "num_heads": H,
+              "num_hidden_layers": n_layer, "rms_norm": True, "residual_in_fp32": True,
+              "state_size": kv["mamba2.ssm.state_size"], "tie_word_embeddings": True,
+              "time_step_limit": [0.0, float("inf")], "time_step_rank": 4, "use_bias": False,
+              "use_cache": True, "use_conv_bias": True, "vocab_size": w["token_embd.weight"].shape[0]}
+    (d / "config.json").write_text(json.dumps(config, indent=2))
+    shutil.copy(tokenizer_from / "tokenizer_config.json", d / "tokenizer_config.json")
+    # the fixtures mark <|padding|> (id 1) CONTROL, as GPT-NeoX's own tokenizer.json lists it
+    # among its added tokens; the cut mamba-tiny-hf one keeps only <|endoftext|> there
+    tok = json.loads((tokenizer_from / "tokenizer.json").read_text())
+    assert tok["model"]["vocab"]["<|padding|>"] == 1
+    tok["added_tokens"].append({**tok["added_tokens"][0], "id": 1, "content": "<|padding|>"})
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    return w
+
+
+@pytest.fixture(scope="module")
+def mamba2_converted(hf_dirs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mamba2")
+    out = {}
+    for name in MAMBA2:
+        d = root / f"{name}-hf"
+        w = _mamba2_to_hf(FIX / f"{name}.gguf", d, hf_dirs["mamba-tiny-hf"])
+        path = root / f"{name}-f32.gguf"
+        out[name] = (d, w, path, convert(d, path, "f32", quiet=True))
+    return out
+
+
+def test_mamba2_fixtures_share_the_mamba_tokenizer(hf_dirs):
+    """The written-back checkpoints borrow mamba-tiny-hf's tokenizer: the same tokens and merges."""
+    tok = _hf_tokens(hf_dirs["mamba-tiny-hf"] / "tokenizer.json")
+    for name in MAMBA2:
+        r = gguf.GGUFReader(FIX / f"{name}.gguf")
+        assert r.fields["tokenizer.ggml.tokens"].contents() == tok["tokens"]
+        assert r.fields["tokenizer.ggml.merges"].contents() == tok["merges"]
+
+
+def _hf_tokens(path):
+    t = json.loads(path.read_text())
+    vocab = dict(t["model"]["vocab"])
+    vocab.update({a["content"]: a["id"] for a in t.get("added_tokens") or []})
+    tokens = [None] * (max(vocab.values()) + 1)
+    for text, i in vocab.items():
+        tokens[i] = text
+    merges = [m if isinstance(m, str) else " ".join(m) for m in t["model"]["merges"]]
+    return dict(tokens=tokens, merges=merges)
+
+
+@pytest.mark.parametrize("name", MAMBA2)
+def test_mamba2_round_trip_is_the_fixture(mamba2_converted, name):
+    d, w, path, summary = mamba2_converted[name]
+    assert summary["arch"] == "Mamba2ForCausalLM" and summary["gguf_arch"] == "mamba2"
+    assert summary["tensors"] == 20 and summary["types"] == {"F32": 20}
+    want_kv, want_tensors, want = _layout(FIX / f"{name}.gguf")
+    got_kv, got_tensors, got = _layout(path)
+    assert got.fields["general.architecture"].contents() == "mamba2"
+    assert got_kv == want_kv
+    assert [(n, s) for n, _, s in got_tensors] == [(n, s) for n, _, s in want_tensors]
+    assert all(t == "F32" for _, t, _ in got_tensors)
+    for t in got.tensors:
+        a = np.asarray(t.data, np.float32).reshape(w[t.name].shape)
+        if t.name.endswith("ssm_a"):            # -exp(log(-A)) in f32: within an ulp or two
+            np.testing.assert_allclose(a, w[t.name], rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(a, w[t.name], err_msg=t.name)
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens",
+                "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        assert got.fields[key].contents() == want.fields[key].contents(), key
+
+
+@pytest.mark.parametrize("name", MAMBA2)
+def test_mamba2_converted_model_runs(mamba2_converted, name):
+    """The converted file against the fixture's transformers reference (1e-4, as test_mamba2),
+    and against the fixture's own logits: the same weights, so within 1e-5."""
+    path = mamba2_converted[name][2]
+    ref = np.load(FIX / f"{name}.ref.npz")
+    ids = ref["prompt_ids"]
+    with load(FIX / f"{name}.gguf", n_ctx=128) as m:
+        theirs = m.logits(ids)
+    with load(path, n_ctx=128) as model:
+        assert model.arch == "mamba2" and model.n_vocab == 4096
+        assert model.tokenizer.encode(str(ref["text"])) == ids.tolist()
+        ours = model.logits(ids)
+        assert np.abs(ours - theirs).max() < 1e-5
+        check_prompt_logits(ours, ref, BOUND)
+        with model.session() as s:
+            check_greedy_decode(s, s.eval(ids), ref, BOUND)
+
+
+def test_mamba2_bf16_types_follow_llama_cpp(mamba2_converted, tmp_path):
+    """At bf16 the matrices the fixture quantized are BF16, the rest (norms, A, D, conv) F32."""
+    d = mamba2_converted["mamba2-tiny-g2-q8_0"][0]
+    out = tmp_path / "g2-bf16.gguf"
+    s = convert(d, out, "bf16", quiet=True)
+    want = {t.name: t.tensor_type.name for t in gguf.GGUFReader(FIX / "mamba2-tiny-g2-q8_0.gguf").tensors}
+    got = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    assert got == {n: ("BF16" if t == "Q8_0" else t) for n, t in want.items()}
+    assert s["types"] == {"BF16": 5, "F32": 15}
+    assert gguf.GGUFReader(out).fields["general.file_type"].contents() == 32
+
+
+MAMBA2_BAD = {
+    "heads": (lambda d: _set_config(d, num_heads=4), "num_heads 4 does not match"),
+    "groups": (lambda d: _set_config(d, n_groups=3), "n_groups 3"),
+    "bias": (lambda d: _set_config(d, use_bias=True), "use_bias"),
+    "shape": (lambda d: _set_config(d, state_size=8), "expected"),
+    "missing": (lambda d: _rewrite_weights(d, lambda t: t.pop("backbone.layers.0.mixer.dt_bias")),
+                "backbone.layers.0.mixer.dt_bias"),
+}
+
+
+@pytest.mark.parametrize("case", list(MAMBA2_BAD))
+def test_mamba2_bad_checkpoint(mamba2_converted, tmp_path, case):
+    edit, message = MAMBA2_BAD[case]
+    d = tmp_path / "ckpt"
+    shutil.copytree(mamba2_converted["mamba2-tiny-q8_0"][0], d)
+    edit(d)
+    with pytest.raises(VkInferError, match=message) as e:
+        convert(d, tmp_path / "out.gguf", "f32", quiet=True)
+    assert "\n" not in str(e.value) and not (tmp_path / "out.gguf").exists()
+
+
+def test_mamba2_untied_head(mamba2_converted, tmp_path):
+    """tie_word_embeddings false with an lm_head: written as output.weight (as llama.cpp)."""
+    d = tmp_path / "untied"
+    shutil.copytree(mamba2_converted["mamba2-tiny-q8_0"][0], d)
+    _set_config(d, tie_word_embeddings=False)
+    _rewrite_weights(d, lambda t: t.update(
+        {"lm_head.weight": t["backbone.embeddings.weight"][::-1].copy()}))
+    out = tmp_path / "untied.gguf"
+    convert(d, out, "f32", quiet=True)
+    r = gguf.GGUFReader(out)
+    t = next(t for t in r.tensors if t.name == "output.weight")
+    emb = next(t for t in r.tensors if t.name == "token_embd.weight")
+    np.testing.assert_array_equal(np.asarray(t.data), np.asarray(emb.data)[::-1])

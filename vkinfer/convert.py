@@ -5,7 +5,11 @@ Supported: `MambaForCausalLM` and `FalconMambaForCausalLM`, written in llama.cpp
 `-exp(A_log)`, the conv weight squeezed to [d_inner, d_conv], the token list padded to a
 multiple of `pad_vocab_size_multiple` (8), `mamba.ssm.dt_b_c_rms` true for Falcon-Mamba, a tied
 `lm_head` left out, 1-D tensors, norms, `ssm_a`, `ssm_d` and the conv weight in F32 and the
-other matrices in the output type.
+other matrices in the output type. `Mamba2ForCausalLM` is written in llama.cpp's `mamba2` layout:
+`ssm_a` = -exp(A_log) and `ssm_d` as [n_heads, 1], the gated norm as [n_groups, d_inner / n_groups],
+`dt_bias` as `ssm_dt.bias`, `ssm.time_step_rank` = the head count (d_inner / head_dim),
+`ssm.group_count` = n_groups, the vocabulary padded to a multiple of 16, `lm_head` left out when
+`tie_word_embeddings` is set.
 
 It streams: the safetensors files are memory-mapped and every tensor is read, converted and
 written on its own (the output array of one tensor is the only large allocation), so a model
@@ -31,7 +35,10 @@ from .errors import VkInferError
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("MambaForCausalLM", "FalconMambaForCausalLM")
+ARCHITECTURES = ("MambaForCausalLM", "FalconMambaForCausalLM", "Mamba2ForCausalLM")
+# HF architecture -> GGUF general.architecture
+GGUF_ARCH = {"MambaForCausalLM": "mamba", "FalconMambaForCausalLM": "mamba",
+             "Mamba2ForCausalLM": "mamba2"}
 OUTTYPES = ("auto", "f32", "f16", "bf16")
 
 # safetensors dtype -> numpy dtype of its stored elements (BF16 read as uint16 bit patterns)
@@ -247,38 +254,115 @@ def plan_mamba(config: dict, tensors: dict, hf_dir: Path) -> tuple[list, dict]:
     want["backbone.norm_f.weight"] = ("output_norm.weight", (d_model,), "f32", None)
     optional = {"lm_head.weight": ("output.weight", (emb_rows, d_model), "w", None)}
 
+    outs, hp["n_vocab"] = _plan_outs(want, optional, tensors, hf_dir, vocab_size, n_vocab,
+                                     "Falcon-Mamba" if falcon else "Mamba", tied=_same_values)
+    return outs, hp
+
+
+def _plan_outs(want: dict, optional: dict, tensors: dict, hf_dir: Path, vocab_size: int,
+               n_vocab: int, what: str, tied) -> tuple[list, int]:
+    """The _Out list (in checkpoint order) and the padded vocabulary size for the expected
+    tensors `want` and `optional` (HF name -> (gguf name, HF shape, kind, transform[, output
+    shape])): every one of `want` must be there with its shape and nothing else may be;
+    lm_head.weight is left out where tied(lm_head, embedding) says so. Without an output shape
+    a tensor is squeezed (as llama.cpp does for Mamba-1)."""
+    cfg = f"{hf_dir.name}/config.json"
     missing = [n for n in want if n not in tensors]
     if missing:
         raise VkInferError(f"{hf_dir.name}: {len(missing)} tensor(s) missing from the checkpoint: "
                            + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
     unknown = [n for n in tensors if n not in want and n not in optional]
     if unknown:
-        raise VkInferError(f"{hf_dir.name}: tensor(s) a {'Falcon-' if falcon else ''}Mamba "
-                           f"checkpoint does not have: " + ", ".join(unknown[:5])
-                           + (" ..." if len(unknown) > 5 else ""))
+        raise VkInferError(f"{hf_dir.name}: tensor(s) a {what} checkpoint does not have: "
+                           + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
+    emb_rows = want["backbone.embeddings.weight"][1][0]
     if emb_rows < vocab_size:
         raise VkInferError(f"{hf_dir.name}: backbone.embeddings.weight has {emb_rows} rows for "
                            f"vocab_size {vocab_size}")
-    hp["n_vocab"] = n_vocab = max(n_vocab, emb_rows)
+    n_vocab = max(n_vocab, emb_rows)
     pad_rows = n_vocab - emb_rows
 
     outs = []
     for name, src in tensors.items():
         spec = want.get(name) or optional.get(name)
-        gname, shape, kind, fn = spec
+        gname, shape, kind, fn = spec[:4]
         if src.shape != tuple(shape):
             raise VkInferError(f"{src.path.name}: tensor {name} has shape {list(src.shape)}, "
                                f"expected {list(shape)} from {cfg}")
         if src.dtype not in _FLOAT_DTYPES:
             raise VkInferError(f"{src.path.name}: tensor {name} has dtype {src.dtype}, not a float type")
-        if name == "lm_head.weight" and _same_values(src, tensors["backbone.embeddings.weight"]):
-            log.info("lm_head.weight equals the embedding: left out (tied)")
+        if name == "lm_head.weight" and tied(src, tensors["backbone.embeddings.weight"]):
+            log.info("lm_head.weight is tied to the embedding: left out")
             continue
-        out_shape = tuple(d for d in shape if d != 1) or (1,)     # llama.cpp squeezes every tensor
+        out_shape = spec[4] if len(spec) > 4 else (tuple(d for d in shape if d != 1) or (1,))
         rows = pad_rows if gname in ("token_embd.weight", "output.weight") else 0
         if rows:
             out_shape = (out_shape[0] + rows, *out_shape[1:])
         outs.append(_Out(gname, out_shape, kind, src, fn, rows))
+    return outs, n_vocab
+
+
+
+def plan_mamba2(config: dict, tensors: dict, hf_dir: Path) -> tuple[list, dict]:
+    """(list of _Out in file order, hyper-parameters) for Mamba-2 (transformers' Mamba2Config:
+    hidden_size, expand, num_heads, head_dim, n_groups, state_size, conv_kernel), in llama.cpp's
+    `mamba2` layout: in_proj = z | xBC | dt, A and D as [H, 1], the gated norm as
+    [n_groups, d_inner / n_groups], dt_bias as ssm_dt.bias."""
+    cfg = f"{hf_dir.name}/config.json"
+    d_model = int(_hparam(config, ["hidden_size", "d_model"], path=cfg))
+    n_layer = int(_hparam(config, ["num_hidden_layers", "n_layer", "n_layers", "num_layers"], path=cfg))
+    d_conv = int(_hparam(config, ["conv_kernel", "d_conv"], 4))
+    d_state = int(_hparam(config, ["state_size", "d_state"], 128))
+    expand = _hparam(config, ["expand"], 2)
+    d_inner = int(_hparam(config, ["intermediate_size", "d_inner"], int(expand * d_model)))
+    head_dim = int(_hparam(config, ["head_dim"], 64))
+    n_groups = int(_hparam(config, ["n_groups"], 1))
+    eps = float(_hparam(config, ["layer_norm_epsilon", "rms_norm_eps"], 1e-5))
+    if head_dim <= 0 or d_inner % head_dim:
+        raise VkInferError(f"{cfg}: the inner size {d_inner} (expand {expand} x hidden_size "
+                           f"{d_model}) is not a multiple of head_dim {head_dim}")
+    n_heads = d_inner // head_dim            # llama.cpp's ssm.time_step_rank
+    if config.get("num_heads") is not None and int(config["num_heads"]) != n_heads:
+        raise VkInferError(f"{cfg}: num_heads {config['num_heads']} does not match inner size "
+                           f"{d_inner} / head_dim {head_dim} = {n_heads}")
+    if n_groups <= 0 or n_heads % n_groups:
+        raise VkInferError(f"{cfg}: n_groups {n_groups} does not divide the {n_heads} heads")
+    for key in ("use_bias",):
+        if config.get(key):
+            raise VkInferError(f"{cfg}: {key} is true (in_proj/out_proj biases), which llama.cpp's "
+                               "mamba2 layout has no tensors for")
+    if config.get("use_conv_bias") is False:
+        raise VkInferError(f"{cfg}: use_conv_bias is false; the mamba2 layout needs the conv bias")
+    vocab_size = int(_hparam(config, ["vocab_size"], path=cfg))
+    pad = int(config.get("pad_vocab_size_multiple") or 16)      # llama.cpp's default for Mamba-2
+    n_vocab = -(vocab_size // -pad) * pad
+    conv_dim = d_inner + 2 * n_groups * d_state
+    hp = dict(d_model=d_model, n_layer=n_layer, d_conv=d_conv, d_inner=d_inner, d_state=d_state,
+              n_heads=n_heads, n_groups=n_groups, eps=eps, vocab_size=vocab_size, n_vocab=n_vocab)
+
+    emb_rows = tensors["backbone.embeddings.weight"].shape[0] if "backbone.embeddings.weight" in tensors else vocab_size
+    want = {"backbone.embeddings.weight": ("token_embd.weight", (emb_rows, d_model), "w", None)}
+    H = n_heads
+    for i in range(n_layer):
+        p = f"backbone.layers.{i}."
+        m = p + "mixer."
+        b = f"blk.{i}."
+        want[m + "A_log"] = (b + "ssm_a", (H,), "f32", _neg_exp, (H, 1))
+        want[m + "D"] = (b + "ssm_d", (H,), "f32", None, (H, 1))
+        want[m + "conv1d.weight"] = (b + "ssm_conv1d.weight", (conv_dim, 1, d_conv), "f32", None,
+                                     (conv_dim, d_conv))
+        want[m + "conv1d.bias"] = (b + "ssm_conv1d.bias", (conv_dim,), "f32", None)
+        want[m + "dt_bias"] = (b + "ssm_dt.bias", (H,), "f32", None)
+        want[m + "in_proj.weight"] = (b + "ssm_in.weight", (d_inner + conv_dim + H, d_model), "w", None)
+        want[m + "norm.weight"] = (b + "ssm_norm.weight", (d_inner,), "f32", None,
+                                   (n_groups, d_inner // n_groups))
+        want[m + "out_proj.weight"] = (b + "ssm_out.weight", (d_model, d_inner), "w", None)
+        want[p + "norm.weight"] = (b + "attn_norm.weight", (d_model,), "f32", None)
+    want["backbone.norm_f.weight"] = ("output_norm.weight", (d_model,), "f32", None)
+    optional = {"lm_head.weight": ("output.weight", (emb_rows, d_model), "w", None)}
+    tie = bool(config.get("tie_word_embeddings", False))
+    outs, hp["n_vocab"] = _plan_outs(want, optional, tensors, hf_dir, vocab_size, n_vocab,
+                                     "Mamba-2", tied=lambda head, emb: tie)
     return outs, hp
 
 
@@ -415,7 +499,7 @@ def _materialise(o: _Out) -> np.ndarray:
     """The tensor's output array, built in row chunks from the memory-mapped input."""
     raw = o.src.raw().reshape(o.src.shape[0], -1) if o.src.shape else o.src.raw().reshape(1, 1)
     out = np.empty(o.shape, _NP_OUT[o.qtype])
-    flat = out.reshape(out.shape[0], -1) if out.ndim > 1 else out.reshape(-1, raw.shape[1])
+    flat = out.reshape(-1, raw.shape[1])       # the input's rows (then any padding rows)
     rows = raw.shape[0]
     step = max(1, _CHUNK_BYTES // max(1, raw.nbytes // max(1, rows)))
     for i in range(0, rows, step):
@@ -457,7 +541,8 @@ def convert(hf_dir, out=None, outtype: str = "auto", quiet: bool = False) -> dic
         if not out.parent.is_dir():
             raise VkInferError(f"{out.parent}: no such directory for the output file")
     tensors = open_checkpoint(hf_dir)
-    outs, hp = plan_mamba(config, tensors, hf_dir)
+    gguf_arch = GGUF_ARCH[arch]
+    outs, hp = (plan_mamba2 if gguf_arch == "mamba2" else plan_mamba)(config, tensors, hf_dir)
     vocab = read_tokenizer(hf_dir, hp["n_vocab"])
     outtype = _choose_outtype(outtype, outs)
     if out is None:
@@ -468,7 +553,7 @@ def convert(hf_dir, out=None, outtype: str = "auto", quiet: bool = False) -> dic
     for o in outs:
         o.qtype = "F32" if (o.kind == "f32" or len(o.shape) <= 1) else wtype
 
-    writer = gguf.GGUFWriter(None, "mamba")
+    writer = gguf.GGUFWriter(None, gguf_arch)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(_pretty_name(hf_dir.resolve().name))
     n_params = sum(int(np.prod(o.shape)) for o in outs)
@@ -481,9 +566,14 @@ def convert(hf_dir, out=None, outtype: str = "auto", quiet: bool = False) -> dic
     writer.add_ssm_conv_kernel(hp["d_conv"])
     writer.add_ssm_inner_size(hp["d_inner"])
     writer.add_ssm_state_size(hp["d_state"])
-    writer.add_ssm_time_step_rank(hp["dt_rank"])
-    writer.add_layer_norm_rms_eps(hp["eps"])
-    writer.add_ssm_dt_b_c_rms(hp["dt_b_c_rms"])
+    if gguf_arch == "mamba2":
+        writer.add_ssm_time_step_rank(hp["n_heads"])
+        writer.add_ssm_group_count(hp["n_groups"])
+        writer.add_layer_norm_rms_eps(hp["eps"])
+    else:
+        writer.add_ssm_time_step_rank(hp["dt_rank"])
+        writer.add_layer_norm_rms_eps(hp["eps"])
+        writer.add_ssm_dt_b_c_rms(hp["dt_b_c_rms"])
     writer.add_file_type(ftype)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_tokenizer_model("gpt2")
@@ -527,14 +617,14 @@ def convert(hf_dir, out=None, outtype: str = "auto", quiet: bool = False) -> dic
         types[o.qtype] = types.get(o.qtype, 0) + 1
     return dict(path=out, tensors=len(outs), types=types, bytes=out.stat().st_size,
                 seconds=time.perf_counter() - t0, outtype=outtype, arch=arch,
-                n_vocab=hp["n_vocab"])
+                gguf_arch=gguf_arch, n_vocab=hp["n_vocab"])
 
 
 def summary_line(s: dict) -> str:
     types = ", ".join(f"{k} {v}" for k, v in sorted(s["types"].items()))
     size = s["bytes"]
     size_text = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.2f} MiB"
-    return (f"wrote {s['path']}: {s['arch']} → mamba, {s['tensors']} tensors ({types}), "
+    return (f"wrote {s['path']}: {s['arch']} → {s.get('gguf_arch', 'mamba')}, {s['tensors']} tensors ({types}), "
             f"{size_text} ({size} bytes) in {s['seconds']:.2f} s")
 
 
