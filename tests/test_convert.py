@@ -1,9 +1,10 @@
-"""`vkinfer convert` (Hugging Face checkpoint -> GGUF) for Mamba and Falcon-Mamba.
+"""`vkinfer convert` (Hugging Face checkpoint -> GGUF) for Mamba, Falcon-Mamba and Mamba-2.
 
 The checkpoints are the fixtures' bf16 `save_pretrained` directories; the references are
 transformers' logits for them. `falcon-mamba-tiny-f16.gguf` was written by llama.cpp's
 `convert_hf_to_gguf.py` for the same model (its F16 rounding), so a converted file must have its
-tensor names, shapes and types and its metadata (apart from tokenizer.* and general.*)."""
+tensor names, shapes and types and its metadata (apart from tokenizer.* and general.*).
+Mamba-2 has no stored checkpoint: see the Mamba-2 section below."""
 import json
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from conftest import check_greedy_decode, check_prompt_logits
 from vkinfer import load
-from vkinfer.convert import add_convert_command, convert
+from vkinfer.convert import add_convert_command, convert, summary_line
 from vkinfer.errors import VkInferError
 
 FIX = Path(__file__).parent / "fixtures"
@@ -417,15 +418,6 @@ def mamba2_converted(hf_dirs, tmp_path_factory):
     return out
 
 
-def test_mamba2_fixtures_share_the_mamba_tokenizer(hf_dirs):
-    """The written-back checkpoints borrow mamba-tiny-hf's tokenizer: the same tokens and merges."""
-    tok = _hf_tokens(hf_dirs["mamba-tiny-hf"] / "tokenizer.json")
-    for name in MAMBA2:
-        r = gguf.GGUFReader(FIX / f"{name}.gguf")
-        assert r.fields["tokenizer.ggml.tokens"].contents() == tok["tokens"]
-        assert r.fields["tokenizer.ggml.merges"].contents() == tok["merges"]
-
-
 def _hf_tokens(path):
     t = json.loads(path.read_text())
     vocab = dict(t["model"]["vocab"])
@@ -437,11 +429,22 @@ def _hf_tokens(path):
     return dict(tokens=tokens, merges=merges)
 
 
+def test_mamba2_fixtures_share_the_mamba_tokenizer(hf_dirs):
+    """The written-back checkpoints borrow mamba-tiny-hf's tokenizer: the same tokens and merges."""
+    tok = _hf_tokens(hf_dirs["mamba-tiny-hf"] / "tokenizer.json")
+    for name in MAMBA2:
+        r = gguf.GGUFReader(FIX / f"{name}.gguf")
+        assert r.fields["tokenizer.ggml.tokens"].contents() == tok["tokens"]
+        assert r.fields["tokenizer.ggml.merges"].contents() == tok["merges"]
+
+
+
 @pytest.mark.parametrize("name", MAMBA2)
 def test_mamba2_round_trip_is_the_fixture(mamba2_converted, name):
     d, w, path, summary = mamba2_converted[name]
     assert summary["arch"] == "Mamba2ForCausalLM" and summary["gguf_arch"] == "mamba2"
     assert summary["tensors"] == 20 and summary["types"] == {"F32": 20}
+    assert "Mamba2ForCausalLM → mamba2, 20 tensors (F32 20)" in summary_line(summary)
     want_kv, want_tensors, want = _layout(FIX / f"{name}.gguf")
     got_kv, got_tensors, got = _layout(path)
     assert got.fields["general.architecture"].contents() == "mamba2"

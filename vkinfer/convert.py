@@ -327,10 +327,9 @@ def plan_mamba2(config: dict, tensors: dict, hf_dir: Path) -> tuple[list, dict]:
                            f"{d_inner} / head_dim {head_dim} = {n_heads}")
     if n_groups <= 0 or n_heads % n_groups:
         raise VkInferError(f"{cfg}: n_groups {n_groups} does not divide the {n_heads} heads")
-    for key in ("use_bias",):
-        if config.get(key):
-            raise VkInferError(f"{cfg}: {key} is true (in_proj/out_proj biases), which llama.cpp's "
-                               "mamba2 layout has no tensors for")
+    if config.get("use_bias"):
+        raise VkInferError(f"{cfg}: use_bias is true (in_proj/out_proj biases), which llama.cpp's "
+                           "mamba2 layout has no tensors for")
     if config.get("use_conv_bias") is False:
         raise VkInferError(f"{cfg}: use_conv_bias is false; the mamba2 layout needs the conv bias")
     vocab_size = int(_hparam(config, ["vocab_size"], path=cfg))
