@@ -362,6 +362,7 @@ MAMBA2 = ("mamba2-tiny-q8_0", "mamba2-tiny-g2-q8_0")
 def _mamba2_to_hf(gguf_path, d, tokenizer_from):
     """The inverse of llama.cpp's Mamba-2 mapping: a save_pretrained-like directory."""
     from safetensors.numpy import save_file
+
     from vkinfer.gguf import open_gguf
     f = open_gguf(gguf_path)
     r = gguf.GGUFReader(gguf_path)
@@ -426,7 +427,7 @@ def _hf_tokens(path):
     for text, i in vocab.items():
         tokens[i] = text
     merges = [m if isinstance(m, str) else " ".join(m) for m in t["model"]["merges"]]
-    return dict(tokens=tokens, merges=merges)
+    return {"tokens": tokens, "merges": merges}
 
 
 def test_mamba2_fixtures_share_the_mamba_tokenizer(hf_dirs):
@@ -441,7 +442,7 @@ def test_mamba2_fixtures_share_the_mamba_tokenizer(hf_dirs):
 
 @pytest.mark.parametrize("name", MAMBA2)
 def test_mamba2_round_trip_is_the_fixture(mamba2_converted, name):
-    d, w, path, summary = mamba2_converted[name]
+    _, w, path, summary = mamba2_converted[name]
     assert summary["arch"] == "Mamba2ForCausalLM" and summary["gguf_arch"] == "mamba2"
     assert summary["tensors"] == 20 and summary["types"] == {"F32": 20}
     assert "Mamba2ForCausalLM → mamba2, 20 tensors (F32 20)" in summary_line(summary)

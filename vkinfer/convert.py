@@ -336,8 +336,9 @@ def plan_mamba2(config: dict, tensors: dict, hf_dir: Path) -> tuple[list, dict]:
     pad = int(config.get("pad_vocab_size_multiple") or 16)      # llama.cpp's default for Mamba-2
     n_vocab = -(vocab_size // -pad) * pad
     conv_dim = d_inner + 2 * n_groups * d_state
-    hp = dict(d_model=d_model, n_layer=n_layer, d_conv=d_conv, d_inner=d_inner, d_state=d_state,
-              n_heads=n_heads, n_groups=n_groups, eps=eps, vocab_size=vocab_size, n_vocab=n_vocab)
+    hp = {"d_model": d_model, "n_layer": n_layer, "d_conv": d_conv, "d_inner": d_inner,
+          "d_state": d_state, "n_heads": n_heads, "n_groups": n_groups, "eps": eps,
+          "vocab_size": vocab_size, "n_vocab": n_vocab}
 
     emb_rows = tensors["backbone.embeddings.weight"].shape[0] if "backbone.embeddings.weight" in tensors else vocab_size
     want = {"backbone.embeddings.weight": ("token_embd.weight", (emb_rows, d_model), "w", None)}
