@@ -529,3 +529,111 @@ def test_mamba2_untied_head(mamba2_converted, tmp_path):
     t = next(t for t in r.tensors if t.name == "output.weight")
     emb = next(t for t in r.tensors if t.name == "token_embd.weight")
     np.testing.assert_array_equal(np.asarray(t.data), np.asarray(emb.data)[::-1])
+
+
+# ---- --outtype q8_0 ---------------------------------------------------------------------------
+# The matrices llama.cpp's convert_hf_to_gguf.py quantizes at --outtype q8_0 are Q8_0 (ssm_dt,
+# of dt_rank = 4 columns, is not whole 32-weight blocks: F16, as its QuantError fallback makes
+# it), the rest F32, as the llama.cpp-written Q8_0 fixtures have them; every Q8_0 tensor is
+# gguf-py's reference quantize_row_q8_0 of the tensor written at --outtype f32.
+Q8_HF = {"token_embd.weight": "backbone.embeddings.weight"}
+for _i in range(2):
+    for _g, _h in (("in", "in_proj"), ("x", "x_proj"), ("dt", "dt_proj"), ("out", "out_proj")):
+        Q8_HF[f"blk.{_i}.ssm_{_g}.weight"] = f"backbone.layers.{_i}.mixer.{_h}.weight"
+# Against transformers' logits of the bf16 checkpoint (mamba-tiny-hf.ref.npz) the converted
+# Q8_0 file is off by its rounding: measured 0.111 (prefill columns), 0.061 (last row), 0.113
+# (decode steps), about 2.4 % of the largest logit; the llama.cpp Q8_0 fixture of the same
+# family is off by 0.161 against its unquantized model's reference (mamba-tiny.ref.npz). The
+# bound is a little above ours, and below that.
+Q8_BOUND = 0.13
+# The Q8_0 fixtures' references are transformers run on each file's own dequantized weights;
+# against them the fixtures are off by 4e-6 (mamba-tiny-q8_0) and 7.4e-6 (falcon-mamba-tiny-q8_0).
+# The same comparison for the converted file (against its dequantized weights, converted at f32)
+# measured 2.7e-6; the bound is the one the Mamba-2 round trip uses for the same weights.
+Q8_SELF_BOUND = 1e-5
+
+
+def _types(path):
+    """name -> type (vkinfer's reader: gguf-py's takes 2 s over mamba-tiny-q8_0's 50k tokens)."""
+    from vkinfer.gguf import open_gguf
+    return {n: str(t.type) for n, t in open_gguf(path).tensors.items()}
+
+
+def _check_q8_0_blocks(q8_path, f32_path):
+    from vkinfer.gguf import open_gguf
+    f32 = open_gguf(f32_path).tensors
+    n = 0
+    for name, t in open_gguf(q8_path).tensors.items():
+        if t.type == "Q8_0":
+            want = gguf.quants.quantize(np.asarray(f32[name].data, np.float32),
+                                        gguf.GGMLQuantizationType.Q8_0)
+            np.testing.assert_array_equal(np.asarray(t.data), want, err_msg=name)
+            n += 1
+    return n
+
+
+def test_q8_0_types_and_blocks(converted):
+    path, s = converted("mamba-tiny-hf", "q8_0")
+    assert s["outtype"] == "q8_0" and s["types"] == {"Q8_0": 7, "F16": 2, "F32": 13}
+    from vkinfer.gguf import open_gguf
+    assert open_gguf(path).get("general.file_type") == 7             # MOSTLY_Q8_0
+    got = _types(path)
+    assert got == {n: t for n, t in _types(FIX / "mamba-tiny-q8_0.gguf").items() if n in got}
+    assert got["blk.0.ssm_dt.weight"] == "F16" and got["token_embd.weight"] == "Q8_0"
+    assert _check_q8_0_blocks(path, converted("mamba-tiny-hf", "f32")[0]) == 7
+    # the Falcon-Mamba checkpoint: the names and types of llama.cpp's Q8_0 fixture
+    fpath, _ = converted("falcon-mamba-tiny-hf", "q8_0")
+    assert _types(fpath) == _types(FIX / "falcon-mamba-tiny-q8_0.gguf")
+
+
+def test_q8_0_rows_in_chunks(hf_dirs, tmp_path, monkeypatch):
+    """With a chunk of a few rows the blocks are the same (each row is quantized on its own)."""
+    import vkinfer.convert as c
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    convert(hf_dirs["mamba-tiny-hf"], a, "q8_0", quiet=True)
+    monkeypatch.setattr(c, "_CHUNK_BYTES", 1000)
+    convert(hf_dirs["mamba-tiny-hf"], b, "q8_0", quiet=True)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_q8_0_model_matches_transformers(converted, hf_dirs, tmp_path):
+    path, _ = converted("mamba-tiny-hf", "q8_0")
+    ref = np.load(FIX / "mamba-tiny-hf.ref.npz")
+    ids = ref["prompt_ids"]
+    with load(path, n_ctx=128) as model:
+        ours = model.logits(ids)
+        check_prompt_logits(ours, ref, Q8_BOUND)
+        with model.session() as s:
+            check_greedy_decode(s, s.eval(ids), ref, Q8_BOUND)
+    # the checkpoint with the Q8_0 / F16 file's dequantized matrices, converted at f32
+    from vkinfer.gguf import open_gguf
+    q = {n: np.ascontiguousarray(t.dequantize(), np.float32) for n, t in open_gguf(path).tensors.items()}
+    d = tmp_path / "deq"
+    shutil.copytree(hf_dirs["mamba-tiny-hf"], d)
+    _rewrite_weights(d, lambda t: t.update({h: q[g].reshape(t[h].shape) for g, h in Q8_HF.items()}))
+    deq = tmp_path / "deq.gguf"
+    convert(d, deq, "f32", quiet=True)
+    with load(deq, n_ctx=128) as model:
+        assert np.abs(model.logits(ids) - ours).max() < Q8_SELF_BOUND
+
+
+def test_mamba2_q8_0_is_the_fixtures_types(mamba2_converted, tmp_path):
+    """The written-back Mamba-2 checkpoints at q8_0: the fixtures' names, shapes and types (no F16
+    there: every matrix has whole blocks), general.file_type 7, the f32 file's tensors quantized."""
+    from vkinfer.gguf import open_gguf
+    for name in MAMBA2:
+        d, _, f32_path, _ = mamba2_converted[name]
+        out = tmp_path / f"{name}.gguf"
+        s = convert(d, out, "q8_0", quiet=True)
+        assert s["types"] == {"Q8_0": 5, "F32": 15}
+        got, want = open_gguf(out), open_gguf(FIX / f"{name}.gguf")
+        assert [(n, t.type, t.shape) for n, t in got.tensors.items()] == \
+            [(n, t.type, t.shape) for n, t in want.tensors.items()]
+        assert got.get("general.file_type") == 7
+        assert _check_q8_0_blocks(out, f32_path) == 5
+
+
+def test_q8_0_on_the_command_line(hf_dirs, tmp_path, capsys):
+    out = tmp_path / "m.gguf"
+    assert _cli(str(hf_dirs["mamba-tiny-hf"]), "-o", str(out), "--outtype", "q8_0", "-q") == 0
+    assert "22 tensors (F16 2, F32 13, Q8_0 7)" in capsys.readouterr().out

@@ -5,7 +5,9 @@ Supported: `MambaForCausalLM` and `FalconMambaForCausalLM`, written in llama.cpp
 `-exp(A_log)`, the conv weight squeezed to [d_inner, d_conv], the token list padded to a
 multiple of `pad_vocab_size_multiple` (8), `mamba.ssm.dt_b_c_rms` true for Falcon-Mamba, a tied
 `lm_head` left out, 1-D tensors, norms, `ssm_a`, `ssm_d` and the conv weight in F32 and the
-other matrices in the output type. `Mamba2ForCausalLM` is written in llama.cpp's `mamba2` layout:
+other matrices in the output type (at `q8_0`, as llama.cpp: Q8_0 where a row is whole 32-weight
+blocks, quantized with gguf-py's reference quantize_row_q8_0 a row chunk at a time, else F16 —
+Mamba-1's ssm_dt of dt_rank columns). `Mamba2ForCausalLM` is written in llama.cpp's `mamba2` layout:
 `ssm_a` = -exp(A_log) and `ssm_d` as [n_heads, 1], the gated norm as [n_groups, d_inner / n_groups],
 `dt_bias` as `ssm_dt.bias`, `ssm.time_step_rank` = the head count (d_inner / head_dim),
 `ssm.group_count` = n_groups, the vocabulary padded to a multiple of 16, `lm_head` left out when
@@ -39,7 +41,8 @@ ARCHITECTURES = ("MambaForCausalLM", "FalconMambaForCausalLM", "Mamba2ForCausalL
 # HF architecture -> GGUF general.architecture
 GGUF_ARCH = {"MambaForCausalLM": "mamba", "FalconMambaForCausalLM": "mamba",
              "Mamba2ForCausalLM": "mamba2"}
-OUTTYPES = ("auto", "f32", "f16", "bf16")
+OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
+_QK8_0, _Q8_0_BLOCK = 32, 34      # Q8_0: 32 weights per block, an f16 scale + 32 int8
 
 # safetensors dtype -> numpy dtype of its stored elements (BF16 read as uint16 bit patterns)
 _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
@@ -485,21 +488,49 @@ def _encode(values: np.ndarray, qtype: str) -> np.ndarray:
         return values.astype(np.float32, copy=False)
     if qtype == "F16":
         return values.astype(np.float16)
-    # BF16: round to nearest even, NaNs kept quiet (gguf-py's rule)
     import gguf
+    if qtype == "Q8_0":         # gguf-py's reference quantize_row_q8_0, row by row
+        return gguf.quants.quantize(np.ascontiguousarray(values, np.float32),
+                                    gguf.GGMLQuantizationType.Q8_0)
+    # BF16: round to nearest even, NaNs kept quiet (gguf-py's rule)
     q = gguf.quants.quantize(np.ascontiguousarray(values, np.float32),
                              gguf.GGMLQuantizationType.BF16)
     return np.ascontiguousarray(q).view(np.uint16)
 
 
-_NP_OUT = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+_NP_OUT = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "Q8_0": np.uint8}
+
+
+def _out_shape(o: _Out) -> tuple:
+    """The numpy shape of the bytes written for o (Q8_0: each row of n weights as n / 32 blocks
+    of 34 bytes)."""
+    if o.qtype == "Q8_0":
+        return o.shape[:-1] + (o.shape[-1] // _QK8_0 * _Q8_0_BLOCK,)
+    return o.shape
+
+
+def _out_nbytes(o: _Out) -> int:
+    return int(np.prod(_out_shape(o), dtype=np.int64)) * np.dtype(_NP_OUT[o.qtype]).itemsize
+
+
+def _weight_type(o: _Out, wtype: str) -> str:
+    """The type of a tensor that follows the output type. As llama.cpp's convert_hf_to_gguf.py
+    at --outtype q8_0: a matrix whose rows are not whole Q8_0 blocks (Mamba's ssm_dt, of
+    dt_rank columns) falls back to F16, as gguf-py's QuantError makes it do."""
+    if wtype != "Q8_0":
+        return wtype
+    row = int(np.prod(o.src.shape[1:])) if o.src.shape else 1      # an input row: an output row
+    if len(o.shape) != 2 or o.shape[-1] % _QK8_0 or row != o.shape[-1]:
+        return "F16"
+    return "Q8_0"
 
 
 def _materialise(o: _Out) -> np.ndarray:
     """The tensor's output array, built in row chunks from the memory-mapped input."""
     raw = o.src.raw().reshape(o.src.shape[0], -1) if o.src.shape else o.src.raw().reshape(1, 1)
-    out = np.empty(o.shape, _NP_OUT[o.qtype])
-    flat = out.reshape(-1, raw.shape[1])       # the input's rows (then any padding rows)
+    out = np.empty(_out_shape(o), _NP_OUT[o.qtype])
+    # the input's rows (then any padding rows); for Q8_0 an input row is an output row
+    flat = out.reshape(-1, out.shape[-1] if o.qtype == "Q8_0" else raw.shape[1])
     rows = raw.shape[0]
     step = max(1, _CHUNK_BYTES // max(1, raw.nbytes // max(1, rows)))
     for i in range(0, rows, step):
@@ -547,11 +578,12 @@ def convert(hf_dir, out=None, outtype: str = "auto", quiet: bool = False) -> dic
     outtype = _choose_outtype(outtype, outs)
     if out is None:
         out = Path.cwd() / f"{hf_dir.resolve().name}-{outtype}.gguf"
-    wtype = {"f32": "F32", "f16": "F16", "bf16": "BF16"}[outtype]
+    wtype = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}[outtype]
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
+             "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
     for o in outs:
-        o.qtype = "F32" if (o.kind == "f32" or len(o.shape) <= 1) else wtype
+        o.qtype = "F32" if (o.kind == "f32" or len(o.shape) <= 1) else _weight_type(o, wtype)
 
     writer = gguf.GGUFWriter(None, gguf_arch)
     writer.add_type(gguf.GGUFType.MODEL)
@@ -582,13 +614,13 @@ def convert(hf_dir, out=None, outtype: str = "auto", quiet: bool = False) -> dic
     writer.add_token_types(vocab["types"])
     vocab["special"].add_to_gguf(writer, quiet=True)
 
-    for o in outs:
-        dt = np.dtype(_NP_OUT[o.qtype])
-        nbytes = int(np.prod(o.shape)) * dt.itemsize
-        writer.add_tensor_info(o.name, o.shape, dt, nbytes, gguf.GGMLQuantizationType[o.qtype])
+    for o in outs:      # the shape in weights (a Q8_0 one too: its dtype is not given as uint8)
+        dt = np.dtype(np.float32 if o.qtype == "Q8_0" else _NP_OUT[o.qtype])
+        writer.add_tensor_info(o.name, o.shape, dt, _out_nbytes(o),
+                               gguf.GGMLQuantizationType[o.qtype])
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
-    total = sum(int(np.prod(o.shape)) * np.dtype(_NP_OUT[o.qtype]).itemsize for o in outs)
+    total = sum(_out_nbytes(o) for o in outs)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"converting {hf_dir.name}",
                disable=quiet or not sys.stderr.isatty(), leave=False)
     try:
@@ -643,9 +675,10 @@ def add_convert_command(commands) -> None:
     p.add_argument("-o", "--outfile", metavar="OUT.gguf", default=None,
                    help="output file (default: DIRNAME-TYPE.gguf in the current directory)")
     p.add_argument("--outtype", choices=OUTTYPES, default="auto",
-                   help="type of the weight matrices: f32, f16, bf16, or auto (f16 for an F16 "
-                        "checkpoint, else bf16, as llama.cpp); norms, biases, A, D and the conv "
-                        "stay F32")
+                   help="type of the weight matrices: f32, f16, bf16, q8_0 (as llama.cpp: a "
+                        "matrix whose rows are not whole 32-weight blocks is F16), or auto (f16 "
+                        "for an F16 checkpoint, else bf16, as llama.cpp); norms, biases, A, D "
+                        "and the conv stay F32")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     try:
         from .cli import add_global_options
