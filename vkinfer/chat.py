@@ -153,7 +153,7 @@ class ReasoningFilter:
                 self.close_tag, self.after_block = None, True
             else:
                 self.close_tag = dict(self.tags)[tag]
-        keep = max((_partial_suffix(text, t) for t in targets), default=0)
+        keep = max((partial_suffix(text, t) for t in targets), default=0)
         self._emit(out, text[:len(text) - keep])
         self.pending = text[len(text) - keep:]
         return out
@@ -182,7 +182,7 @@ class ReasoningFilter:
             out.append((text, reasoning))
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest end of `text` that is a proper beginning of `tag`."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):

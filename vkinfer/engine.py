@@ -16,6 +16,7 @@ from math import prod
 
 import numpy as np
 
+from .chat import partial_suffix
 from .errors import VkInferError
 from .gguf import open_gguf
 from .gpu import Device, Graph, Tensor
@@ -34,20 +35,6 @@ def architectures() -> dict:
     """general.architecture -> the model class (vkinfer/models/<arch>.py)."""
     from .models import ARCHITECTURES
     return ARCHITECTURES
-
-
-def chunk_sizes(n: int, n_batch: int) -> list[int]:
-    """Full micro-batches, then the rest as powers of two, so a session records at most
-    log2(n_batch) + 2 distinct graph shapes whatever the prompt lengths."""
-    sizes = [n_batch] * (n // n_batch)
-    rest = n % n_batch
-    bit = 1 << max(rest.bit_length() - 1, 0)
-    while rest:
-        if rest >= bit:
-            sizes.append(bit)
-            rest -= bit
-        bit >>= 1
-    return sizes
 
 
 def _pow2_at_least(n: int) -> int:
@@ -633,9 +620,6 @@ class Scheduler:
     def busy(self) -> bool:
         return bool(self.prefilling or self.ready)
 
-    def __len__(self):
-        return len(self.prefilling) + len(self.ready)
-
     def step(self) -> list:
         events, feed = [], []
         for gen, row in self.ready:
@@ -739,7 +723,7 @@ class Generation:
         room = self.model.n_ctx - self.session.n_past
         if len(self.generated) >= self.max_tokens or room < 1:
             return token, self._flush(), "length"
-        keep = max((_partial_suffix(self.pending, s) for s in self.stop), default=0)
+        keep = max((partial_suffix(self.pending, s) for s in self.stop), default=0)
         text = self.pending[:len(self.pending) - keep]
         self.pending = self.pending[len(text):]
         return token, text, None
@@ -752,14 +736,6 @@ class Generation:
             if at >= 0:
                 text = text[:at]
         return text
-
-
-def _partial_suffix(text: str, stop: str) -> int:
-    """Length of the longest end of `text` that is a proper start of `stop`."""
-    for n in range(min(len(text), len(stop) - 1), 0, -1):
-        if text.endswith(stop[:n]):
-            return n
-    return 0
 
 
 def log_probs(logits: np.ndarray, token: int, top: int) -> tuple:
