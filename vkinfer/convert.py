@@ -26,6 +26,7 @@ special-token ids, `add_bos`/`add_eos` and the chat template from `tokenizer_con
 import json
 import logging
 import os
+import re
 import struct
 import sys
 import time
@@ -37,10 +38,10 @@ from .errors import VkInferError
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("MambaForCausalLM", "FalconMambaForCausalLM", "Mamba2ForCausalLM")
+ARCHITECTURES = ("MambaForCausalLM", "FalconMambaForCausalLM", "Mamba2ForCausalLM", "ZayaForCausalLM")
 # HF architecture -> GGUF general.architecture
 GGUF_ARCH = {"MambaForCausalLM": "mamba", "FalconMambaForCausalLM": "mamba",
-             "Mamba2ForCausalLM": "mamba2"}
+             "Mamba2ForCausalLM": "mamba2", "ZayaForCausalLM": "zaya"}
 OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 _QK8_0, _Q8_0_BLOCK = 32, 34      # Q8_0: 32 weights per block, an f16 scale + 32 int8
 
@@ -201,9 +202,10 @@ class _Out:
     """One output tensor: GGUF name, numpy shape (row-major, as written), kind ('w' = follows
     the output type, 'f32' = always F32), and how to make its f32 values from the sources."""
 
-    def __init__(self, name, shape, kind, src, transform=None, pad_rows=0):
+    def __init__(self, name, shape, kind, src, transform=None, pad_rows=0, rows=None):
         self.name, self.shape, self.kind, self.src = name, tuple(shape), kind, src
         self.transform, self.pad_rows = transform, pad_rows
+        self.rows = rows            # the source rows written (None: all; fewer: a trimmed vocabulary)
         self.qtype = None
 
 
@@ -211,9 +213,10 @@ def _neg_exp(x):
     return -np.exp(x)
 
 
-def plan_mamba(config: dict, tensors: dict, hf_dir: Path) -> tuple[list, dict]:
+def plan_mamba(config: dict, tensors: dict, hf_dir: Path, n_tokens: int) -> tuple[list, dict]:
     """(list of _Out in file order, hyper-parameters) for Mamba-1 / Falcon-Mamba; checks that
-    every tensor is present with its shape and that nothing unknown is left over."""
+    every tensor is present with its shape and that nothing unknown is left over. (n_tokens,
+    the tokenizer's size, is not needed: the vocabulary is padded from the config.)"""
     cfg = f"{hf_dir.name}/config.json"
     d_model = int(_hparam(config, ["hidden_size", "d_model"], path=cfg))
     n_layer = int(_hparam(config, ["num_hidden_layers", "n_layer", "n_layers", "num_layers"], path=cfg))
@@ -258,17 +261,31 @@ def plan_mamba(config: dict, tensors: dict, hf_dir: Path) -> tuple[list, dict]:
     optional = {"lm_head.weight": ("output.weight", (emb_rows, d_model), "w", None)}
 
     outs, hp["n_vocab"] = _plan_outs(want, optional, tensors, hf_dir, vocab_size, n_vocab,
-                                     "Falcon-Mamba" if falcon else "Mamba", tied=_same_values)
+                                     "Falcon-Mamba" if falcon else "Mamba", tied=_same_values,
+                                     embedding="backbone.embeddings.weight")
+    hp["kv"] = _mamba_kv(hp) + [("add_ssm_time_step_rank", dt_rank), ("add_layer_norm_rms_eps", eps),
+                                ("add_ssm_dt_b_c_rms", falcon)]
     return outs, hp
 
 
+def _mamba_kv(hp: dict) -> list:
+    """The (GGUFWriter method, value) pairs that mamba and mamba2 share, as llama.cpp writes them."""
+    return [("add_context_length", 2 ** 20),      # llama.cpp's value: the recurrent state has no limit
+            ("add_embedding_length", hp["d_model"]), ("add_feed_forward_length", 0),
+            ("add_head_count", 0), ("add_block_count", hp["n_layer"]),
+            ("add_ssm_conv_kernel", hp["d_conv"]), ("add_ssm_inner_size", hp["d_inner"]),
+            ("add_ssm_state_size", hp["d_state"])]
+
+
 def _plan_outs(want: dict, optional: dict, tensors: dict, hf_dir: Path, vocab_size: int,
-               n_vocab: int, what: str, tied) -> tuple[list, int]:
-    """The _Out list (in checkpoint order) and the padded vocabulary size for the expected
-    tensors `want` and `optional` (HF name -> (gguf name, HF shape, kind, transform[, output
-    shape])): every one of `want` must be there with its shape and nothing else may be;
-    lm_head.weight is left out where tied(lm_head, embedding) says so. Without an output shape
-    a tensor is squeezed (as llama.cpp does for Mamba-1)."""
+               n_vocab: int, what: str, tied, embedding: str, trim: bool = False) -> tuple[list, int]:
+    """The _Out list (in checkpoint order) and the vocabulary size for the expected tensors
+    `want` and `optional` (HF name -> (gguf name, HF shape, kind, transform[, output shape])):
+    every one of `want` must be there with its shape and nothing else may be; lm_head.weight is
+    left out where tied(lm_head, embedding) says so. Without an output shape a tensor is
+    squeezed (as llama.cpp does for Mamba-1). The embedding (HF name `embedding`) and output
+    rows are padded with zeros up to n_vocab, or with `trim` cut to n_vocab (the tokenizer's
+    size, as the ZAYA draft converter does)."""
     cfg = f"{hf_dir.name}/config.json"
     missing = [n for n in want if n not in tensors]
     if missing:
@@ -278,12 +295,15 @@ def _plan_outs(want: dict, optional: dict, tensors: dict, hf_dir: Path, vocab_si
     if unknown:
         raise VkInferError(f"{hf_dir.name}: tensor(s) a {what} checkpoint does not have: "
                            + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
-    emb_rows = want["backbone.embeddings.weight"][1][0]
+    emb_rows = want[embedding][1][0]
     if emb_rows < vocab_size:
-        raise VkInferError(f"{hf_dir.name}: backbone.embeddings.weight has {emb_rows} rows for "
+        raise VkInferError(f"{hf_dir.name}: {embedding} has {emb_rows} rows for "
                            f"vocab_size {vocab_size}")
-    n_vocab = max(n_vocab, emb_rows)
-    pad_rows = n_vocab - emb_rows
+    if trim and emb_rows < n_vocab:
+        raise VkInferError(f"{hf_dir.name}: the tokenizer has {n_vocab} tokens but {embedding} "
+                           f"only {emb_rows} rows")
+    n_vocab = n_vocab if trim else max(n_vocab, emb_rows)
+    pad_rows = max(0, n_vocab - emb_rows)
 
     outs = []
     for name, src in tensors.items():
@@ -294,19 +314,20 @@ def _plan_outs(want: dict, optional: dict, tensors: dict, hf_dir: Path, vocab_si
                                f"expected {list(shape)} from {cfg}")
         if src.dtype not in _FLOAT_DTYPES:
             raise VkInferError(f"{src.path.name}: tensor {name} has dtype {src.dtype}, not a float type")
-        if name == "lm_head.weight" and tied(src, tensors["backbone.embeddings.weight"]):
+        if name == "lm_head.weight" and tied(src, tensors[embedding]):
             log.info("lm_head.weight is tied to the embedding: left out")
             continue
         out_shape = spec[4] if len(spec) > 4 else (tuple(d for d in shape if d != 1) or (1,))
-        rows = pad_rows if gname in ("token_embd.weight", "output.weight") else 0
-        if rows:
-            out_shape = (out_shape[0] + rows, *out_shape[1:])
-        outs.append(_Out(gname, out_shape, kind, src, fn, rows))
+        if gname in ("token_embd.weight", "output.weight"):
+            out_shape = (n_vocab, *out_shape[1:])
+            outs.append(_Out(gname, out_shape, kind, src, fn, pad_rows, min(n_vocab, emb_rows)))
+        else:
+            outs.append(_Out(gname, out_shape, kind, src, fn))
     return outs, n_vocab
 
 
 
-def plan_mamba2(config: dict, tensors: dict, hf_dir: Path) -> tuple[list, dict]:
+def plan_mamba2(config: dict, tensors: dict, hf_dir: Path, n_tokens: int) -> tuple[list, dict]:
     """(list of _Out in file order, hyper-parameters) for Mamba-2 (transformers' Mamba2Config:
     hidden_size, expand, num_heads, head_dim, n_groups, state_size, conv_kernel), in llama.cpp's
     `mamba2` layout: in_proj = z | xBC | dt, A and D as [H, 1], the gated norm as
@@ -365,8 +386,125 @@ def plan_mamba2(config: dict, tensors: dict, hf_dir: Path) -> tuple[list, dict]:
     optional = {"lm_head.weight": ("output.weight", (emb_rows, d_model), "w", None)}
     tie = bool(config.get("tie_word_embeddings", False))
     outs, hp["n_vocab"] = _plan_outs(want, optional, tensors, hf_dir, vocab_size, n_vocab,
-                                     "Mamba-2", tied=lambda head, emb: tie)
+                                     "Mamba-2", tied=lambda head, emb: tie,
+                                     embedding="backbone.embeddings.weight")
+    hp["kv"] = _mamba_kv(hp) + [("add_ssm_time_step_rank", n_heads), ("add_ssm_group_count", n_groups),
+                                ("add_layer_norm_rms_eps", eps)]
     return outs, hp
+
+
+# ---- the ZAYA1 plan ---------------------------------------------------------------------------
+# The native transformers layout (every layer k holds CCA attention and the MoE) -> the llama.cpp
+# draft's 80-block layout: attention in block 2k, MoE in block 2k + 1 (zaya1.md §2.5). Each row:
+# native name under model.layers.k., GGUF name under the block, HF shape, kind, GGUF shape if not
+# the HF one. The shapes are filled in by _zaya_layer_tables.
+_RES_SCALE = (("hidden_states_scale", "res_scale_hs.weight"), ("hidden_states_bias", "res_scale_hs.bias"),
+              ("residual_scale", "res_scale_res.weight"), ("residual_bias", "res_scale_res.bias"))
+
+
+def _zaya_layer_tables(d, H, Hkv, dh, t0, t1, E, ff, r):
+    n_qk = (H + Hkv) * dh
+    q = "self_attn.qkv_proj."
+    attention = [
+        ("input_layernorm.weight", "attn_norm.weight", (d,), "f32"),
+        (q + "q_proj.weight", "attn_q.weight", (H * dh, d), "w"),
+        (q + "k_proj.weight", "attn_k.weight", (Hkv * dh, d), "w"),
+        (q + "v_proj_current.weight", "cca_val_proj1.weight", (Hkv * dh // 2, d), "w"),
+        (q + "v_proj_delayed.weight", "cca_val_proj2.weight", (Hkv * dh // 2, d), "w"),
+        (q + "conv_qk_depthwise.weight", "ssm_conv1d.weight", (n_qk, 1, t0), "f32", (n_qk, t0)),
+        (q + "conv_qk_depthwise.bias", "ssm_conv1d.bias", (n_qk,), "f32"),
+        (q + "conv_qk_grouped.weight", "cca_conv_grp.weight", (n_qk, dh, t1), "w"),
+        (q + "conv_qk_grouped.bias", "cca_conv_grp.bias", (n_qk,), "f32"),
+        ("self_attn.qk_norm.temp", "cca_k_scale.weight", (Hkv,), "f32"),
+        ("self_attn.o_proj.weight", "attn_output.weight", (d, H * dh), "w"),
+    ]
+    g = "mlp.gate."
+    moe = [
+        ("post_attention_layernorm.weight", "attn_norm.weight", (d,), "f32"),
+        *((f"post_attention_residual_scale.{hf}", name, (d,), "f32") for hf, name in _RES_SCALE),
+        (g + "down_proj.weight", "ffn_gate_inp.weight", (r, d), "f32"),   # F32, as the draft
+        (g + "down_proj.bias", "ffn_gate_inp.bias", (r,), "f32"),
+        (g + "router_mlp.norm.weight", "ffn_norm.weight", (r,), "f32"),
+        (g + "router_mlp.fc1.weight", "ffn_gate.weight", (r, r), "w"),
+        (g + "router_mlp.fc1.bias", "ffn_gate.bias", (r,), "f32"),
+        (g + "router_mlp.fc2.weight", "zaya_router_mlp2.weight", (r, r), "w"),
+        (g + "router_mlp.fc2.bias", "zaya_router_mlp2.bias", (r,), "f32"),
+        (g + "router_mlp.out_proj.weight", "zaya_router_mlp4.weight", (E + 1, r), "w"),
+        (g + "balancing_biases", "zaya_router_biases.weight", (E + 1,), "f32"),
+        ("mlp.experts.gate_up_proj", "ffn_gate_up_exps.weight", (E, 2 * ff, d), "w"),   # gate | up rows
+        ("mlp.experts.down_proj", "ffn_down_exps.weight", (E, d, ff), "w"),
+    ]
+    return attention, moe
+
+
+def plan_zaya(config: dict, tensors: dict, hf_dir: Path, n_tokens: int) -> tuple[list, dict]:
+    """(list of _Out in file order, hyper-parameters) for ZAYA1 in transformers' layout
+    (ZayaConfig), written in the llama.cpp draft's layout that vkinfer.models.zaya reads: the
+    embedding cut to the tokenizer's n_tokens, the depthwise conv squeezed to [n_qk, taps], the
+    router's down projection F32, the stacked experts as they are (gate_up = gate rows, then up
+    rows), layer k's post-MLP residual scale as block 2k + 2's (the last one global), the input
+    scale as block 0's, the EDA scale on every MoE block but the first."""
+    cfg = f"{hf_dir.name}/config.json"
+
+    def need(*keys, default=None):
+        return _hparam(config, keys, default, path=cfg)
+    if "zaya_layers" in config or "cca" in config:
+        raise VkInferError(f"{cfg}: a legacy (Megatron-style) ZAYA checkpoint; vkinfer convert reads "
+                           "the transformers layout (Zyphra/ZAYA1-8B, not ZAYA1-8B-legacy)")
+    d, L = int(need("hidden_size")), int(need("num_hidden_layers"))
+    H, Hkv = int(need("num_attention_heads")), int(need("num_key_value_heads"))
+    dh = int(need("head_dim", default=d // H))
+    E, k_used = int(need("num_experts")), int(need("num_experts_per_tok", default=1))
+    ff, r = int(need("moe_intermediate_size")), int(need("router_hidden_size"))
+    t0, t1 = int(need("cca_time0", default=2)), int(need("cca_time1", default=2))
+    eps = float(need("rms_norm_eps", default=1e-5))
+    kinds = set(config.get("layer_types") or ["hybrid"])
+    if kinds != {"hybrid"}:
+        raise VkInferError(f"{cfg}: layer_types {sorted(kinds)}; vkinfer's ZAYA has only full-attention "
+                           "'hybrid' layers (no sliding window)")
+    rope = config.get("rope_parameters") or {}
+    rope = rope.get("hybrid", rope)
+    theta = float(rope.get("rope_theta", config.get("rope_theta", 1e6)))
+    n_rot = int(dh * float(rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 0.5))))
+    if H % Hkv or dh % 2:
+        raise VkInferError(f"{cfg}: num_attention_heads {H} is not a multiple of num_key_value_heads "
+                           f"{Hkv}, or head_dim {dh} is odd")
+    vocab_size = int(need("vocab_size"))
+
+    emb = "model.embed_tokens.weight"
+    emb_rows = tensors[emb].shape[0] if emb in tensors else vocab_size
+    want = {emb: ("token_embd.weight", (emb_rows, d), "w", None),
+            "model.norm.weight": ("output_norm.weight", (d,), "f32", None),
+            "model.input_hidden_states_scale": ("blk.0.res_scale_hs.weight", (d,), "f32", None),
+            "model.input_hidden_states_bias": ("blk.0.res_scale_hs.bias", (d,), "f32", None)}
+    attention, moe = _zaya_layer_tables(d, H, Hkv, dh, t0, t1, E, ff, r)
+    for k in range(L):
+        layer, a, m = f"model.layers.{k}.", f"blk.{2 * k}.", f"blk.{2 * k + 1}."
+        rows = [(a, row) for row in attention] + [(m, row) for row in moe]
+        if k > 0:       # the first MoE block has no router state to take in
+            rows.append((m, ("mlp.gate.router_states_scale", "zaya_router_eda.weight", (r,), "f32")))
+        after = f"blk.{2 * k + 2}." if k + 1 < L else ""      # merged at the next block, or globally
+        rows += [(after, (f"post_mlp_residual_scale.{hf}", name, (d,), "f32")) for hf, name in _RES_SCALE]
+        for block, (hf, name, shape, kind, *out_shape) in rows:
+            want[layer + hf] = (block + name, shape, kind, None, *(out_shape or [shape]))
+    optional = {"lm_head.weight": ("output.weight", (emb_rows, d), "w", None)}
+    outs, n_vocab = _plan_outs(want, optional, tensors, hf_dir, vocab_size, n_tokens, "ZAYA1",
+                               tied=_same_values, embedding=emb, trim=True)
+    if any(o.name == "output.weight" for o in outs):
+        raise VkInferError(f"{hf_dir.name}: lm_head.weight differs from the embedding; the ZAYA "
+                           "layout has no output.weight (its head is tied)")
+    hp = {"n_layer": 2 * L, "n_vocab": n_vocab}
+    hp["kv"] = [("add_block_count", 2 * L), ("add_context_length", int(need("max_position_embeddings"))),
+                ("add_embedding_length", d), ("add_head_count", H), ("add_head_count_kv", Hkv),
+                ("add_rope_freq_base", theta), ("add_layer_norm_rms_eps", eps), ("add_layer_norm_eps", eps),
+                ("add_expert_count", E), ("add_key_length", dh), ("add_value_length", dh),
+                ("add_vocab_size", n_vocab), ("add_feed_forward_length", ff), ("add_ssm_conv_kernel", t0),
+                ("add_rope_dimension_count", n_rot), ("add_expert_used_count", k_used),
+                ("add_expert_feed_forward_length", r)]
+    return outs, hp
+
+
+PLANS = {"mamba": plan_mamba, "mamba2": plan_mamba2, "zaya": plan_zaya}
 
 
 def _same_values(a: _Source, b: _Source) -> bool:
@@ -381,7 +519,7 @@ def _same_values(a: _Source, b: _Source) -> bool:
 
 
 # ---- the tokenizer ----------------------------------------------------------------------------
-_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5
+_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 3, 4, 5, 6
 
 
 def _looks_special(text: str) -> bool:
@@ -419,26 +557,82 @@ def recognise_pre_tokenizer(tok: dict, where: str) -> str:
                        "vkinfer convert knows the GPT-2, GPT-NeoX and Falcon byte-level ones")
 
 
-def read_tokenizer(hf_dir: Path, n_vocab: int) -> dict:
-    """tokens, token types, merges, pre-tokenizer name and the gguf SpecialVocab of hf_dir."""
-    import gguf
+def recognise_gemma_tokenizer(tok: dict, where: str) -> None:
+    """A byte-fallback BPE must be the Gemma family's (llama.cpp's `gemma4`): spaces written as
+    "\u2581" by the normalizer (or a Metaspace that never prepends), no prefix space, at most a
+    Split pre-tokenizer (llama.cpp's gemma4 splits off runs of newlines itself)."""
+    norm, pre = _flatten(tok.get("normalizer")), _flatten(tok.get("pre_tokenizer"))
+    spaces = [n for n in norm + pre
+              if (n.get("type") == "Replace" and (n.get("pattern") or {}).get("String") == " "
+                  and n.get("content") == "\u2581")
+              or (n.get("type") == "Metaspace" and n.get("prepend_scheme") == "never")]
+    others = [n.get("type") for n in norm + pre if n not in spaces and n.get("type") != "Split"]
+    if len(spaces) != 1 or others:
+        raise VkInferError(f"{where}: a byte-fallback BPE with normalizer "
+                           f"{json.dumps(tok.get('normalizer'))[:120]} and pre-tokenizer "
+                           f"{json.dumps(tok.get('pre_tokenizer'))[:120]}; vkinfer convert knows the "
+                           "Gemma-family one (spaces as \u2581, no prefix space)")
+
+
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _config_special_texts(hf_dir: Path) -> set:
+    """The texts tokenizer_config.json names as special tokens (what transformers' all_special_ids
+    holds): the bos/eos/unk/sep/pad/cls/mask tokens and additional_/extra_special_tokens."""
+    path = hf_dir / "tokenizer_config.json"
+    if not path.is_file():
+        return set()
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise VkInferError(f"{path}: not valid JSON ({e})") from None
+    items = [cfg.get(f"{k}_token") for k in ("bos", "eos", "unk", "sep", "pad", "cls", "mask")]
+    for key in ("additional_special_tokens", "extra_special_tokens"):
+        more = cfg.get(key) or []
+        items += list(more.values()) if isinstance(more, dict) else list(more)
+    texts = (x.get("content") if isinstance(x, dict) else x for x in items)
+    return {t for t in texts if isinstance(t, str)}
+
+
+def read_tokenizer_json(hf_dir: Path) -> dict:
     path = hf_dir / "tokenizer.json"
     if not path.is_file():
         raise VkInferError(f"{hf_dir}: no tokenizer.json (vkinfer convert needs the checkpoint's "
-                           "byte-level BPE tokenizer.json)")
+                           "BPE tokenizer.json)")
     try:
         tok = json.loads(path.read_text(encoding="utf-8"))
-        model = tok["model"]
+        if not isinstance(tok["model"], dict):
+            raise TypeError("model is not an object")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise VkInferError(f"{path}: not a tokenizers file ({e})") from None
+    return tok
+
+
+def tokenizer_size(tok: dict) -> int:
+    """1 + the largest token id of the vocabulary and the added tokens (0 when empty)."""
+    ids = [*(tok["model"].get("vocab") or {}).values(), *(a["id"] for a in tok.get("added_tokens") or [])]
+    return max(ids, default=-1) + 1
+
+
+def read_tokenizer(hf_dir: Path, n_vocab: int, tok: dict) -> dict:
+    """The tokenizer model (`gpt2` for byte-level BPE, `gemma4` for the Gemma family's
+    byte-fallback BPE), tokens, token types, scores, pre-tokenizer name and the gguf
+    SpecialVocab of hf_dir, from its parsed tokenizer.json `tok`, as n_vocab tokens."""
+    import gguf
+    model = tok["model"]
     where = f"{hf_dir.name}/tokenizer.json"
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise VkInferError(f"{where}: a {model.get('type')} model"
-                           f"{' with byte fallback' if model.get('byte_fallback') else ''}; "
-                           "vkinfer convert reads byte-level BPE tokenizers")
-    pre = recognise_pre_tokenizer(tok, where)
-    vocab = dict(model.get("vocab") or {})
-    added = {}
+    if model.get("type") != "BPE":
+        raise VkInferError(f"{where}: a {model.get('type')} model; vkinfer convert reads byte-level "
+                           "BPE and the Gemma family's byte-fallback BPE")
+    kind = "gemma4" if model.get("byte_fallback") else "gpt2"
+    if kind == "gpt2":
+        pre = recognise_pre_tokenizer(tok, where)
+    else:
+        recognise_gemma_tokenizer(tok, where)
+        pre = None
+    base = dict(model.get("vocab") or {})
+    vocab, added = dict(base), {}
     for a in tok.get("added_tokens") or []:
         vocab[a["content"]] = a["id"]
         added[a["id"]] = a
@@ -448,6 +642,8 @@ def read_tokenizer(hf_dir: Path, n_vocab: int) -> dict:
     if top >= n_vocab:
         raise VkInferError(f"{where}: token id {top} is beyond the model's vocabulary of {n_vocab}")
     reverse = {i: t for t, i in vocab.items()}
+    in_base = set(base.values())
+    special_texts = _config_special_texts(hf_dir) if kind == "gemma4" else set()
     tokens, types = [], []
     for i in range(n_vocab):
         if i not in reverse:
@@ -455,7 +651,16 @@ def read_tokenizer(hf_dir: Path, n_vocab: int) -> dict:
             types.append(_UNUSED)
             continue
         text = reverse[i]
-        if i in added:
+        if kind == "gemma4":
+            # gguf-py's LlamaHfVocab (llama.cpp's gemma4 and ZAYA converters): byte tokens, the
+            # config's special tokens CONTROL, tokens added beyond the vocabulary USER_DEFINED
+            if i in in_base and _BYTE_TOKEN.fullmatch(text):
+                types.append(_BYTE)
+            elif text in special_texts:
+                types.append(_CONTROL)
+            else:
+                types.append(_NORMAL if i in in_base else _USER_DEFINED)
+        elif i in added:
             if added[i].get("special") or _looks_special(text):
                 types.append(_CONTROL)
             else:
@@ -469,7 +674,11 @@ def read_tokenizer(hf_dir: Path, n_vocab: int) -> dict:
         raise VkInferError(f"{where}: no merges")
     if special.chat_template is None and (hf_dir / "chat_template.jinja").is_file():
         special.chat_template = (hf_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    return dict(tokens=tokens, types=types, pre=pre, special=special)
+    scores = None
+    if kind == "gemma4":        # as llama.cpp: placeholder scores, BOS added, no prefix space
+        scores = [-1000.0] * n_vocab
+        special.add_special_token["bos"] = True
+    return dict(model=kind, tokens=tokens, types=types, scores=scores, pre=pre, special=special)
 
 
 # ---- writing ----------------------------------------------------------------------------------
@@ -515,21 +724,26 @@ def _out_nbytes(o: _Out) -> int:
 
 def _weight_type(o: _Out, wtype: str) -> str:
     """The type of a tensor that follows the output type. As llama.cpp's convert_hf_to_gguf.py
-    at --outtype q8_0: a matrix whose rows are not whole Q8_0 blocks (Mamba's ssm_dt, of
-    dt_rank columns) falls back to F16, as gguf-py's QuantError makes it do."""
+    at --outtype q8_0: a tensor whose rows (last axis) are not whole Q8_0 blocks (Mamba's
+    ssm_dt, of dt_rank columns; ZAYA's grouped conv, of 2 taps) falls back to F16, as gguf-py's
+    QuantError makes it do. Stacked experts are quantized row by row like matrices."""
     if wtype != "Q8_0":
         return wtype
-    row = int(np.prod(o.src.shape[1:])) if o.src.shape else 1      # an input row: an output row
-    if len(o.shape) != 2 or o.shape[-1] % _QK8_0 or row != o.shape[-1]:
+    if len(o.shape) < 2 or o.shape[-1] % _QK8_0 or o.src.shape[-1] != o.shape[-1]:
         return "F16"
     return "Q8_0"
 
 
 def _materialise(o: _Out) -> np.ndarray:
     """The tensor's output array, built in row chunks from the memory-mapped input."""
-    raw = o.src.raw().reshape(o.src.shape[0], -1) if o.src.shape else o.src.raw().reshape(1, 1)
-    out = np.empty(_out_shape(o), _NP_OUT[o.qtype])
+    raw = o.src.raw()
     # the input's rows (then any padding rows); for Q8_0 an input row is an output row
+    if o.qtype == "Q8_0":
+        raw = raw.reshape(-1, raw.shape[-1])
+    else:
+        raw = raw.reshape(raw.shape[0] if raw.ndim else 1, -1)
+    raw = raw[:o.rows]
+    out = np.empty(_out_shape(o), _NP_OUT[o.qtype])
     flat = out.reshape(-1, out.shape[-1] if o.qtype == "Q8_0" else raw.shape[1])
     rows = raw.shape[0]
     step = max(1, _CHUNK_BYTES // max(1, raw.nbytes // max(1, rows)))
@@ -573,8 +787,9 @@ def convert(hf_dir, out=None, outtype: str = "auto", quiet: bool = False) -> dic
             raise VkInferError(f"{out.parent}: no such directory for the output file")
     tensors = open_checkpoint(hf_dir)
     gguf_arch = GGUF_ARCH[arch]
-    outs, hp = (plan_mamba2 if gguf_arch == "mamba2" else plan_mamba)(config, tensors, hf_dir)
-    vocab = read_tokenizer(hf_dir, hp["n_vocab"])
+    tok = read_tokenizer_json(hf_dir)
+    outs, hp = PLANS[gguf_arch](config, tensors, hf_dir, tokenizer_size(tok))
+    vocab = read_tokenizer(hf_dir, hp["n_vocab"], tok)
     outtype = _choose_outtype(outtype, outs)
     if out is None:
         out = Path.cwd() / f"{hf_dir.resolve().name}-{outtype}.gguf"
@@ -590,29 +805,20 @@ def convert(hf_dir, out=None, outtype: str = "auto", quiet: bool = False) -> dic
     writer.add_name(_pretty_name(hf_dir.resolve().name))
     n_params = sum(int(np.prod(o.shape)) for o in outs)
     writer.add_size_label(gguf.size_label(n_params, 0, 0, 0))
-    writer.add_context_length(2 ** 20)          # llama.cpp's value: the recurrent state has no limit
-    writer.add_embedding_length(hp["d_model"])
-    writer.add_feed_forward_length(0)
-    writer.add_head_count(0)
-    writer.add_block_count(hp["n_layer"])
-    writer.add_ssm_conv_kernel(hp["d_conv"])
-    writer.add_ssm_inner_size(hp["d_inner"])
-    writer.add_ssm_state_size(hp["d_state"])
-    if gguf_arch == "mamba2":
-        writer.add_ssm_time_step_rank(hp["n_heads"])
-        writer.add_ssm_group_count(hp["n_groups"])
-        writer.add_layer_norm_rms_eps(hp["eps"])
-    else:
-        writer.add_ssm_time_step_rank(hp["dt_rank"])
-        writer.add_layer_norm_rms_eps(hp["eps"])
-        writer.add_ssm_dt_b_c_rms(hp["dt_b_c_rms"])
+    for method, value in hp["kv"]:
+        getattr(writer, method)(value)
     writer.add_file_type(ftype)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(vocab["pre"])
+    writer.add_tokenizer_model(vocab["model"])
+    if vocab["pre"] is not None:
+        writer.add_tokenizer_pre(vocab["pre"])
     writer.add_token_list(vocab["tokens"])
+    if vocab["scores"] is not None:
+        writer.add_token_scores(vocab["scores"])
     writer.add_token_types(vocab["types"])
     vocab["special"].add_to_gguf(writer, quiet=True)
+    if vocab["model"] == "gemma4":
+        writer.add_add_space_prefix(False)
 
     for o in outs:      # the shape in weights (a Q8_0 one too: its dtype is not given as uint8)
         dt = np.dtype(np.float32 if o.qtype == "Q8_0" else _NP_OUT[o.qtype])
