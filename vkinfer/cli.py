@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_commands(commands)
     from .convert import add_convert_command
     add_convert_command(commands)
+    from .quantize import add_quantize_command; add_quantize_command(commands)
     return parser
 
 

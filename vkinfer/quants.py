@@ -54,21 +54,40 @@ def search_scale_min(xs, ws, nmax, rmin, rdelta, nstep, use_mad):
     hi = np.where(flat, lo + F32(1), hi)                 # any span: flat blocks are reset below
     sum_w = ws.sum(axis=0)
     sum_x = (ws * xs).sum(axis=0)
+    trial, wl, work = np.empty_like(xs), np.empty_like(xs), np.empty_like(xs)
 
-    def error(scale, mn, levels):
-        diff = scale * levels + mn - xs
-        return (ws * (np.abs(diff) if use_mad else diff * diff)).sum(axis=0)
+    def round_levels(iscale, out):                       # clip(nearest(iscale * (x - min)))
+        np.subtract(xs, lo, out=out)
+        out *= iscale
+        np.rint(out, out=out)
+        np.maximum(out, F32(0), out=out)
+        np.minimum(out, nmax_f, out=out)
+        return out
+
+    def error(scale, mn, levels):                        # sum of w * |scale*L + min - x|^(1 or 2)
+        diff = np.multiply(levels, scale, out=work)
+        diff += mn
+        diff -= xs
+        if use_mad:
+            np.abs(diff, out=diff)
+        else:
+            diff *= diff
+        diff *= ws
+        return diff.sum(axis=0)
 
     iscale = nmax_f / (hi - lo)
     scale = F32(1) / iscale
-    levels = np.clip(_nearest(iscale * (xs - lo)), 0, nmax)
+    levels = round_levels(iscale, np.empty_like(xs))
     best = error(scale, lo, levels)
     with np.errstate(divide="ignore", invalid="ignore"):
         for step in range(nstep + 1):
-            iscale = (F32(rmin) + F32(rdelta) * F32(step) + nmax_f) / (hi - lo)
-            trial = np.clip(_nearest(iscale * (xs - lo)), 0, nmax)
-            wl = ws * trial
-            sum_l, sum_l2, sum_xl = wl.sum(axis=0), (wl * trial).sum(axis=0), (wl * xs).sum(axis=0)
+            round_levels((F32(rmin) + F32(rdelta) * F32(step) + nmax_f) / (hi - lo), trial)
+            np.multiply(ws, trial, out=wl)
+            sum_l = wl.sum(axis=0)
+            np.multiply(wl, xs, out=work)
+            sum_xl = work.sum(axis=0)
+            wl *= trial
+            sum_l2 = wl.sum(axis=0)
             det = sum_w * sum_l2 - sum_l * sum_l
             t_scale = (sum_w * sum_xl - sum_x * sum_l) / det
             t_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
@@ -77,12 +96,12 @@ def search_scale_min(xs, ws, nmax, rmin, rdelta, nstep, use_mad):
             t_min = np.where(positive, F32(0), t_min)
             cur = error(t_scale, t_min, trial)
             better = (det > 0) & (cur < best)
-            levels = np.where(better, trial, levels)
+            np.copyto(levels, trial, where=better)
             best = np.where(better, cur, best)
             scale = np.where(better, t_scale, scale)
             lo = np.where(better, t_min, lo)
     scale = np.where(flat, F32(0), scale)
-    levels = np.where(flat, F32(0), levels)
+    levels[:, flat] = 0
     return scale, -np.where(flat, lo_start, lo), levels
 
 
