@@ -251,8 +251,12 @@ def quantize_file(inp, out, mix: str, allow_requantize: bool = False, errors: bo
                 raise VkInferError(f"{inp.name}: tensor {t.name} is already {t.type}; quantize the "
                                    "F16/BF16/F32 model, or pass --allow-requantize to dequantize "
                                    "and quantize it again (it loses more than once)")
-            if t.type not in gguf.quants._type_traits:
-                raise VkInferError(f"{inp.name}: tensor {t.name} is {t.type}, which cannot be dequantized")
+            try:                    # one block: can gguf-py dequantize this type?
+                block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t.type]][1]
+                _as_f32(t.raw()[:block_bytes][None], t.type)
+            except (NotImplementedError, KeyError, ValueError):
+                raise VkInferError(f"{inp.name}: tensor {t.name} is {t.type}, which vkinfer "
+                                   "cannot dequantize") from None
 
     writer = gguf.GGUFWriter(None, f.arch)
     _copy_metadata(f.reader, writer, MIXES[mix][0])
