@@ -56,8 +56,8 @@ def search_scale_min(xs, ws, nmax, rmin, rdelta, nstep, use_mad):
     sum_x = (ws * xs).sum(axis=0)
     trial, wl, work = np.empty_like(xs), np.empty_like(xs), np.empty_like(xs)
 
-    def round_levels(iscale, out):                       # clip(nearest(iscale * (x - min)))
-        np.subtract(xs, lo, out=out)
+    def round_levels(iscale, mn, out):                   # clip(nearest(iscale * (x - min)))
+        np.subtract(xs, mn, out=out)
         out *= iscale
         np.rint(out, out=out)
         np.maximum(out, F32(0), out=out)
@@ -75,13 +75,13 @@ def search_scale_min(xs, ws, nmax, rmin, rdelta, nstep, use_mad):
         diff *= ws
         return diff.sum(axis=0)
 
-    iscale = nmax_f / (hi - lo)
-    scale = F32(1) / iscale
-    levels = round_levels(iscale, np.empty_like(xs))
-    best = error(scale, lo, levels)
+    best_iscale, best_lo = nmax_f / (hi - lo), lo     # the trial whose levels are kept
+    scale = F32(1) / best_iscale
+    best = error(scale, lo, round_levels(best_iscale, lo, trial))
     with np.errstate(divide="ignore", invalid="ignore"):
         for step in range(nstep + 1):
-            round_levels((F32(rmin) + F32(rdelta) * F32(step) + nmax_f) / (hi - lo), trial)
+            iscale = (F32(rmin) + F32(rdelta) * F32(step) + nmax_f) / (hi - lo)
+            round_levels(iscale, lo, trial)
             np.multiply(ws, trial, out=wl)
             sum_l = wl.sum(axis=0)
             np.multiply(wl, xs, out=work)
@@ -96,10 +96,12 @@ def search_scale_min(xs, ws, nmax, rmin, rdelta, nstep, use_mad):
             t_min = np.where(positive, F32(0), t_min)
             cur = error(t_scale, t_min, trial)
             better = (det > 0) & (cur < best)
-            np.copyto(levels, trial, where=better)
+            best_iscale = np.where(better, iscale, best_iscale)
+            best_lo = np.where(better, lo, best_lo)
             best = np.where(better, cur, best)
             scale = np.where(better, t_scale, scale)
             lo = np.where(better, t_min, lo)
+    levels = round_levels(best_iscale, best_lo, trial)
     scale = np.where(flat, F32(0), scale)
     levels[:, flat] = 0
     return scale, -np.where(flat, lo_start, lo), levels
@@ -114,23 +116,33 @@ def search_scale_symmetric(xs, nmax):
     big = np.where(zero, F32(1), big)
     w = xs * xs
     wx = w * xs
+    trial, work = np.empty_like(xs), np.empty_like(xs)
 
-    def fit(iscale):
-        lv = np.clip(_nearest(iscale * xs), -nmax, nmax - 1)
-        return lv, (wx * lv).sum(axis=0), ((w * lv) * lv).sum(axis=0)
+    def fit(iscale, lv):                                 # levels, sum w*x*l, sum w*l*l
+        np.multiply(xs, iscale, out=lv)
+        np.rint(lv, out=lv)
+        np.maximum(lv, F32(-nmax), out=lv)
+        np.minimum(lv, F32(nmax - 1), out=lv)
+        sumlx = np.multiply(wx, lv, out=work).sum(axis=0)
+        wl2 = np.multiply(w, lv, out=work)
+        wl2 *= lv
+        return lv, sumlx, wl2.sum(axis=0)
 
-    levels, sumlx, suml2 = fit(-nmax_f / big)
+    best_iscale = -nmax_f / big
+    _, sumlx, suml2 = fit(best_iscale, trial)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
         best = scale * sumlx
         for step in range(-9, 10):
             if step == 0:
                 continue
-            trial, slx, sl2 = fit(-(nmax_f + F32(0.1) * F32(step)) / big)
+            iscale = -(nmax_f + F32(0.1) * F32(step)) / big
+            _, slx, sl2 = fit(iscale, trial)
             better = (sl2 > 0) & (slx * slx > best * sl2)
-            levels = np.where(better, trial, levels)
+            best_iscale = np.where(better, iscale, best_iscale)
             scale = np.where(better, slx / sl2, scale)
             best = np.where(better, scale * slx, best)
+    levels, _, _ = fit(best_iscale, trial)              # the levels of the best trial
     return np.where(zero, F32(0), scale), np.where(zero, F32(0), levels + nmax_f)
 
 
