@@ -669,9 +669,13 @@ def read_tokenizer(hf_dir: Path, n_vocab: int, tok: dict) -> dict:
         else:
             types.append(_NORMAL)
         tokens.append(text)
-    special = gguf.SpecialVocab(hf_dir, load_merges=True, n_vocab=n_vocab)
-    if not special.merges:
+    merges = model.get("merges") or []
+    if not merges:
         raise VkInferError(f"{where}: no merges")
+    if not isinstance(merges[0], str):      # [left, right] pairs: gguf-py's "left right", a space as U+0120
+        merges = [" ".join(part.replace(" ", "\u0120") for part in pair) for pair in merges]
+    special = gguf.SpecialVocab(hf_dir, load_merges=False, n_vocab=n_vocab)
+    special.merges = merges
     if special.chat_template is None and (hf_dir / "chat_template.jinja").is_file():
         special.chat_template = (hf_dir / "chat_template.jinja").read_text(encoding="utf-8")
     scores = None
