@@ -1,0 +1,68 @@
+"""Decode and prompt speed of two checkouts of vkinfer measured in one sitting, runs alternating,
+so that the ratio survives a shared, noisy machine.
+
+    python bench/before_after.py --before ../wt-before --after . -- MODEL.gguf ... [--pp 16]
+
+Each checkout runs from its own tree (PYTHONPATH) with its own compiled SPIR-V (build it there
+first with build_shaders.py). For every model and round it runs `vkinfer bench MODEL -p 0 -n N
+--roofline --profile -o json` in one tree, then the other, and prints a markdown table: decode
+t/s, roofline share, dispatches per decode step, and the after/before ratio of the best rounds;
+with --pp, prompt t/s of a P-token prompt as well."""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def bench(tree: Path, model: str, args, prompt: int) -> dict:
+    cmd = [sys.executable, "-m", "vkinfer", "bench", model, "-p", str(prompt), "-n", "0" if prompt else str(args.n),
+           "-r", str(args.r), "-o", "json"]
+    if not prompt:
+        cmd += ["--roofline", "--profile"]
+    env = {"PYTHONPATH": str(tree.resolve()), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    if done.returncode:
+        raise SystemExit(f"{tree}: {' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    d = json.loads(done.stdout)
+    row = {"tps": d["results"][0]["avg_ts"], "loadavg": d["loadavg"][0][0]}
+    if not prompt:
+        row["pct"] = d["roofline"]["achieved_pct"]
+        row["dispatches"] = d["profiles"][0]["dispatches"] if d.get("profiles") else None
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", type=Path, required=True)
+    ap.add_argument("--after", type=Path, required=True)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("-n", type=int, default=8, help="decode tokens per run")
+    ap.add_argument("-r", type=int, default=2, help="repetitions per run")
+    ap.add_argument("--pp", type=int, default=0, help="also a prompt of this many tokens")
+    ap.add_argument("--timeout", type=int, default=1200)
+    ap.add_argument("models", nargs="+")
+    args = ap.parse_args()
+    trees = {"before": args.before, "after": args.after}
+    print("| model | test | before t/s | after t/s | after/before | roofline before → after "
+          "| dispatches before → after |")
+    print("|---|---|---:|---:|---:|---|---|")
+    for model in args.models:
+        for prompt in ([0, args.pp] if args.pp else [0]):
+            runs = {k: [] for k in trees}
+            for i in range(args.rounds):
+                order = list(trees) if i % 2 == 0 else list(trees)[::-1]
+                for k in order:
+                    runs[k].append(bench(trees[k], model, args, prompt))
+                    print(f"  {Path(model).name} {k} round {i}: {runs[k][-1]}", file=sys.stderr, flush=True)
+            best = {k: max(v, key=lambda r: r["tps"]) for k, v in runs.items()}
+            b, a = best["before"], best["after"]
+            test = f"pp{prompt}" if prompt else f"tg{args.n}"
+            roof = f"{b['pct']:.1f} % → {a['pct']:.1f} %" if not prompt else ""
+            disp = f"{b['dispatches']} → {a['dispatches']}" if not prompt else ""
+            print(f"| {Path(model).name} | {test} | {b['tps']:.2f} | {a['tps']:.2f} | {a['tps'] / b['tps']:.2f}x "
+                  f"| {roof} | {disp} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
