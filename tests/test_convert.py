@@ -292,6 +292,23 @@ def test_pre_tokenizer_recognition():
         pre({"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581"}}, "t")
 
 
+def test_gemma_tokenizer_recognition():
+    """A byte-fallback BPE is the Gemma family's when spaces become \u2581 without a prefix space;
+    a SentencePiece Llama-style one (a prepended \u2581) is refused."""
+    from vkinfer.convert import recognise_gemma_tokenizer as gemma
+    space = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+    gemma({"normalizer": space, "pre_tokenizer": None}, "t")
+    gemma({"normalizer": None, "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581",
+                                                  "prepend_scheme": "never", "split": False}}, "t")
+    gemma({"normalizer": {"type": "Sequence", "normalizers": [space]},
+           "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "\n+"}, "behavior": "Isolated"}}, "t")
+    llama = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"}, space]}
+    for tok in ({"normalizer": llama}, {"normalizer": None, "pre_tokenizer": None},
+                {"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always"}}):
+        with pytest.raises(VkInferError, match="Gemma-family"):
+            gemma(tok, "t")
+
+
 def test_untied_head_and_vocabulary_padding(hf_dirs, tmp_path):
     """An lm_head equal to the embedding is left out (as llama.cpp does), a different one is
     output.weight; a vocabulary of 4093 is padded to 4096 tokens ([PAD] / UNUSED where the

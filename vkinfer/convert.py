@@ -11,17 +11,24 @@ Mamba-1's ssm_dt of dt_rank columns). `Mamba2ForCausalLM` is written in llama.cp
 `ssm_a` = -exp(A_log) and `ssm_d` as [n_heads, 1], the gated norm as [n_groups, d_inner / n_groups],
 `dt_bias` as `ssm_dt.bias`, `ssm.time_step_rank` = the head count (d_inner / head_dim),
 `ssm.group_count` = n_groups, the vocabulary padded to a multiple of 16, `lm_head` left out when
-`tie_word_embeddings` is set.
+`tie_word_embeddings` is set. `ZayaForCausalLM` (transformers' native layout, every layer holding
+CCA attention and the MoE) is written in the llama.cpp ZAYA1 draft's `zaya` layout, the one
+vkinfer.models.zaya reads: 2 blocks per layer (attention 2k, MoE 2k + 1), the names, metadata
+keys and F32 tensors of the draft's converter (zaya1.md §1-2), the embedding cut to the
+tokenizer's size; see plan_zaya.
 
 It streams: the safetensors files are memory-mapped and every tensor is read, converted and
 written on its own (the output array of one tensor is the only large allocation), so a model
 much larger than memory converts. The output is written to a temporary name next to OUT and
 renamed at the end; an error leaves no OUT behind (and removes the temporary file).
 
-The tokenizer comes from `tokenizer.json` (byte-level BPE as `tokenizer.ggml.model = gpt2`,
-the pre-tokenizer recognised from its `pre_tokenizer` and `normalizer` sections), the
-special-token ids, `add_bos`/`add_eos` and the chat template from `tokenizer_config.json`
-(or `chat_template.jinja`) through gguf-py's SpecialVocab.
+The tokenizer comes from `tokenizer.json`: byte-level BPE as `tokenizer.ggml.model = gpt2`, the
+pre-tokenizer recognised from its `pre_tokenizer` and `normalizer` sections; the Gemma family's
+byte-fallback BPE (ZAYA1's) as `gemma4`, as llama.cpp's converters write it (placeholder scores,
+`<0xXX>` BYTE, the config's special tokens CONTROL, tokens added beyond the vocabulary
+USER_DEFINED, add_bos on, no space prefix). The special-token ids, `add_bos`/`add_eos` and the
+chat template come from `tokenizer_config.json` (or `chat_template.jinja`) through gguf-py's
+SpecialVocab.
 """
 import json
 import logging
@@ -881,14 +888,15 @@ def add_convert_command(commands) -> None:
     """Add `convert` to the argparse subparsers object `commands`."""
     p = commands.add_parser("convert", help="convert a Hugging Face checkpoint directory to GGUF")
     p.add_argument("model_dir", metavar="HF_DIR",
-                   help="directory with config.json, *.safetensors and tokenizer.json")
+                   help="directory with config.json, *.safetensors and tokenizer.json of a "
+                        f"{', '.join(ARCHITECTURES[:-1])} or {ARCHITECTURES[-1]}")
     p.add_argument("-o", "--outfile", metavar="OUT.gguf", default=None,
                    help="output file (default: DIRNAME-TYPE.gguf in the current directory)")
     p.add_argument("--outtype", choices=OUTTYPES, default="auto",
                    help="type of the weight matrices: f32, f16, bf16, q8_0 (as llama.cpp: a "
                         "matrix whose rows are not whole 32-weight blocks is F16), or auto (f16 "
-                        "for an F16 checkpoint, else bf16, as llama.cpp); norms, biases, A, D "
-                        "and the conv stay F32")
+                        "for an F16 checkpoint, else bf16, as llama.cpp); norms, biases, A, D, "
+                        "the conv and ZAYA's router input projection stay F32")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     try:
         from .cli import add_global_options
