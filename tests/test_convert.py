@@ -361,13 +361,13 @@ def test_default_output_name(hf_dirs, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["mamba-tiny-hf", "mamba2-tiny-q8_0", ZAYA])
-def test_special_tokens_and_chat_template(hf_dirs, mamba2_converted, tmp_path, name):
+def test_special_tokens_and_chat_template(checkpoints, tmp_path, name):
     """bos/eos ids, add_bos and the chat template come from tokenizer_config.json;
     chat_template.jinja is read when the config has none. (Every architecture: the tokenizer
     is written by the same code, but after each one's own metadata.)"""
     template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
     d = tmp_path / "chat"
-    shutil.copytree(mamba2_converted[name][0] if name in mamba2_converted else hf_dirs[name], d)
+    shutil.copytree(checkpoints[name], d)
     cfg = json.loads((d / "tokenizer_config.json").read_text())
     cfg.update(add_bos_token=True, chat_template=template)
     (d / "tokenizer_config.json").write_text(json.dumps(cfg))
@@ -453,6 +453,12 @@ def mamba2_converted(hf_dirs, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def checkpoints(hf_dirs, mamba2_converted):
+    """Every checkpoint directory by name: the stored ones and the written-back Mamba-2 ones."""
+    return {**hf_dirs, **{name: v[0] for name, v in mamba2_converted.items()}}
+
+
 def _hf_tokens(path):
     t = json.loads(path.read_text())
     vocab = dict(t["model"]["vocab"])
@@ -529,21 +535,40 @@ def test_mamba2_bf16_types_follow_llama_cpp(mamba2_converted, tmp_path):
     assert gguf.GGUFReader(out).fields["general.file_type"].contents() == 32
 
 
-MAMBA2_BAD = {
-    "heads": (lambda d: _set_config(d, num_heads=4), "num_heads 4 does not match"),
-    "groups": (lambda d: _set_config(d, n_groups=3), "n_groups 3"),
-    "bias": (lambda d: _set_config(d, use_bias=True), "use_bias"),
-    "shape": (lambda d: _set_config(d, state_size=8), "expected"),
-    "missing": (lambda d: _rewrite_weights(d, lambda t: t.pop("backbone.layers.0.mixer.dt_bias")),
-                "backbone.layers.0.mixer.dt_bias"),
+def _pop(name):
+    return lambda d: _rewrite_weights(d, lambda t: t.pop(name))
+
+
+def _add(name, like):
+    return lambda d: _rewrite_weights(d, lambda t: t.update({name: t[like].copy()}))
+
+
+# (checkpoint, case) -> (edit of a copy of its directory, what the one-line error says)
+ARCH_BAD = {
+    ("mamba2-tiny-q8_0", "heads"): (lambda d: _set_config(d, num_heads=4), "num_heads 4 does not match"),
+    ("mamba2-tiny-q8_0", "groups"): (lambda d: _set_config(d, n_groups=3), "n_groups 3"),
+    ("mamba2-tiny-q8_0", "bias"): (lambda d: _set_config(d, use_bias=True), "use_bias"),
+    ("mamba2-tiny-q8_0", "shape"): (lambda d: _set_config(d, state_size=8), "expected"),
+    ("mamba2-tiny-q8_0", "missing"): (_pop("backbone.layers.0.mixer.dt_bias"), "backbone.layers.0.mixer.dt_bias"),
+    ("zaya-native-tiny", "missing"): (_pop("model.layers.2.mlp.gate.router_states_scale"),
+                                      "missing from the checkpoint: model.layers.2.mlp.gate.router_states_scale"),
+    ("zaya-native-tiny", "unknown"): (
+        _add("model.layers.0.mlp.gate.router_states_scale", "model.layers.1.mlp.gate.router_states_scale"),
+        "a ZAYA1 checkpoint does not have: model.layers.0.mlp.gate.router_states_scale"),
+    ("zaya-native-tiny", "shape"): (lambda d: _set_config(d, router_hidden_size=8), "expected"),
+    ("zaya-native-tiny", "untied"): (lambda d: _rewrite_weights(d, lambda t: t.update(
+        {"lm_head.weight": t["model.embed_tokens.weight"][::-1].copy()})), "no output.weight"),
+    ("zaya-native-tiny", "legacy"): (lambda d: _set_config(d, zaya_layers=[1, 4]), "legacy"),
+    ("zaya-native-tiny", "sliding"): (lambda d: _set_config(d, layer_types=["hybrid", "hybrid_sliding", "hybrid"]),
+                                      "sliding window"),
 }
 
 
-@pytest.mark.parametrize("case", list(MAMBA2_BAD))
-def test_mamba2_bad_checkpoint(mamba2_converted, tmp_path, case):
-    edit, message = MAMBA2_BAD[case]
+@pytest.mark.parametrize("name, case", list(ARCH_BAD))
+def test_bad_architecture_checkpoint(checkpoints, tmp_path, name, case):
+    edit, message = ARCH_BAD[name, case]
     d = tmp_path / "ckpt"
-    shutil.copytree(mamba2_converted["mamba2-tiny-q8_0"][0], d)
+    shutil.copytree(checkpoints[name], d)
     edit(d)
     with pytest.raises(VkInferError, match=message) as e:
         convert(d, tmp_path / "out.gguf", "f32", quiet=True)
@@ -729,44 +754,6 @@ def test_zaya_q8_0_types_and_blocks(converted):
     assert got["blk.1.ffn_gate_up_exps.weight"] == "Q8_0" and got["blk.1.ffn_down_exps.weight"] == "F16"
     assert got["blk.0.cca_conv_grp.weight"] == "F16" and got["blk.1.ffn_gate_inp.weight"] == "F32"
     assert _check_q8_0_blocks(path, converted(ZAYA, "f32")[0]) == 19
-
-
-def _zaya_copy(hf_dirs, tmp_path, edit):
-    d = tmp_path / "zaya"
-    shutil.copytree(hf_dirs[ZAYA], d)
-    edit(d)
-    return d
-
-
-def _pop(name):
-    return lambda d: _rewrite_weights(d, lambda t: t.pop(name))
-
-
-def _add(name, like):
-    return lambda d: _rewrite_weights(d, lambda t: t.update({name: t[like].copy()}))
-
-
-ZAYA_BAD = {
-    "missing": (_pop("model.layers.2.mlp.gate.router_states_scale"),
-                "missing from the checkpoint: model.layers.2.mlp.gate.router_states_scale"),
-    "unknown": (_add("model.layers.0.mlp.gate.router_states_scale", "model.layers.1.mlp.gate.router_states_scale"),
-                "a ZAYA1 checkpoint does not have: model.layers.0.mlp.gate.router_states_scale"),
-    "shape": (lambda d: _set_config(d, router_hidden_size=8), "expected"),
-    "untied": (lambda d: _rewrite_weights(d, lambda t: t.update(
-        {"lm_head.weight": t["model.embed_tokens.weight"][::-1].copy()})), "no output.weight"),
-    "legacy": (lambda d: _set_config(d, zaya_layers=[1, 4]), "legacy"),
-    "sliding": (lambda d: _set_config(d, layer_types=["hybrid", "hybrid_sliding", "hybrid"]), "sliding window"),
-}
-
-
-@pytest.mark.parametrize("case", list(ZAYA_BAD))
-def test_zaya_bad_checkpoint(hf_dirs, tmp_path, case):
-    edit, message = ZAYA_BAD[case]
-    d = _zaya_copy(hf_dirs, tmp_path, edit)
-    with pytest.raises(VkInferError, match=message) as e:
-        convert(d, tmp_path / "out.gguf", "f32", quiet=True)
-    assert "\n" not in str(e.value) and not (tmp_path / "out.gguf").exists()
-
 
 
 # ---- the Gemma-family tokenizer (ZAYA1's) -----------------------------------------------------
