@@ -192,3 +192,13 @@ def test_bad_input_from_the_command_line(tmp_path):
                         str(tmp_path / "o.gguf"), "q4_k_m"], capture_output=True, text=True)
     assert p.returncode == 1
     assert p.stderr.count("\n") == 1 and "no such file" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bf16_input(tmp_path):
+    f = open_gguf(FIX / "mamba-tiny-f16.gguf", weights=False)
+    bf16 = {t.name: (gguf.quants.quantize(t.dequantize(), gguf.GGMLQuantizationType.BF16), "BF16")
+            for t in f.tensors.values() if t.type == "F16"}
+    src = tmp_path / "bf16.gguf"
+    rewrite_gguf(FIX / "mamba-tiny-f16.gguf", src, tensors=bf16)
+    quantize_file(src, tmp_path / "q.gguf", "q4_k_m", quiet=True)
+    assert _types(tmp_path / "q.gguf") == _types(FIX / "mamba-tiny-q4_k_m.gguf")   # ssm_dt: F16

@@ -208,11 +208,12 @@ def _copy_metadata(reader, writer, file_type: int):
 
 
 def _hparams(f) -> dict:
-    def first(v):
-        return (max(v) if v else 0) if isinstance(v, list) else (v or 0)
-    n_head, n_head_kv = first(f.get(f"{f.arch}.attention.head_count")), first(f.get(f"{f.arch}.attention.head_count_kv"))
-    return dict(n_layer=int(first(f.get(f"{f.arch}.block_count"))),
-                n_expert=int(first(f.get(f"{f.arch}.expert_count"))),
+    """What llama.cpp's type rules read from the model: layers, experts, query heads per KV head."""
+    def scalar(key):            # a per-layer array counts as its largest entry
+        v = f.get(f"{f.arch}.{key}")
+        return int(max(v, default=0) if isinstance(v, list) else v or 0)
+    n_head, n_head_kv = scalar("attention.head_count"), scalar("attention.head_count_kv")
+    return dict(n_layer=scalar("block_count"), n_expert=scalar("expert_count"),
                 n_gqa=n_head // n_head_kv if n_head and n_head_kv else 0)
 
 
