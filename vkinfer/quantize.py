@@ -10,6 +10,7 @@ attn_v / ffn_down layers; a row that a K-type cannot cut into 256-weight blocks 
 fallback type, and one that is not whole 32-weight blocks stays F16. The blocks come from
 vkinfer.quants (ggml's reference quantizers). Tensors stream one at a time from the memory-mapped
 input, in row chunks, so memory stays at about the largest output tensor plus the chunks."""
+import logging
 import os
 import re
 import sys
@@ -21,6 +22,8 @@ import numpy as np
 
 from . import quants
 from .errors import VkInferError
+
+log = logging.getLogger(__name__)
 
 # TYPE: (general.file_type, llama.cpp LLAMA_FTYPE number, the mix's default tensor type)
 MIXES = {"q4_0": (2, "Q4_0"), "q4_1": (3, "Q4_1"), "q8_0": (7, "Q8_0"), "q5_0": (8, "Q5_0"),
@@ -282,6 +285,7 @@ def quantize_file(inp, out, mix: str, allow_requantize: bool = False, errors: bo
                 new = types[t.name]
                 counts[new] = counts.get(new, 0) + 1
                 bar.set_postfix_str(f"{t.name} → {new}", refresh=False)
+                log.info("%s %s %s → %s", t.name, list(ne[t.name]), t.type, new)
                 if new == t.type:
                     writer.write_tensor_data(t.raw())
                     bar.update(t.nbytes)
