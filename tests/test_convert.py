@@ -821,22 +821,25 @@ def gemma_converted(hf_dirs, gemma_vocab, tmp_path_factory):
 
 def test_gemma_tokenizer_is_the_drafts(gemma_converted, gemma_vocab, zaya_path):
     from vkinfer.gguf import open_gguf
-    got, draft = open_gguf(gemma_converted), open_gguf(zaya_path, weights=False)
-    for key in ("model", "tokens", "token_type", "merges", "scores", "bos_token_id", "eos_token_id",
-                "unknown_token_id", "padding_token_id", "mask_token_id", "add_bos_token",
-                "add_eos_token", "add_space_prefix"):
-        assert got.get(f"tokenizer.ggml.{key}") == draft.get(f"tokenizer.ggml.{key}"), key
-    assert got.get("tokenizer.ggml.model") == "gemma4" and got.get("tokenizer.ggml.pre") is None
-    assert got.get("zaya.vocab_size") == 262147 and got.tensors["token_embd.weight"].shape == (262147, 32)
-    assert got.get("tokenizer.chat_template") == gemma_vocab["chat_template"]
+    f, d = open_gguf(gemma_converted), open_gguf(zaya_path, weights=False)
+    keys = [f"tokenizer.ggml.{k}" for k in (
+        "model", "tokens", "token_type", "merges", "scores", "bos_token_id", "eos_token_id",
+        "unknown_token_id", "padding_token_id", "mask_token_id", "add_bos_token", "add_eos_token",
+        "add_space_prefix")]
+    got, draft = {k: f.get(k) for k in keys}, {k: d.get(k) for k in keys}
+    for key in keys:
+        assert got[key] == draft[key], key
+    assert got["tokenizer.ggml.model"] == "gemma4" and f.get("tokenizer.ggml.pre") is None
+    assert f.get("zaya.vocab_size") == 262147 and f.tensors["token_embd.weight"].shape == (262147, 32)
+    assert f.get("tokenizer.chat_template") == gemma_vocab["chat_template"]
     # against the gemma-4 vocabulary itself: the same tokens and merges, and the same types but
     # for the ones llama.cpp's Gemma-4 model class overrides
-    tokens, types = got.get("tokenizer.ggml.tokens"), got.get("tokenizer.ggml.token_type")
+    tokens, types = got["tokenizer.ggml.tokens"], got["tokenizer.ggml.token_type"]
     n = len(gemma_vocab["ggml.tokens"])
-    assert tokens[:n] == gemma_vocab["ggml.tokens"] and got.get("tokenizer.ggml.merges") == gemma_vocab["ggml.merges"]
+    assert tokens[:n] == gemma_vocab["ggml.tokens"] and got["tokenizer.ggml.merges"] == gemma_vocab["ggml.merges"]
     assert tokens[n:] == [t for t, _ in GEMMA_ADDED] and types[n:] == [3, 3, 4]
-    differ = [tokens[i] for i in range(n) if types[i] != gemma_vocab["ggml.token_type"][i]]
-    assert sorted(differ) == sorted(GEMMA4_VISIBLE) and {types[tokens.index(t)] for t in differ} == {1}
+    differ = [i for i in range(n) if types[i] != gemma_vocab["ggml.token_type"][i]]
+    assert sorted(tokens[i] for i in differ) == sorted(GEMMA4_VISIBLE) and {types[i] for i in differ} == {1}
 
 
 def test_gemma_tokenizer_passes_the_vectors(gemma_converted):
