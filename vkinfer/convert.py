@@ -500,7 +500,7 @@ def plan_zaya(config: dict, tensors: dict, hf_dir: Path, n_tokens: int) -> tuple
     if any(o.name == "output.weight" for o in outs):
         raise VkInferError(f"{hf_dir.name}: lm_head.weight differs from the embedding; the ZAYA "
                            "layout has no output.weight (its head is tied)")
-    hp = {"n_layer": 2 * L, "n_vocab": n_vocab}
+    hp = {"n_vocab": n_vocab}
     hp["kv"] = [("add_block_count", 2 * L), ("add_context_length", int(need("max_position_embeddings"))),
                 ("add_embedding_length", d), ("add_head_count", H), ("add_head_count_kv", Hkv),
                 ("add_rope_freq_base", theta), ("add_layer_norm_rms_eps", eps), ("add_layer_norm_eps", eps),
