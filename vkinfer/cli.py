@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=cmd_info)
     add_bench_commands(commands)
     from .convert import add_convert_command
-    add_convert_command(commands)
-    from .quantize import add_quantize_command; add_quantize_command(commands)
+    from .quantize import add_quantize_command
+    for add_command in (add_convert_command, add_quantize_command):
+        add_global_options(add_command(commands), defaults=False)
     return parser
 
 

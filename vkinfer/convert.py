@@ -884,8 +884,8 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def add_convert_command(commands) -> None:
-    """Add `convert` to the argparse subparsers object `commands`."""
+def add_convert_command(commands):
+    """Add `convert` to the argparse subparsers object `commands`; returns its parser."""
     p = commands.add_parser("convert", help="convert a Hugging Face checkpoint directory to GGUF")
     p.add_argument("model_dir", metavar="HF_DIR",
                    help="directory with config.json, *.safetensors and tokenizer.json of a "
@@ -898,9 +898,5 @@ def add_convert_command(commands) -> None:
                         "for an F16 checkpoint, else bf16, as llama.cpp); norms, biases, A, D, "
                         "the conv and ZAYA's router input projection stay F32")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    try:
-        from .cli import add_global_options
-        add_global_options(p, defaults=False)
-    except ImportError:     # pragma: no cover
-        pass
     p.set_defaults(run=cmd_convert)
+    return p

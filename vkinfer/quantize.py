@@ -334,8 +334,8 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def add_quantize_command(commands) -> None:
-    """Add `quantize` to the argparse subparsers object `commands`."""
+def add_quantize_command(commands):
+    """Add `quantize` to the argparse subparsers object `commands`; returns its parser."""
     p = commands.add_parser("quantize", help="quantize a GGUF model as llama-quantize does "
                                              "(Q4_K_M, Q8_0, ...)")
     p.add_argument("input", metavar="IN.gguf", help="model with F32/F16/BF16 weights")
@@ -348,9 +348,5 @@ def add_quantize_command(commands) -> None:
     p.add_argument("-t", "--threads", type=int, default=None,
                    help="worker threads (default: one per CPU core)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    try:
-        from .cli import add_global_options
-        add_global_options(p, defaults=False)
-    except ImportError:     # pragma: no cover
-        pass
     p.set_defaults(run=cmd_quantize)
+    return p
