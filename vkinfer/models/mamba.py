@@ -98,9 +98,11 @@ class Mamba:
         ids, slots, B = inputs["ids"], inputs["slots"], inputs["n_seq"]
         T = ids.shape[0]
         s = {k: t.slice(0, 0, T) for k, t in self.scratch.items()}
+        g.block = "embed"
         x = gr.get_rows(g, w["token_embd.weight"], ids, out=s["x"])
         di, dtr, ds = p.d_inner, p.dt_rank, p.d_state
         for layer in range(p.n_layer):
+            g.block = f"layer {layer}"
             b = f"blk.{layer}."
             h = norm.rms_norm(g, x, w[b + "attn_norm.weight"], p.eps, out=s["h"])
             xz = mm.matmul(g, w[b + "ssm_in.weight"], h, out=s["xz"])

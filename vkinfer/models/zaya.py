@@ -198,7 +198,7 @@ class Zaya:
         # outputs of the depthwise conv of each sequence.
         H, Hkv, dh, dv, E = p.n_head, p.n_head_kv, p.head_dim, p.value_dim, p.n_expert
         B = max_rows
-        shapes = {"h": (B, p.n_embd), "hs": (B, p.n_embd), "res": (B, p.n_embd),
+        shapes = {"h": (B, p.n_embd), "res": (B, p.n_embd),
                   "x": (B, p.n_embd), "x_prev": (B, p.n_embd),
                   "q_raw": (B, H * dh), "k_raw": (B, Hkv * dh), "c": (B, p.n_qk),
                   "d": (B * self.grouped_taps, p.n_qk), "conv": (B, p.n_qk),
@@ -277,32 +277,33 @@ class Zaya:
         s = {k: t.slice(0, 0, T) for k, t in self.scratch.items()}
         s["d"] = self.scratch["d"]
         x, h, res = s["x"], s["h"], s["res"]
+        g.block = "embed"
         gr.get_rows(g, w["token_embd.weight"], inputs["ids"], out=h)
-        router = None
+        router, combine = None, {}
         for l in range(p.n_block):
             b = f"blk.{l}."
-            self._merge(g, b, h, res, s["hs"], first=l == 0)
+            g.block = f"{'cca' if l % 2 == 0 else 'moe'} {l}"
+            self._merge_norm(g, b, h, res, x, w[b + "attn_norm.weight"], first=l == 0, **combine)
             if taps is not None:
                 copy_ops.copy(g, res, out=taps[l])
-            norm.rms_norm(g, res, w[b + "attn_norm.weight"], p.eps, out=x)
             if l % 2 == 0:
                 self._cca(g, l, s, state, inputs, out=h)
+                combine = {}
             else:
-                router = self._moe(g, l, x, router, s, out=h)
-        self._merge(g, "", h, res, s["hs"], first=False)
+                router, combine = self._moe(g, l, x, router, s, out=h)
+        g.block = "output"
+        self._merge_norm(g, "", h, res, x, self.output_norm, first=False, **combine)
         if taps is not None:
             copy_ops.copy(g, res, out=taps[p.n_block])
         return res
 
-    def _merge(self, g, b, h, res, hs, first):
-        """The delayed residual merge before every norm (zaya1.md §3.1), in place on res."""
+    def _merge_norm(self, g, b, h, res, x, norm_w, first, probs=None, expert_ids=None):
+        """The delayed residual merge before every norm (zaya1.md §3.1), in place on res, and
+        the norm into x; with probs and expert_ids, h is first weighted as moe_combine would."""
         w = self.w
-        if first:
-            ew.res_scale(g, h, w[b + "res_scale_hs.bias"], w[b + "res_scale_hs.weight"], out=res)
-            return
-        ew.res_scale(g, h, w[b + "res_scale_hs.bias"], w[b + "res_scale_hs.weight"], out=hs)
-        ew.res_scale(g, res, w[b + "res_scale_res.bias"], w[b + "res_scale_res.weight"], out=res)
-        ew.add(g, res, hs, out=res)
+        rs = None if first else (w[b + "res_scale_res.bias"], w[b + "res_scale_res.weight"])
+        norm.merge_norm(g, h, res, (w[b + "res_scale_hs.bias"], w[b + "res_scale_hs.weight"]), rs,
+                        norm_w, self.p.eps, x=x, probs=probs, expert_ids=expert_ids)
 
     def _cca(self, g, l, s, state, inputs, out):
         """CCA attention, zaya1.md §3.2, reading x = s["x"]; writes out [rows, n_embd]."""
@@ -346,7 +347,9 @@ class Zaya:
         mm.matmul(g, w[b + "attn_output.weight"], o.reshape(T, H * p.value_dim), out=out)
 
     def _moe(self, g, l, x, router, s, out):
-        """Top-1 MoE, zaya1.md §3.3; returns the router state (post-EDA) for the next MoE block."""
+        """Top-1 MoE, zaya1.md §3.3; returns the router state (post-EDA) for the next MoE block
+        and, unless skip_mode is "identity", the probs and expert ids the next merge_norm uses to
+        weight the expert output written to out."""
         p, w, b, m = self.p, self.w, f"blk.{l}.", l // 2
         T = x.shape[0]
         r = s[f"router{m % 2}"]
@@ -374,9 +377,10 @@ class Zaya:
             up = copy_ops.copy(g, up, out=s["up"])
         act = ew.swiglu(g, gate, up, out=s["gate"])
         mm.matmul_id(g, w[b + "ffn_down_exps.weight"], act, experts, out=out)
-        skip = "identity" if self.skip_mode == "identity" else "zero"
-        moe.moe_combine(g, out, probs, experts, skip=skip, x=x if skip == "identity" else None, out=out)
-        return r
+        if self.skip_mode != "identity":       # the next merge_norm weights out by probs
+            return r, {"probs": probs, "expert_ids": experts}
+        moe.moe_combine(g, out, probs, experts, skip="identity", x=x, out=out)
+        return r, {}
 
     def log_skips(self, T: int, n_past: int) -> dict:
         """After a run of T tokens starting at position n_past: {block: [positions]} where the
