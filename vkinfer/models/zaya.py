@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import VkInferError
 from ..gguf import GGUFError, GGUFFile, OptionalShape, open_gguf, param
 from ..gpu import Graph, Tensor
+from ..gpu.tensor import BLOCK_TYPES, nbytes_of
 from ..gpu.weights import Weight, as_weight
 from ..ops import attention as att
 from ..ops import cca
@@ -232,6 +233,15 @@ class Zaya:
                                      (p.n_qk, p.n_embd), wq.dtype)
             self.conv_dw[l] = self._f32_tensor(b + "ssm_conv1d.weight", file_name)
             self.conv_grp[l] = self._f32_tensor(b + "cca_conv_grp.weight", file_name)
+        # The router MLP's three matrices in one buffer, for the fused router kernel.
+        self.router_w = {}
+        for l in self.moe_blocks:
+            b = f"blk.{l}."
+            stacked = self._stack([b + "ffn_gate.weight", b + "zaya_router_mlp2.weight",
+                                   b + "zaya_router_mlp4.weight"])
+            if (stacked is not None and p.n_router % 4 == 0
+                    and max(p.n_router, p.n_expert + 1) <= moe.ROUTER_MAX):
+                self.router_w[l] = stacked
         for l in self.moe_blocks:
             name = f"blk.{l}.zaya_router_biases.weight"
             if self.skip_mode == "never":
@@ -240,6 +250,33 @@ class Zaya:
                 self.router_biases[l] = dev.upload(biases.astype(np.float32), name=name + ".never")
             else:
                 self.router_biases[l] = w[name]
+
+    def _stack(self, names: list) -> Weight | None:
+        """The matrices `names` (same type and columns) copied on the device into one buffer, as
+        one [sum of rows, cols] Weight of one part, so one dispatch reads them all; their entries
+        in the weights become views into it and their own buffers are freed. None (nothing
+        changed) where the types or columns differ, a matrix is split, a matrix's bytes are not
+        whole words and whole superblocks (tensor.py), or the stack would exceed one binding."""
+        ws = [as_weight(self.w[n]) for n in names]
+        dtype, cols = ws[0].dtype, ws[0].shape[1]
+        if any(w.dtype != dtype or w.shape[1] != cols or len(w.parts) != 1 for w in ws):
+            return None
+        parts = [w.parts[0][1] for w in ws]
+        plain = (lambda n: n // BLOCK_TYPES[dtype][0] * BLOCK_TYPES[dtype][1]) if dtype in BLOCK_TYPES \
+            else (lambda n: nbytes_of(dtype, n))
+        rows = sum(t.shape[0] for t in parts)
+        if (any(nbytes_of(dtype, t.numel) != plain(t.numel) or plain(t.numel) % 4 or t.byte_offset % 4
+                for t in parts) or nbytes_of(dtype, rows * cols) > self.dev.max_binding_bytes):
+            return None
+        out = self.dev.empty((rows, cols), dtype, name="+".join(names))
+        r0 = 0
+        for name, t in zip(names, parts):
+            self.dev.copy_words(t.buf, t.word_offset, out.buf, r0 * plain(cols) // 4, t.nbytes // 4)
+            self.w[name] = out.slice(0, r0, r0 + t.shape[0])
+            if t.offset == 0 and t.buf.nbytes - t.nbytes < 16:      # the matrix's own buffer
+                t.buf.kt.destroy()
+            r0 += t.shape[0]
+        return Weight(((0, out),), (rows, cols), dtype)
 
     def _f32_tensor(self, name: str, file_name: str) -> Tensor:
         """An F32 tensor for the conv ops: kept as is, or (F16/BF16 weights) cast once with ops.copy."""
@@ -354,9 +391,23 @@ class Zaya:
         T = x.shape[0]
         r = s[f"router{m % 2}"]
         mm.matmul(g, w[b + "ffn_gate_inp.weight"], x, out=r)
-        ew.add(g, r, w[b + "ffn_gate_inp.bias"], out=r)
         eda = w.get(b + "zaya_router_eda.weight")          # absent on the first MoE block
-        if router is not None and eda is not None:
+        if router is None or eda is None:
+            router = eda = None
+        experts = self.experts[m].slice(0, 0, T)
+        if l in self.router_w:
+            probs, _ = moe.router(g, r, w[b + "ffn_gate_inp.bias"], router, eda, w[b + "ffn_norm.weight"],
+                                  self.router_w[l], w[b + "ffn_gate.bias"], w[b + "zaya_router_mlp2.bias"],
+                                  self.router_biases[l], p.eps, probs=s["probs"], expert_ids=experts)
+        else:
+            probs = self._router_unfused(g, b, r, router, eda, s, self.router_biases[l], experts)
+        return self._experts(g, b, x, experts, probs, s, out, r)
+
+    def _router_unfused(self, g, b, r, router, eda, s, biases, experts):
+        """moe.router's steps one op each (router matrices of different types)."""
+        p, w = self.p, self.w
+        ew.add(g, r, w[b + "ffn_gate_inp.bias"], out=r)
+        if router is not None:
             ew.mul(g, router, eda, out=router)             # the previous state is not needed after
             ew.add(g, r, router, out=r)
         z = norm.rms_norm(g, r, w[b + "ffn_norm.weight"], p.eps, out=s["z0"])
@@ -366,9 +417,13 @@ class Zaya:
             z = ew.gelu(g, dst, out=dst)
         probs = mm.matmul(g, w[b + "zaya_router_mlp4.weight"], z, out=s["probs"])
         sm.softmax(g, probs, out=probs)
-        biased = ew.add(g, probs, self.router_biases[l], out=s["biased"])
-        experts = sampling_ops.argmax(g, biased, out=self.experts[m].slice(0, 0, T))
+        biased = ew.add(g, probs, biases, out=s["biased"])
+        sampling_ops.argmax(g, biased, out=experts)
+        return probs
 
+    def _experts(self, g, b, x, experts, probs, s, out, r):
+        """The chosen expert's SwiGLU MLP into out, then the combine (or its hand-over)."""
+        p, w, T = self.p, self.w, x.shape[0]
         n_ff = p.n_ff_expert
         gate_up = mm.matmul_id(g, w[b + "ffn_gate_up_exps.weight"], x, experts, out=s["gate_up"])
         gate, up = gate_up.slice(1, 0, n_ff), gate_up.slice(1, n_ff, 2 * n_ff)
