@@ -4,11 +4,11 @@ Bound: exact (one F32 product per element, the same rounding as numpy's float32 
 both skip behaviours, including expert ids past the skip slot."""
 import numpy as np
 import pytest
-
 from conftest import run, view_then_copy
+
 from vkinfer.gpu import Graph, Tensor
-from vkinfer.ops import moe
 from vkinfer.ops import copy as copy_ops
+from vkinfer.ops import moe
 
 
 def _inputs(rng, T, n, E):
@@ -102,6 +102,7 @@ def _router_weights(rng, dtype, rows, R):
         w = (rng.standard_normal((rows, R)) / np.sqrt(R)).astype(np.float32)
         return w, w
     from test_quant_k import random_blocks
+
     from vkinfer.gpu.tensor import BLOCK_TYPES
     elems, nbytes = BLOCK_TYPES[dtype]
     if dtype == "q8_0":
