@@ -7,7 +7,9 @@
 // token's delayed value). Head g's channels (g < H: query head g, else kv head g - H) see the
 // window [cstate | c] (S = K1 - 1 + K2 - 1 columns of state, oldest first), go through the
 // depthwise conv (K1 taps, tap 0 oldest, + bias), then the grouped conv (K2 taps over the head's
-// own dh channels, + bias), plus the q/k mean, then the L2 head norm (sqrt(dh) / ||.||, times
+// own dh channels, + bias; its weight repacked as wt [head][i * K2 + tap][o], vkinfer.ops.cca.
+// repack_grouped, so that neighbouring invocations, neighbouring outputs o, read neighbouring
+// words), plus the q/k mean, then the L2 head norm (sqrt(dh) / ||.||, times
 // k_scale for kv heads), then partial NEOX RoPE at the row's position, into q [rows, H, dh] or
 // k [rows, Hkv, dh]. Work group g = H + Hkv writes v [rows, v1w + v2w] = [v1 | the previous
 // row's W2 x] (the first row takes vstate's) and keeps the last row's W2 x in vstate. Each state
@@ -22,7 +24,8 @@ layout(local_size_x = WG) in;
 layout(binding = 0) readonly buffer C { float c[]; };
 layout(binding = 1) readonly buffer WDw { float w_dw[]; };
 layout(binding = 2) readonly buffer BDw { float b_dw[]; };
-layout(binding = 3) readonly buffer WGrp { float w_grp[]; };
+layout(binding = 3) readonly buffer WGrp { float wt[]; };
+layout(binding = 3) readonly buffer WGrp4 { vec4 wt4[]; };
 layout(binding = 4) readonly buffer BGrp { float b_grp[]; };
 layout(binding = 5) readonly buffer KScale { float k_scale[]; };
 layout(binding = 6) readonly buffer Pos { uint positions[]; };
@@ -44,7 +47,8 @@ layout(push_constant) uniform P {
     uint n_slots; uint cs_off; uint vs_off; uint q_off; uint k_off; uint v_off;
 } p;
 
-shared float dwin[MAX_K2 * MAX_DH];     // depthwise outputs of the K2 samples the token needs
+shared float dwin[MAX_DH * MAX_K2];     // depthwise outputs of the K2 samples the token needs,
+                                        // [channel][tap] as wt's rows
 shared float val[MAX_DH];               // the head vector before the norm
 shared float partial[WG];
 
@@ -79,6 +83,7 @@ void main() {
     }
 
     uint ch0 = g * p.dh, per_kv = p.H / p.Hkv;
+    bool wide = p.wg_off % 4 == 0 && p.dh % 4 == 0;
     bool is_q = g < p.H;
     for (uint n = 0; n < p.T; n++) {
         uint row = row0 + n, at = c_base + n * p.n_c;
@@ -90,18 +95,32 @@ void main() {
                 float acc = bias;
                 for (uint k1 = 0; k1 < p.K1; k1++)
                     acc += window(ch, n + k2 + k1) * w_dw[p.wdw_off + ch * p.K1 + k1];
-                dwin[k2 * p.dh + i] = acc;
+                dwin[i * p.K2 + k2] = acc;
             }
         }
         barrier();
-        // grouped conv + the mean, and the sum of squares
+        // grouped conv: 4 neighbouring outputs per invocation where wt's rows are whole vec4s
+        // (llvmpipe pays per load, not per byte), one otherwise
+        uint w0 = p.wg_off + g * p.dh * p.K2 * p.dh;
+        if (wide) {
+            for (uint o = 4 * t; o < p.dh; o += 4 * WG) {
+                vec4 acc = vec4(0.0);
+                for (uint j = 0; j < p.dh * p.K2; j++) acc += wt4[(w0 + j * p.dh + o) / 4] * dwin[j];
+                for (uint e = 0; e < 4; e++) val[o + e] = acc[e];
+            }
+        } else {
+            for (uint o = t; o < p.dh; o += WG) {
+                float acc = 0.0;
+                for (uint j = 0; j < p.dh * p.K2; j++) acc += wt[w0 + j * p.dh + o] * dwin[j];
+                val[o] = acc;
+            }
+        }
+        barrier();
+        // + bias and the mean, and the sum of squares
         float sum = 0.0;
         for (uint o = t; o < p.dh; o += WG) {
-            uint ch = ch0 + o, wrow = p.wg_off + ch * p.dh * p.K2;
-            float acc = b_grp[p.bg_off + ch];
-            for (uint i = 0; i < p.dh; i++)
-                for (uint k2 = 0; k2 < p.K2; k2++)
-                    acc += w_grp[wrow + i * p.K2 + k2] * dwin[k2 * p.dh + i];
+            uint ch = ch0 + o;
+            float acc = val[o] + b_grp[p.bg_off + ch];
             float mean;
             if (is_q) {
                 mean = 0.5 * (c[at + ch] + c[at + p.H * p.dh + (g / per_kv) * p.dh + o]);

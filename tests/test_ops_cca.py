@@ -112,13 +112,14 @@ def test_shape_errors(dev):
 # ---- the fused CCA ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("H,Hkv,dh,n_rot,K1,K2,T,n_seq", [
     (2, 1, 8, 4, 2, 2, 1, 1), (2, 1, 8, 8, 2, 2, 3, 1), (4, 2, 130, 64, 2, 2, 2, 2),
-    (8, 2, 128, 64, 2, 2, 1, 3), (3, 3, 36, 10, 3, 3, 4, 1), (8, 2, 128, 64, 2, 2, 5, 2)])
+    (8, 2, 128, 64, 2, 2, 1, 3), (3, 3, 36, 10, 3, 3, 4, 1), (8, 2, 128, 64, 2, 2, 5, 2),
+    (2, 1, 9, 4, 2, 3, 3, 1)])
 def test_cca_qkv(dev, rng, H, Hkv, dh, n_rot, K1, K2, T, n_seq):
     """Against the unfused twins (ssm_conv, conv1d_grouped, qk_mean, head_norm, rope_neox and
     the value shift), sequences in slots of a pool (one slot unused, untouched), at positions
     past 2^12; q, k, v and both states. Bound 2e-5 relative to max(1, |want|): F32 sums of up to
     2 * 130 products of O(1) terms before a norm."""
-    from vkinfer.ops.cca import cca_qkv, cca_qkv_ref
+    from vkinfer.ops.cca import cca_qkv, cca_qkv_ref, repack_grouped
     C, S, v1w, v2w = (H + Hkv) * dh, K1 - 1 + K2 - 1, 3 + dh // 2, 5 + dh // 2
     rows, n_slots = T * n_seq, n_seq + 1
     f = lambda *shape: rng.standard_normal(shape).astype(np.float32)
@@ -129,7 +130,8 @@ def test_cca_qkv(dev, rng, H, Hkv, dh, n_rot, K1, K2, T, n_seq):
     positions = (5000 + rng.integers(0, 100, n_seq)[:, None] + np.arange(T)).reshape(-1).astype(np.uint32)
     tc, tv = dev.upload(cstate), dev.upload(vstate)
     q, k, v = run(dev, lambda g: cca_qkv(
-        g, dev.upload(c), tc, tv, dev.upload(w_dw), dev.upload(b_dw), dev.upload(w_grp), dev.upload(b_grp),
+        g, dev.upload(c), tc, tv, dev.upload(w_dw), dev.upload(b_dw), dev.upload(repack_grouped(w_grp, H + Hkv)),
+        dev.upload(b_grp),
         dev.upload(k_scale), dev.upload(positions), H, Hkv, n_rot, 5e6, v1w,
         slots=dev.upload(np.repeat(slot_of, T)), n_seq=n_seq))
     got = [dev.read(t) for t in (q, k, v, tc, tv)]
@@ -147,14 +149,14 @@ def test_cca_qkv(dev, rng, H, Hkv, dh, n_rot, K1, K2, T, n_seq):
 
 
 def test_cca_qkv_without_depthwise_bias(dev, rng):
-    from vkinfer.ops.cca import cca_qkv, cca_qkv_ref
+    from vkinfer.ops.cca import cca_qkv, cca_qkv_ref, repack_grouped
     H, Hkv, dh, C = 2, 1, 8, 24
     f = lambda *shape: rng.standard_normal(shape).astype(np.float32)
     c, w_dw, w_grp, b_grp, cs, vs = f(2, C + 6), f(C, 2), f(C, dh, 2), f(C), f(C, 2), f(3, 1)
     ks, pos = np.ones(1, np.float32), np.array([0, 1], np.uint32)
     tc = dev.upload(cs)
     q, k, v = run(dev, lambda g: cca_qkv(g, dev.upload(c), tc, dev.upload(vs), dev.upload(w_dw), None,
-                                         dev.upload(w_grp), dev.upload(b_grp), dev.upload(ks),
+                                         dev.upload(repack_grouped(w_grp, 3)), dev.upload(b_grp), dev.upload(ks),
                                          dev.upload(pos), H, Hkv, 4, 1e4, 3))
     wq, wk, wv, wc, _ = cca_qkv_ref(c, cs, vs, w_dw, None, w_grp, b_grp, ks, pos, H, Hkv, 4, 1e4, 3)
     np.testing.assert_allclose(dev.read(q), wq, rtol=2e-5, atol=2e-5)

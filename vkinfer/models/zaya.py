@@ -220,7 +220,10 @@ class Zaya:
             if stacked is not None:
                 self.wqk[l] = stacked
             self.conv_dw[l] = self._f32_tensor(b + "ssm_conv1d.weight", file_name)
-            self.conv_grp[l] = self._f32_tensor(b + "cca_conv_grp.weight", file_name)
+            # the grouped conv's weight as cca_qkv reads it (cca.repack_grouped)
+            grp = self.dev.read(self._f32_tensor(b + "cca_conv_grp.weight", file_name))
+            self.conv_grp[l] = dev.upload(cca.repack_grouped(grp, p.n_head + p.n_head_kv),
+                                          name=b + "cca_conv_grp.repacked")
         # The router MLP's three matrices in one buffer, for the fused router kernel.
         self.router_w = {}
         for l in self.moe_blocks:

@@ -57,6 +57,14 @@ def qk_mean_ref(c, y, n_head: int, n_head_kv: int, head_dim: int) -> tuple:
 MAX_HEAD_DIM, MAX_GROUPED_TAPS = 256, 4      # shaders/cca_qkv.comp's shared arrays
 
 
+def repack_grouped(w_grp: np.ndarray, groups: int) -> np.ndarray:
+    """The grouped conv weight [C, C / groups, K] (PyTorch's layout) as cca_qkv reads it:
+    [groups, C / groups * K, C / groups], element [g, i * K + k, o] = w_grp[g * C/groups + o, i, k]."""
+    C, cg, K = w_grp.shape
+    return np.ascontiguousarray(np.asarray(w_grp, np.float32).reshape(groups, C // groups, cg * K)
+                                .transpose(0, 2, 1))
+
+
 def cca_qkv(g: Graph, c: Tensor, cstate: Tensor, vstate: Tensor, w_dw: Tensor, b_dw: Tensor | None,
             w_grp: Tensor, b_grp: Tensor, k_scale: Tensor, positions: Tensor, n_head: int,
             n_head_kv: int, n_rot: int, theta: float, v1_width: int, q_out: Tensor | None = None,
@@ -65,7 +73,8 @@ def cca_qkv(g: Graph, c: Tensor, cstate: Tensor, vstate: Tensor, w_dw: Tensor, b
     """zaya1.md §3.2 steps 2-7 from one stacked projection c f32 [rows, n_qk + v1 + v2] (q||k,
     this token's values v1, and W2 x, val_proj2 of this token's input) of n_seq sequences:
     the depthwise conv with the carried state cstate [C = n_qk, S] (w_dw [C, K1], b_dw [C] or
-    None), the grouped conv (w_grp [C, head_dim, K2], b_grp [C]; S = K1 - 1 + K2 - 1), plus
+    None), the grouped conv (w_grp [H + Hkv, head_dim * K2, head_dim] as repack_grouped makes
+    it, b_grp [C]; S = K1 - 1 + K2 - 1), plus
     the q/k means (qk_mean), the head norms (sqrt(head_dim), k_scale [Hkv] on k), RoPE at
     `positions` -> q [rows, H, dh] and k [rows, Hkv, dh]; v [rows, v1 + v2] = [v1 | the
     previous token's W2 x], the first row's from vstate [v2, 1], which keeps the last W2 x.
@@ -73,10 +82,11 @@ def cca_qkv(g: Graph, c: Tensor, cstate: Tensor, vstate: Tensor, w_dw: Tensor, b
     op = "cca_qkv"
     H, Hkv = n_head, n_head_kv
     check_tensor(op, "w_grp", w_grp, dtype="f32")
-    require(w_grp.ndim == 3, f"{op}: w_grp must be [C, head_dim, K2], got {w_grp.shape}")
-    C, dh, K2 = w_grp.shape
-    require(H >= 1 and Hkv >= 1 and H % Hkv == 0 and C == (H + Hkv) * dh,
-            f"{op}: {H} query and {Hkv} kv heads of {dh} do not make the {C} channels of w_grp")
+    require(w_grp.ndim == 3 and w_grp.shape[0] == H + Hkv and w_grp.shape[1] % w_grp.shape[2] == 0,
+            f"{op}: w_grp {w_grp.shape} is not [{H} + {Hkv} heads, head_dim * K2, head_dim] (repack_grouped)")
+    dh = w_grp.shape[2]
+    C, K2 = (H + Hkv) * dh, w_grp.shape[1] // dh
+    require(H >= 1 and Hkv >= 1 and H % Hkv == 0, f"{op}: {H} query heads are not a multiple of {Hkv} kv heads")
     require(dh <= MAX_HEAD_DIM and 1 <= K2 <= MAX_GROUPED_TAPS,
             f"{op}: head_dim {dh} over {MAX_HEAD_DIM} or grouped taps {K2} over {MAX_GROUPED_TAPS}")
     require(n_rot > 0 and n_rot % 2 == 0 and n_rot <= dh, f"{op}: n_rot={n_rot} must be even, within 1..{dh}")
