@@ -40,6 +40,7 @@ layout(constant_id = 1) const bool WIDE = false;
 
 layout(binding = 0) readonly buffer X { float x[]; };
 layout(binding = 1) readonly buffer Dt { float dt[]; };
+layout(binding = 1) readonly buffer Dt4 { vec4 dt4[]; };
 layout(binding = 2) readonly buffer A_ { float A[]; };
 layout(binding = 2) readonly buffer A4_ { vec4 A4[]; };
 layout(binding = 3) readonly buffer B_ { float B[]; };
@@ -132,6 +133,8 @@ void main() {
         float dtv = 0.0;
         uint w_at = p.w_off + c * p.dt_rank, dt_at = p.dt_off + t * p.dt_rs;
         uint r = 0;
+        if (WIDE && dt_at % 4 == 0)       // x_proj's row in vec4s too (see WIDE above)
+            for (; r + 4 <= p.dt_rank; r += 4) dtv += dot(weight4(w_at + r), dt4[(dt_at + r) / 4]);
         for (; r + 4 <= p.dt_rank; r += 4)
             dtv += dot(weight4(w_at + r), vec4(dt[dt_at + r], dt[dt_at + r + 1], dt[dt_at + r + 2],
                                                dt[dt_at + r + 3]));
