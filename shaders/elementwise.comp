@@ -7,15 +7,12 @@
 //! variant softplus OP_SOFTPLUS
 //! variant gelu OP_GELU
 //! variant swiglu OP_SWIGLU
-//! variant res_scale OP_RES_SCALE
 #include "common.glsl"
 #include "activations.glsl"
 layout(local_size_x = 256) in;
 
 #if defined(OP_ADD) || defined(OP_MUL) || defined(OP_SWIGLU)
 #define N_IN 2
-#elif defined(OP_RES_SCALE)
-#define N_IN 3
 #else
 #define N_IN 1
 #endif
@@ -23,9 +20,6 @@ layout(local_size_x = 256) in;
 layout(binding = 0) readonly buffer A { float a[]; };
 #if N_IN >= 2
 layout(binding = 1) readonly buffer B { float b[]; };
-#endif
-#if N_IN >= 3
-layout(binding = 2) readonly buffer W { float w[]; };
 #endif
 layout(binding = N_IN) writeonly buffer Out { float o[]; };
 
@@ -50,9 +44,6 @@ void main() {
     float y = gelu_erf(x);
 #elif defined(OP_SWIGLU)
     float y = silu(x) * b[p.b_off + i % p.nb];
-#elif defined(OP_RES_SCALE)
-    uint c = i % p.nb;
-    float y = (x + b[p.b_off + c]) * w[p.w_off + c];
 #endif
     o[p.o_off + i] = y;
 }

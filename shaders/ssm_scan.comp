@@ -11,10 +11,26 @@
 // `heads` (Mamba-2): channel c belongs to head h = c / head_dim, which has a scalar A[h], D[h],
 // dt[t, h] (+ dt_bias[h], softplus) and reads B and C of its group g = h / heads_per_group
 // (columns g*N .. g*N+N-1); no gate (Mamba-2 gates in its norm).
+// `dtproj_<type>` (Mamba-1) also takes the dt projection: dt_in = W_dt[c] . dt[t, 0..dt_rank-1]
+// (dt then holds x_proj's dt_rank columns), W_dt [Dn, dt_rank] of the variant's weight type
+// (shaders/include/weights.glsl; rows of whole blocks), before the bias and softplus.
 //! variant plain
 //! variant gate HAS_GATE
 //! variant gate_dt HAS_GATE DT_BIAS
 //! variant heads HEADS DT_BIAS
+//! variant dtproj_f32 HAS_GATE DT_BIAS DT_PROJ WTYPE_F32
+//! variant dtproj_f16 HAS_GATE DT_BIAS DT_PROJ WTYPE_F16
+//! variant dtproj_bf16 HAS_GATE DT_BIAS DT_PROJ WTYPE_BF16
+//! variant dtproj_q4_0 HAS_GATE DT_BIAS DT_PROJ WTYPE_Q4_0
+//! variant dtproj_q4_1 HAS_GATE DT_BIAS DT_PROJ WTYPE_Q4_1
+//! variant dtproj_q5_0 HAS_GATE DT_BIAS DT_PROJ WTYPE_Q5_0
+//! variant dtproj_q5_1 HAS_GATE DT_BIAS DT_PROJ WTYPE_Q5_1
+//! variant dtproj_q8_0 HAS_GATE DT_BIAS DT_PROJ WTYPE_Q8_0
+//! variant dtproj_q2_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q2_K
+//! variant dtproj_q3_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q3_K
+//! variant dtproj_q4_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q4_K
+//! variant dtproj_q5_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q5_K
+//! variant dtproj_q6_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q6_K
 #include "common.glsl"
 #include "activations.glsl"
 layout(local_size_x = 64) in;
@@ -24,6 +40,7 @@ layout(constant_id = 1) const bool WIDE = false;
 
 layout(binding = 0) readonly buffer X { float x[]; };
 layout(binding = 1) readonly buffer Dt { float dt[]; };
+layout(binding = 1) readonly buffer Dt4 { vec4 dt4[]; };
 layout(binding = 2) readonly buffer A_ { float A[]; };
 layout(binding = 2) readonly buffer A4_ { vec4 A4[]; };
 layout(binding = 3) readonly buffer B_ { float B[]; };
@@ -39,9 +56,16 @@ layout(binding = 6) readonly buffer Z { float z[]; };
 #endif
 #ifdef DT_BIAS
 layout(binding = 6 + GATE_IN) readonly buffer DtBias { float dt_bias[]; };
-#define N_IN (7 + GATE_IN)
+#define BIAS_IN 1
 #else
-#define N_IN (6 + GATE_IN)
+#define BIAS_IN 0
+#endif
+#ifdef DT_PROJ
+#define W_BINDING (6 + GATE_IN + BIAS_IN)
+#include "weights.glsl"
+#define N_IN (7 + GATE_IN + BIAS_IN)
+#else
+#define N_IN (6 + GATE_IN + BIAS_IN)
 #endif
 layout(binding = N_IN) readonly buffer Slots { uint slots[]; };
 layout(binding = N_IN + 1) buffer State { float state[]; };
@@ -56,7 +80,7 @@ layout(push_constant) uniform P {
     uint B_off; uint B_rs; uint C_off; uint C_rs; uint D_off;
     uint z_off; uint z_rs; uint state_off; uint o_off; uint bias_off;
     uint slots_off; uint slots_step; uint slot_lo; uint n_slots;
-    uint head_dim; uint heads_per_group;
+    uint head_dim; uint heads_per_group; uint dt_rank; uint w_off;
 } p;
 
 #ifdef HEADS
@@ -105,7 +129,19 @@ void main() {
     uint bc_col = GROUP_COL;
     for (uint t = row0; t < row0 + p.T; t++) {
         float xv = x[p.x_off + t * p.x_rs + c];
+#ifdef DT_PROJ
+        float dtv = 0.0;
+        uint w_at = p.w_off + c * p.dt_rank, dt_at = p.dt_off + t * p.dt_rs;
+        uint r = 0;
+        if (WIDE && dt_at % 4 == 0)       // x_proj's row in vec4s too (see WIDE above)
+            for (; r + 4 <= p.dt_rank; r += 4) dtv += dot(weight4(w_at + r), dt4[(dt_at + r) / 4]);
+        for (; r + 4 <= p.dt_rank; r += 4)
+            dtv += dot(weight4(w_at + r), vec4(dt[dt_at + r], dt[dt_at + r + 1], dt[dt_at + r + 2],
+                                               dt[dt_at + r + 3]));
+        for (; r < p.dt_rank; r++) dtv += weight1(w_at + r) * dt[dt_at + r];
+#else
         float dtv = dt[p.dt_off + t * p.dt_rs + HEAD];
+#endif
 #ifdef DT_BIAS
         dtv = softplus(dtv + bias);
 #endif

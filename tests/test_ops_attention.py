@@ -1,7 +1,6 @@
 """Attention-side ops against their numpy twins (float64 inside).
 
 Bounds (max |got - want| / max(1, |want|) unless said otherwise):
-* head_norm: 1e-6 (one sqrt, one divide, F32 sums of at most 128 squares).
 * rope_neox: 1.5e-6 of max(1, max |x| over the head), against a float64 twin whose angle
   pos * theta^(-2i/n_rot) is exact, for positions up to 2^24 - 1. The shader reduces the angle
   in exact F32 pieces (rope.comp); what is left is sin/cos and the rotation's rounding, so a
@@ -52,36 +51,6 @@ def transposed_view(dev, array):
     """A non-contiguous [T, H, D] view of `array` (stored as [H, T, D])."""
     stored = dev.upload(np.ascontiguousarray(array.transpose(1, 0, 2)))
     return stored.transpose(0, 1)
-
-
-# ---- head_norm ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", [(3, 5, 16), (2, 10, 128), (1, 1, 1)])
-@pytest.mark.parametrize("with_head_scale", [False, True])
-def test_head_norm(dev, rng, shape, with_head_scale):
-    x = (rng.standard_normal(shape) * 3).astype(np.float32)
-    x[0, 0] = 0.0                               # the eps branch: a zero vector stays zero
-    hs = rng.standard_normal(shape[1]).astype(np.float32) if with_head_scale else None
-    tx = at_offset(dev, x)
-    ths = at_offset(dev, hs, offset=3) if with_head_scale else None
-    out = run(dev, lambda g: at.head_norm(g, tx, np.sqrt(128.0), ths))
-    _check(dev.read(out), at.head_norm_ref(x, np.sqrt(128.0), hs), 1e-6)
-    assert not np.any(dev.read(out)[0, 0])
-
-
-def test_head_norm_in_place_at_offset(dev, rng):
-    x = rng.standard_normal((7, 2, 128)).astype(np.float32)
-    tx = at_offset(dev, x, offset=10, tail=3)
-    run(dev, lambda g: at.head_norm(g, tx, 2.0, out=tx))
-    _check(dev.read(tx), at.head_norm_ref(x, 2.0), 1e-6)
-    whole = read_whole(dev, tx)
-    assert np.all(whole[:10] == 7.5) and np.all(whole[10 + x.size:10 + x.size + 3] == 7.5)
-
-
-def test_head_norm_large_grid(dev, rng):
-    """70001 head vectors: one work group each, so the grid uses its second dimension."""
-    x = rng.standard_normal((70001, 1, 4)).astype(np.float32)
-    out = run(dev, lambda g: at.head_norm(g, dev.upload(x), 1.0))
-    _check(dev.read(out), at.head_norm_ref(x, 1.0), 1e-6)
 
 
 # ---- rope_neox ----------------------------------------------------------------------------------
@@ -229,16 +198,13 @@ def test_refuses_non_contiguous_then_copies(dev, rng):
     t_past = dev.upload(positions)
     view = transposed_view(dev, q)
     assert not view.contiguous
-    for op in (lambda g, t: at.head_norm(g, t, 1.0),
-               lambda g, t: at.rope_neox(g, t, dev.upload(positions), 16, 1e4),
+    for op in (lambda g, t: at.rope_neox(g, t, dev.upload(positions), 16, 1e4),
                lambda g, t: at.attention(g, t, kc, vc, t_past, 0.25)):
         with pytest.raises(ValueError, match="not contiguous"):
             run(dev, lambda g: op(g, view))
     with pytest.raises(ValueError, match="kv_store: k .* not contiguous"):
         run(dev, lambda g: at.kv_store(g, transposed_view(dev, k), dev.upload(v), kc, vc, t_past))
 
-    normed = run(dev, lambda g: at.head_norm(g, copy_ops.copy(g, view), 1.0))
-    _check(dev.read(normed), at.head_norm_ref(q, 1.0), 1e-6)
     rotated = run(dev, lambda g: at.rope_neox(g, copy_ops.copy(g, view), dev.upload(positions), 16, 1e4))
     _rope_check(dev.read(rotated), q, positions, 16, 1e4)
     out = run(dev, lambda g: (at.kv_store(g, copy_ops.copy(g, transposed_view(dev, k)), dev.upload(v), kc, vc, t_past),
@@ -252,8 +218,6 @@ def test_shape_errors(dev):
     x = dev.empty((2, 4, 16))
     kc, vc = dev.empty((8, 2, 16)), dev.empty((8, 2, 16))
     n_past = dev.empty((2,), "u32")          # positions of the two tokens
-    with pytest.raises(ValueError, match="head_norm: head_scale has shape"):
-        at.head_norm(g, x, 1.0, dev.empty((3,)))
     with pytest.raises(ValueError, match="rope_neox: n_rot=7 must be even"):
         at.rope_neox(g, x, dev.empty((2,), "u32"), 7, 1e4)
     with pytest.raises(ValueError, match="rope_neox: positions has dtype f32"):

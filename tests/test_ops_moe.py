@@ -4,11 +4,11 @@ Bound: exact (one F32 product per element, the same rounding as numpy's float32 
 both skip behaviours, including expert ids past the skip slot."""
 import numpy as np
 import pytest
-
 from conftest import run, view_then_copy
+
 from vkinfer.gpu import Graph, Tensor
-from vkinfer.ops import moe
 from vkinfer.ops import copy as copy_ops
+from vkinfer.ops import moe
 
 
 def _inputs(rng, T, n, E):
@@ -92,3 +92,65 @@ def test_argument_errors(dev):
         moe.moe_combine(g, h, probs, dev.empty((3,)))
     with pytest.raises(ValueError, match="moe_combine: x has shape"):
         moe.moe_combine(g, h, probs, ids, skip="identity", x=dev.empty((3, 7)))
+
+
+# ---- the fused router -------------------------------------------------------------------------------
+def _router_weights(rng, dtype, rows, R):
+    """(upload array, float32 values) of a stacked [rows, R] router weight of `dtype`."""
+    from vkinfer.gpu.weights import decode
+    if dtype == "f32":
+        w = (rng.standard_normal((rows, R)) / np.sqrt(R)).astype(np.float32)
+        return w, w
+    from test_quant_k import random_blocks
+
+    from vkinfer.gpu.tensor import BLOCK_TYPES
+    elems, nbytes = BLOCK_TYPES[dtype]
+    if dtype == "q8_0":
+        raw = rng.integers(0, 256, (rows, R // elems, nbytes), dtype=np.uint8)
+        raw[..., :2] = rng.uniform(1e-3, 1e-2, (rows, R // elems, 1)).astype(np.float16).view(np.uint8)
+        raw = raw.reshape(rows, -1)
+    else:
+        raw = random_blocks(rng, dtype, (rows,), R // elems)
+    return raw, decode(raw, dtype).reshape(rows, R)
+
+
+@pytest.mark.parametrize("dtype,T,R,E", [("f32", 3, 36, 2), ("f32", 1, 260, 16), ("q8_0", 2, 96, 6),
+                                         ("q4_k", 2, 256, 16), ("q6_k", 1, 512, 33)])
+@pytest.mark.parametrize("with_eda", [False, True])
+def test_router(dev, rng, dtype, T, R, E, with_eda):
+    """The fused router against its twin: r (bias and EDA) in place, probs, and the chosen slot
+    wherever the best biased probability leads the second by more than the error bound."""
+    from vkinfer.gpu.weights import upload_weight
+    raw, W = _router_weights(rng, dtype, 2 * R + E + 1, R)
+    r = rng.standard_normal((T, R)).astype(np.float32)
+    prev = rng.standard_normal((T, R)).astype(np.float32) if with_eda else None
+    v = (1 + 0.2 * rng.standard_normal((5, R))).astype(np.float32)
+    biases = (0.1 * rng.standard_normal(E + 1)).astype(np.float32)
+    tr = dev.upload(r)
+    tw = upload_weight(dev, raw, dtype)
+    t_eda = dev.upload(v[1]) if with_eda else None
+    probs, ids = run(dev, lambda g: moe.router(
+        g, tr, dev.upload(v[0]), dev.upload(prev) if with_eda else None, t_eda, dev.upload(v[2]), tw,
+        dev.upload(v[3]), dev.upload(v[4]), dev.upload(biases), 1e-5))
+    want_r, want_p, want_ids = moe.router_ref(r, v[0], prev, v[1] if with_eda else None, v[2],
+                                              W[:R], W[R:2 * R], W[2 * R:], v[3], v[4], biases, 1e-5)
+    np.testing.assert_allclose(dev.read(tr), want_r, rtol=1e-6, atol=1e-6)
+    got_p = dev.read(probs)
+    np.testing.assert_allclose(got_p, want_p, rtol=1e-4, atol=1e-6)
+    biased = np.sort(want_p + biases, axis=1)
+    clear = biased[:, -1] - biased[:, -2] > 1e-4
+    np.testing.assert_array_equal(dev.read(ids)[clear], want_ids[clear])
+
+
+def test_router_refuses_split_or_wide(dev, rng):
+    from vkinfer.gpu.weights import Weight
+    w = dev.upload(np.zeros((2 * 8 + 3, 8), np.float32))
+    split = Weight(((0, w.slice(0, 0, 10)), (10, w.slice(0, 10, 19))), (19, 8), "f32")
+    vec = dev.upload(np.zeros(8, np.float32))
+    g = Graph(dev, "t")
+    with pytest.raises(ValueError, match="one part"):
+        moe.router(g, dev.upload(np.zeros((1, 8), np.float32)), vec, None, None, vec, split, vec, vec,
+                   dev.upload(np.zeros(3, np.float32)))
+    with pytest.raises(ValueError, match="prev and eda"):
+        moe.router(g, dev.upload(np.zeros((1, 8), np.float32)), vec, None, vec, vec, w, vec, vec,
+                   dev.upload(np.zeros(3, np.float32)))

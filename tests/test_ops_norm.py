@@ -92,3 +92,50 @@ def test_gated_group_norm(dev, rng, T, cols, G):
     out = run(dev, lambda g: norm.gated_group_norm(g, dev.upload(y), tw.slice(1, 3, 3 + cols), dev.upload(w), G))
     want = norm.gated_group_norm_ref(y, wide[:, 3:3 + cols], w, G)
     np.testing.assert_allclose(dev.read(out), want, rtol=0, atol=2e-5 * max(1, np.abs(want).max()))
+
+
+# ---- merge_norm: ZAYA's residual merge + the norm after it ----------------------------------------
+@pytest.mark.parametrize("rows, cols", [(1, 1), (3, 257), (2, 2048), (5, 4099)])
+@pytest.mark.parametrize("variant", ["first", "merge", "combine"])
+def test_merge_norm(dev, rng, rows, cols, variant):
+    """All three variants on odd and large widths, with the vectors at offsets in one arena and
+    (combine) a skip-slot row, an out-of-range id and a chosen probability of 0."""
+    from vkinfer.ops.norm import merge_norm, merge_norm_ref
+    h = rng.standard_normal((rows, cols)).astype(np.float32)
+    res = rng.standard_normal((rows, cols)).astype(np.float32)
+    vecs = (1 + 0.3 * rng.standard_normal((5, cols))).astype(np.float32)
+    arena = _at_offset(dev, vecs, 3)
+    tv = [Tensor(arena.buf, (cols,), "f32", 3 + i * cols) for i in range(5)]
+    hs, rs = (vecs[0], vecs[1]), (None if variant == "first" else (vecs[2], vecs[3]))
+    E = 4
+    probs = rng.random((rows, E + 1)).astype(np.float32)
+    ids = rng.integers(0, E, rows).astype(np.uint32)
+    if rows > 1:
+        ids[0], ids[1] = E, E + 7          # the skip slot, and an id beyond it
+    if rows > 2:
+        probs[2, ids[2]] = 0.0
+    comb = variant == "combine"
+    tres = dev.upload(res)
+    x = run(dev, lambda g: merge_norm(
+        g, dev.upload(h), tres, (tv[0], tv[1]), None if rs is None else (tv[2], tv[3]), tv[4], 1e-5,
+        probs=dev.upload(probs) if comb else None, expert_ids=dev.upload(ids) if comb else None))
+    want_res, want_x = merge_norm_ref(h, res, hs, rs, vecs[4], 1e-5, probs if comb else None,
+                                      ids if comb else None)
+    _check(dev.read(tres), want_res)
+    _check(dev.read(x), want_x)
+
+
+def test_merge_norm_matches_unfused(rng):
+    """The twin is the unfused ZAYA merge (two res_scale and an add) then rms_norm, and the combine
+    variant moe_combine's weighting (zero skip) first."""
+    from vkinfer.ops.elementwise import res_scale_ref
+    from vkinfer.ops.moe import moe_combine_ref
+    from vkinfer.ops.norm import merge_norm_ref
+    h, res = rng.standard_normal((2, 3, 40)).astype(np.float32)
+    v = rng.standard_normal((5, 40)).astype(np.float32)
+    probs = rng.random((3, 3)).astype(np.float32)
+    ids = np.array([0, 2, 1], np.uint32)
+    r, x = merge_norm_ref(h, res, (v[0], v[1]), (v[2], v[3]), v[4], 1e-5, probs, ids)
+    want = res_scale_ref(res, v[2], v[3]) + res_scale_ref(moe_combine_ref(h, probs, ids), v[0], v[1])
+    np.testing.assert_allclose(r, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(x, rms_norm_ref(want, v[4], 1e-5), rtol=1e-5, atol=1e-6)

@@ -167,6 +167,43 @@ def test_ssm_scan_dt_bias(dev, rng, N, T):
     check_scaled(dev.read(tstate), want_state, 2e-5, f"ssm_scan dt_bias state N{N}")
 
 
+@pytest.mark.parametrize("dtype,rank,T", [("f32", 6, 3), ("f16", 48, 1), ("f16", 48, 5), ("bf16", 9, 2),
+                                          ("q8_0", 64, 4), ("q4_k", 256, 2)])
+def test_ssm_scan_dt_proj(dev, rng, dtype, rank, T):
+    """dt_proj: the dt projection W_dt @ dt_in inside the scan (of a column slice of x_proj's
+    output, as Mamba passes it), for plain types with rank not a multiple of 4 (the tail) and
+    block types, against the scan twin given the twin's projection."""
+    from test_quant_k import random_blocks
+
+    from vkinfer.gpu.tensor import BLOCK_TYPES
+    from vkinfer.gpu.weights import decode, f32_to_bf16, upload_weight
+    N, Dn = 16, 77
+    x, _, A, B, C, D, state, z = scan_inputs(rng, T, Dn, N)
+    dbc = rng.standard_normal((T, rank + 7)).astype(np.float32)
+    bias = rng.standard_normal(Dn).astype(np.float32)
+    if dtype in BLOCK_TYPES:
+        if dtype == "q8_0":
+            raw = rng.integers(0, 256, (Dn, rank // 32, 34), dtype=np.uint8)
+            raw[..., :2] = rng.uniform(1e-3, 1e-2, (Dn, rank // 32, 1)).astype(np.float16).view(np.uint8)
+            raw = raw.reshape(Dn, -1)
+        else:
+            raw = random_blocks(rng, dtype, (Dn,), rank // 256)
+        W = decode(raw, dtype).reshape(Dn, rank)
+    else:
+        W = (rng.standard_normal((Dn, rank)) / np.sqrt(rank)).astype(np.float32)
+        raw = {"f32": W, "f16": W.astype(np.float16), "bf16": f32_to_bf16(W)}[dtype]
+        W = decode(raw, dtype).reshape(Dn, rank)
+    dbc /= np.float32(np.std(dbc[:, :rank] @ W.T) + 1e-3)      # dt of order 1 (random K blocks are large)
+    tdbc, tstate = dev.upload(dbc), dev.upload(state)
+    y = run(dev, lambda g: ssm.ssm_scan(
+        g, dev.upload(x), tdbc.slice(1, 0, rank), *(dev.upload(a) for a in (A, B, C, D)), tstate,
+        z=dev.upload(z), dt_bias=dev.upload(bias), dt_proj=upload_weight(dev, raw, dtype)))
+    dt_raw = (dbc[:, :rank].astype(np.float64) @ W.astype(np.float64).T).astype(np.float32)
+    want, want_state = ssm.ssm_scan_ref(x, dt_raw, A, B, C, D, state, z, dt_bias=bias)
+    check_scaled(dev.read(y), want, 2e-5, f"ssm_scan dt_proj {dtype}")
+    check_scaled(dev.read(tstate), want_state, 2e-5, f"ssm_scan dt_proj state {dtype}")
+
+
 def test_ssm_scan_mamba_layout(dev, rng):
     """As Mamba calls it: x and z the halves of xz, B and C column slices of dbc =
     [dt_rank | B | C], state one layer of a [n_layer, d_inner, d_state] buffer."""

@@ -21,7 +21,8 @@ one reads it); that case is reported as an expected failure, any other message f
 A third check runs the models' batched graphs (Mamba, Mamba-2 and ZAYA fixtures, 3 sequences of different
 lengths prefilled and decoded together over the slotted state pool, with a 1 MiB binding limit so
 that weights, logits and state are split across bindings) and compares them with each sequence
-run alone (1e-5).
+run alone (1e-5); it checks that the fused kernels (merge_norm, router, cca_qkv, the scan with
+the dt projection) are among those recorded.
 
 A negative control records a real hazard (a transfer that writes a buffer right after a dispatch
 wrote it, with no barrier between) and must produce a SYNC-HAZARD message, so an empty log
@@ -100,6 +101,10 @@ def test_batched_model_steps_are_clean(tmp_path):
     report, text = run_under_validation(tmp_path, "batched")
     assert report["max_error"] <= BOUND, report
     assert report["dispatches"] > 100
+    # the fused kernels (issue 16) are among the checked ones
+    kernels = report["kernels"]
+    assert {"merge_norm.first", "merge_norm.merge", "merge_norm.combine", "cca_qkv"} <= set(kernels), kernels
+    assert any(k.startswith("router.") for k in kernels) and any(k.startswith("ssm_scan.dtproj_") for k in kernels)
     messages = log_messages(text)
     assert not messages, f"{len(messages)} validation messages:\n" + "\n".join(messages[:10])
 
@@ -233,7 +238,7 @@ def child_batched() -> dict:
     zaya = Path(tempfile.mkdtemp()) / "zaya.gguf"
     zaya.write_bytes(lzma.decompress((fixtures / "zaya-small-q4_k_m.gguf.xz").read_bytes()))
     prompts = [[5, 6, 7, 8, 9, 10, 11], [3], [12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]]
-    max_error, dispatches, loaded = 0.0, 0, True
+    max_error, dispatches, loaded, kernels = 0.0, 0, True, set()
     for path in (fixtures / "mamba-tiny-q8_0.gguf", fixtures / "mamba2-tiny-g2-q8_0.gguf", zaya):
         with load(path, n_ctx=32, n_batch=8, n_seq=4) as m:
             alone = []
@@ -249,8 +254,10 @@ def child_batched() -> dict:
                     want = alone[b][step]
                     max_error = max(max_error, float(np.max(np.abs(row - want) / np.maximum(1.0, np.abs(want)))))
             dispatches += sum(len(g) for g in m._graphs.values())
+            kernels |= {node[0] for g in m._graphs.values() for node in g.nodes}
             loaded = loaded and _layer_loaded()
-    return {"dispatches": dispatches, "max_error": max_error, "layer_loaded": loaded}
+    return {"dispatches": dispatches, "max_error": max_error, "layer_loaded": loaded,
+            "kernels": sorted(kernels)}
 
 
 if __name__ == "__main__":

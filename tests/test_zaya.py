@@ -247,3 +247,24 @@ def test_variant_matches_numpy_executor(variant, ref, skip_mode, caplog):
     err = max(np.abs(gpu - want).max(), np.abs(np.array(gpu_steps) - np.array(want_steps)).max())
     print(f"variant, skip_mode={skip_mode}: max err vs ZayaNumpy {err:.2e}")
     assert err < NUMPY_TOL
+
+
+def test_unfused_router_matches_numpy_executor(zaya_path, numpy_model, ref):
+    """Router matrices that cannot share one buffer (as with different types) take the unfused
+    ops (issue 16 kept them for this): prompt and decode steps against ZayaNumpy."""
+    ids = ref["prompt_ids"].tolist()
+    m = Model(zaya_path, n_batch=len(ids), n_ctx=64, quiet=True)
+    try:
+        assert m.impl.router_w
+        m.impl.router_w.clear()              # before any graph is recorded
+        s = m.session()
+        gpu = s.eval(ids, all_logits=True)
+        gpu_steps = [s.eval([t]) for t in ref["greedy_ids"][:2].tolist()]
+    finally:
+        m.close()
+    numpy_model.skip_mode = "zero"
+    state = numpy_model.new_state(64)
+    want = numpy_model.forward(state, ids)
+    want_steps = [numpy_model.forward(state, [t])[0] for t in ref["greedy_ids"][:2].tolist()]
+    err = max(np.abs(gpu - want).max(), np.abs(np.array(gpu_steps) - np.array(want_steps)).max())
+    assert err < NUMPY_TOL

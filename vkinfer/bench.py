@@ -376,7 +376,26 @@ def profile(model, n_tokens: int = 1, reps: int = 3, n_seq: int = 1) -> dict:
         g.dispatch("fill_words", [], [tiny.buf], [0, 4, 0], groups=1)
     return {"n_tokens": n_tokens, "n_seq": n_seq, "step_ms": 1e3 * _replay_seconds(full, reps),
             "dispatches": len(full.nodes), "empty_dispatches_ms": 1e3 * _replay_seconds(g, reps),
-            "kernels": rows}
+            "kernels": rows, "blocks": block_counts(full)}
+
+
+def block_counts(g: Graph) -> list:
+    """Dispatches per block kind of a recorded graph, from the labels models give their blocks
+    ("cca 4", "moe 5", "layer 3", "embed", "output"): one row per kind with the number of blocks,
+    the dispatches of one block (the most of any) and that block's dispatches per kernel."""
+    kinds = {}
+    for label, node in zip(g.blocks, g.nodes):
+        kind, _, _ = (label or "-").partition(" ")
+        kinds.setdefault(kind, {}).setdefault(label, []).append(node[0])
+    rows = []
+    for kind, blocks in kinds.items():
+        biggest = max(blocks.values(), key=len)
+        per_kernel = {}
+        for kernel in biggest:
+            per_kernel[kernel] = per_kernel.get(kernel, 0) + 1
+        rows.append({"block": kind, "blocks": len(blocks), "dispatches": sum(map(len, blocks.values())),
+                     "per_block": len(biggest), "kernels": per_kernel})
+    return rows
 
 
 # ---- the command --------------------------------------------------------------------------------------
@@ -471,6 +490,9 @@ def notes(out: dict) -> str:
             what = f"batched decode step of {prof['n_seq']} sequences"
         lines.append(f"{what}: {prof['step_ms']:.2f} ms for {prof['dispatches']} dispatches "
                      f"(as many empty dispatches: {prof['empty_dispatches_ms']:.2f} ms)")
+        for blk in prof.get("blocks", []):
+            kernels = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in blk["kernels"].items())
+            lines.append(f"    {blk['block']:8} {blk['blocks']:3d} x {blk['per_block']:3d} dispatches: {kernels}")
         lines.append(f"    {'kernel':24} {'n':>4} {'ms':>9} {'%':>6} {'weight MB':>10} {'GB/s':>7} {'GFLOP/s':>8}")
         for k in prof["kernels"]:
             gbps = f"{k['gbps']:7.2f}" if k["gbps"] else f"{'':7}"

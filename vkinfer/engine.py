@@ -447,6 +447,7 @@ class Model:
     def _record(self, B: int, T: int, all_logits: bool, taps=None) -> Graph:
         g = Graph(self.dev, f"{self.arch}-B{B}-T{T}{'-all' if all_logits else ''}")
         x = self.impl.build(g, self.state, self._inputs(B, T), taps)
+        g.block = "output"
         self._head(g, x, B, T, all_logits)
         return g
 

@@ -43,6 +43,8 @@ class Graph:
         self.dev = device
         self.name = name
         self.nodes = []          # (kernel, ins, outs, push, groups, spec)
+        self.block = ""          # a label models set before each block's dispatches (bench --profile)
+        self.blocks = []         # the label of each node
         self._seq = None
         self.n_barriers = 0
 
@@ -53,6 +55,7 @@ class Graph:
         outs = [_buffer(b) for b in outs]
         groups = grid(groups) if isinstance(groups, (int, np.integer)) else tuple(groups)
         self.nodes.append((kernel, ins, outs, push_words(push), groups, tuple(int(s) for s in spec)))
+        self.blocks.append(self.block)
 
     def __len__(self):
         return len(self.nodes)

@@ -7,6 +7,8 @@ import numpy as np
 
 from ..gguf import GGUFError, OptionalShape, param
 from ..gpu import Graph, Tensor
+from ..gpu.tensor import BLOCK_TYPES
+from ..gpu.weights import as_weight
 from ..ops import copy as copy_ops
 from ..ops import elementwise as ew
 from ..ops import get_rows as gr
@@ -98,9 +100,11 @@ class Mamba:
         ids, slots, B = inputs["ids"], inputs["slots"], inputs["n_seq"]
         T = ids.shape[0]
         s = {k: t.slice(0, 0, T) for k, t in self.scratch.items()}
+        g.block = "embed"
         x = gr.get_rows(g, w["token_embd.weight"], ids, out=s["x"])
         di, dtr, ds = p.d_inner, p.dt_rank, p.d_state
         for layer in range(p.n_layer):
+            g.block = f"layer {layer}"
             b = f"blk.{layer}."
             h = norm.rms_norm(g, x, w[b + "attn_norm.weight"], p.eps, out=s["h"])
             xz = mm.matmul(g, w[b + "ssm_in.weight"], h, out=s["xz"])
@@ -109,8 +113,12 @@ class Mamba:
                                   w[b + "ssm_conv1d.bias"], out=s["x1"], silu=True, slots=slots,
                                   n_seq=B, slot_lo=lo)
             dbc = mm.matmul(g, w[b + "ssm_x.weight"], x1, out=s["dbc"])
-            dt_in = dbc.slice(1, 0, dtr)       # one token: a contiguous view; more: copied
-            if not dt_in.contiguous:
+            # the dt projection inside the scan where its weight is one part of whole blocks
+            w_dt = as_weight(w[b + "ssm_dt.weight"])
+            fused = len(w_dt.parts) == 1 and (w_dt.dtype not in BLOCK_TYPES
+                                              or dtr % BLOCK_TYPES[w_dt.dtype][0] == 0)
+            dt_in = dbc.slice(1, 0, dtr)       # one token: a contiguous view; more: copied if needed
+            if not dt_in.contiguous and (p.dt_b_c_rms or not fused):
                 dt_in = copy_ops.copy(g, dt_in, out=s["dt_in"])
             B_, C_ = dbc.slice(1, dtr, dtr + ds), dbc.slice(1, dtr + ds, dtr + 2 * ds)
             if p.dt_b_c_rms:
@@ -118,11 +126,11 @@ class Mamba:
                 bc = copy_ops.copy(g, dbc.slice(1, dtr, dtr + 2 * ds), out=s["bc"])
                 B_, C_ = bc.slice(1, 0, ds), bc.slice(1, ds, 2 * ds)
                 norm.rms_norm(g, bc.reshape(T * 2, ds), None, p.dt_b_c_eps, out=bc.reshape(T * 2, ds))
-            dt = mm.matmul(g, w[b + "ssm_dt.weight"], dt_in, out=s["dt"])
+            dt = dt_in if fused else mm.matmul(g, w_dt, dt_in, out=s["dt"])
             for lo, part in state.parts("scan", layer):
                 y = ssm.ssm_scan(g, x1, dt, w[b + "ssm_a"], B_, C_, w[b + "ssm_d"], part,
                                  out=s["y"], z=xz.slice(1, di, 2 * di), dt_bias=w[b + "ssm_dt.bias"],
-                                 slots=slots, n_seq=B, slot_lo=lo)
+                                 slots=slots, n_seq=B, slot_lo=lo, dt_proj=w_dt if fused else None)
             mm.matmul(g, w[b + "ssm_out.weight"], y, out=x, accumulate=True)   # the residual add
             if taps is not None:
                 copy_ops.copy(g, x, out=taps[layer])

@@ -107,8 +107,10 @@ class Mamba2:
         T = ids.shape[0]
         s = {k: t.slice(0, 0, T) for k, t in self.scratch.items()}
         di, cd, GN = p.d_inner, p.conv_dim, p.n_groups * p.d_state
+        g.block = "embed"
         x = gr.get_rows(g, w["token_embd.weight"], ids, out=s["x"])
         for layer in range(p.n_layer):
+            g.block = f"layer {layer}"
             b = f"blk.{layer}."
             h = norm.rms_norm(g, x, w[b + "attn_norm.weight"], p.eps, out=s["h"])
             zxbcdt = mm.matmul(g, w[b + "ssm_in.weight"], h, out=s["zxbcdt"])

@@ -18,19 +18,15 @@ import numpy as np
 from ..errors import VkInferError
 from ..gguf import GGUFError, GGUFFile, OptionalShape, open_gguf, param
 from ..gpu import Graph, Tensor
+from ..gpu.tensor import BLOCK_TYPES, nbytes_of
 from ..gpu.weights import Weight, as_weight
 from ..ops import attention as att
-from ..ops import cca
-from ..ops import conv
+from ..ops import cca, moe, norm, sampling_ops
 from ..ops import copy as copy_ops
 from ..ops import elementwise as ew
 from ..ops import get_rows as gr
 from ..ops import matmul as mm
-from ..ops import moe
-from ..ops import norm
-from ..ops import sampling_ops
 from ..ops import softmax as sm
-from ..ops import ssm
 from ..ops.attention import attention_ref, head_norm_ref, kv_store_ref, rope_neox_ref
 from ..ops.conv import conv1d_grouped_ref
 from ..ops.elementwise import gelu_ref, res_scale_ref, swiglu_ref
@@ -169,7 +165,8 @@ class Zaya:
         grouped_taps = f.tensors["blk.0.cca_conv_grp.weight"].shape[-1]
         conv_width = p.d_conv - 1 + grouped_taps - 1
         kv = n_cca * n_ctx * p.n_head_kv * (p.head_dim + p.value_dim) * (2 if kv_type == "f16" else 4)
-        return 4 * n_cca * (p.n_qk * conv_width + p.n_embd), kv
+        v2_width = f.tensors["blk.0.cca_val_proj2.weight"].shape[0]
+        return 4 * n_cca * (p.n_qk * conv_width + v2_width), kv
 
     def __init__(self, dev, f, weights: dict, n_ctx: int, max_rows: int, skip_mode: str = "zero",
                  kv_type: str = "f32"):
@@ -193,15 +190,13 @@ class Zaya:
                                f"do not fill {p.n_head_kv} kv heads of {p.value_dim}")
         self._prepare_weights(f.path.name)
         self.output, self.output_norm = weights["token_embd.weight"], weights["output_norm.weight"]
-        # Scratch for up to max_rows token rows, shared by every block and every graph. "x_prev"
-        # holds each row's previous token's normalised input; "d" the T + grouped_taps - 1
-        # outputs of the depthwise conv of each sequence.
+        # Scratch for up to max_rows token rows, shared by every block and every graph. "c" holds
+        # each row's stacked projections q||k, v1 and W2 x (cca_qkv's input).
         H, Hkv, dh, dv, E = p.n_head, p.n_head_kv, p.head_dim, p.value_dim, p.n_expert
         B = max_rows
-        shapes = {"h": (B, p.n_embd), "hs": (B, p.n_embd), "res": (B, p.n_embd),
-                  "x": (B, p.n_embd), "x_prev": (B, p.n_embd),
-                  "q_raw": (B, H * dh), "k_raw": (B, Hkv * dh), "c": (B, p.n_qk),
-                  "d": (B * self.grouped_taps, p.n_qk), "conv": (B, p.n_qk),
+        shapes = {"h": (B, p.n_embd), "res": (B, p.n_embd), "x": (B, p.n_embd),
+                  "q_raw": (B, H * dh), "k_raw": (B, Hkv * dh),
+                  "c": (B, p.n_qk + self.v1_width + self.v2_width),
                   "q": (B, H, dh), "k": (B, Hkv, dh), "v1": (B, self.v1_width), "v2": (B, self.v2_width),
                   "v": (B, Hkv, dv), "attn": (B, H, dv),
                   "router0": (B, p.n_router), "router1": (B, p.n_router),
@@ -211,11 +206,6 @@ class Zaya:
         self.scratch = {k: dev.empty(shape, "f32", name=k) for k, shape in shapes.items()}
         # The chosen slot of every token in every MoE block (read back only by log_skips).
         self.experts = dev.empty((max(len(self.moe_blocks), 1), B), "u32", name="experts")
-        # The delayed-value state is a causal conv of one tap back: window [prev | x] times
-        # [1, 0] gives each row its previous token's input and keeps the last as the state.
-        shift = np.zeros((p.n_embd, 2), np.float32)
-        shift[:, 0] = 1.0
-        self.shift = dev.upload(shift, name="shift_one_token")
 
     def _prepare_weights(self, file_name: str):
         """Per-block weights in the form the graph uses, made once at load time."""
@@ -223,15 +213,26 @@ class Zaya:
         self.wqk, self.conv_dw, self.conv_grp, self.router_biases = {}, {}, {}, {}
         for l in self.cca_blocks:
             b = f"blk.{l}."
-            # q and k projections as one [n_qk, n_embd] weight when they share a type: its parts
-            # are theirs, so one matmul writes the raw q||k stream with no concat.
-            wq, wk = as_weight(w[b + "attn_q.weight"]), as_weight(w[b + "attn_k.weight"])
-            if wq.dtype == wk.dtype:
-                rows = wq.shape[0]
-                self.wqk[l] = Weight(wq.parts + tuple((rows + s, t) for s, t in wk.parts),
-                                     (p.n_qk, p.n_embd), wq.dtype)
+            # The four projections of x as one weight in one buffer where they share a type: one
+            # matmul writes c = q||k, v1, W2 x (val_proj2 of this token, the next one's value).
+            stacked = self._stack([b + n + ".weight" for n in ("attn_q", "attn_k", "cca_val_proj1",
+                                                               "cca_val_proj2")])
+            if stacked is not None:
+                self.wqk[l] = stacked
             self.conv_dw[l] = self._f32_tensor(b + "ssm_conv1d.weight", file_name)
-            self.conv_grp[l] = self._f32_tensor(b + "cca_conv_grp.weight", file_name)
+            # the grouped conv's weight as cca_qkv reads it (cca.repack_grouped)
+            grp = self.dev.read(self._f32_tensor(b + "cca_conv_grp.weight", file_name))
+            self.conv_grp[l] = dev.upload(cca.repack_grouped(grp, p.n_head + p.n_head_kv),
+                                          name=b + "cca_conv_grp.repacked")
+        # The router MLP's three matrices in one buffer, for the fused router kernel.
+        self.router_w = {}
+        for l in self.moe_blocks:
+            b = f"blk.{l}."
+            stacked = self._stack([b + "ffn_gate.weight", b + "zaya_router_mlp2.weight",
+                                   b + "zaya_router_mlp4.weight"])
+            if (stacked is not None and p.n_router % 4 == 0
+                    and max(p.n_router, p.n_expert + 1) <= moe.ROUTER_MAX):
+                self.router_w[l] = stacked
         for l in self.moe_blocks:
             name = f"blk.{l}.zaya_router_biases.weight"
             if self.skip_mode == "never":
@@ -240,6 +241,33 @@ class Zaya:
                 self.router_biases[l] = dev.upload(biases.astype(np.float32), name=name + ".never")
             else:
                 self.router_biases[l] = w[name]
+
+    def _stack(self, names: list) -> Weight | None:
+        """The matrices `names` (same type and columns) copied on the device into one buffer, as
+        one [sum of rows, cols] Weight of one part, so one dispatch reads them all; their entries
+        in the weights become views into it and their own buffers are freed. None (nothing
+        changed) where the types or columns differ, a matrix is split, a matrix's bytes are not
+        whole words and whole superblocks (tensor.py), or the stack would exceed one binding."""
+        ws = [as_weight(self.w[n]) for n in names]
+        dtype, cols = ws[0].dtype, ws[0].shape[1]
+        if any(w.dtype != dtype or w.shape[1] != cols or len(w.parts) != 1 for w in ws):
+            return None
+        parts = [w.parts[0][1] for w in ws]
+        plain = (lambda n: n // BLOCK_TYPES[dtype][0] * BLOCK_TYPES[dtype][1]) if dtype in BLOCK_TYPES \
+            else (lambda n: nbytes_of(dtype, n))
+        rows = sum(t.shape[0] for t in parts)
+        if (any(nbytes_of(dtype, t.numel) != plain(t.numel) or plain(t.numel) % 4 or t.byte_offset % 4
+                for t in parts) or nbytes_of(dtype, rows * cols) > self.dev.max_binding_bytes):
+            return None
+        out = self.dev.empty((rows, cols), dtype, name="+".join(names))
+        r0 = 0
+        for name, t in zip(names, parts):
+            self.dev.copy_words(t.buf, t.word_offset, out.buf, r0 * plain(cols) // 4, t.nbytes // 4)
+            self.w[name] = out.slice(0, r0, r0 + t.shape[0])
+            if t.offset == 0 and t.buf.nbytes - t.nbytes < 16:      # the matrix's own buffer
+                t.buf.kt.destroy()
+            r0 += t.shape[0]
+        return Weight(((0, out),), (rows, cols), dtype)
 
     def _f32_tensor(self, name: str, file_name: str) -> Tensor:
         """An F32 tensor for the conv ops: kept as is, or (F16/BF16 weights) cast once with ops.copy."""
@@ -258,12 +286,13 @@ class Zaya:
 
     def state_fields(self) -> dict:
         """Per slot and CCA block: "conv" [n_qk, conv_width] (raw q||k of the last tokens, oldest
-        first), "prev_x" [n_embd, 1] (the previous token's normalised input), and the caches
-        "k" [n_ctx, n_head_kv, head_dim] and "v" [n_ctx, n_head_kv, value_dim] in kv_type."""
+        first), "prev_x" [v2_width, 1] (the previous token's normalised input as the next value
+        needs it: through val_proj2, W2 x), and the caches "k" [n_ctx, n_head_kv, head_dim] and
+        "v" [n_ctx, n_head_kv, value_dim] in kv_type."""
         from ..engine import StateField
         p, n = self.p, len(self.cca_blocks)
         return {"conv": StateField(n, (p.n_qk, self.conv_width)),
-                "prev_x": StateField(n, (p.n_embd, 1)),
+                "prev_x": StateField(n, (self.v2_width, 1)),
                 "k": StateField(n, (self.n_ctx, p.n_head_kv, p.head_dim), self.kv_type, positional=True),
                 "v": StateField(n, (self.n_ctx, p.n_head_kv, p.value_dim), self.kv_type, positional=True)}
 
@@ -275,34 +304,34 @@ class Zaya:
         p, w = self.p, self.w
         T = inputs["ids"].shape[0]
         s = {k: t.slice(0, 0, T) for k, t in self.scratch.items()}
-        s["d"] = self.scratch["d"]
         x, h, res = s["x"], s["h"], s["res"]
+        g.block = "embed"
         gr.get_rows(g, w["token_embd.weight"], inputs["ids"], out=h)
-        router = None
+        router, combine = None, {}
         for l in range(p.n_block):
             b = f"blk.{l}."
-            self._merge(g, b, h, res, s["hs"], first=l == 0)
+            g.block = f"{'cca' if l % 2 == 0 else 'moe'} {l}"
+            self._merge_norm(g, b, h, res, x, w[b + "attn_norm.weight"], first=l == 0, **combine)
             if taps is not None:
                 copy_ops.copy(g, res, out=taps[l])
-            norm.rms_norm(g, res, w[b + "attn_norm.weight"], p.eps, out=x)
             if l % 2 == 0:
                 self._cca(g, l, s, state, inputs, out=h)
+                combine = {}
             else:
-                router = self._moe(g, l, x, router, s, out=h)
-        self._merge(g, "", h, res, s["hs"], first=False)
+                router, combine = self._moe(g, l, x, router, s, out=h)
+        g.block = "output"
+        self._merge_norm(g, "", h, res, x, self.output_norm, first=False, **combine)
         if taps is not None:
             copy_ops.copy(g, res, out=taps[p.n_block])
         return res
 
-    def _merge(self, g, b, h, res, hs, first):
-        """The delayed residual merge before every norm (zaya1.md §3.1), in place on res."""
+    def _merge_norm(self, g, b, h, res, x, norm_w, first, probs=None, expert_ids=None):
+        """The delayed residual merge before every norm (zaya1.md §3.1), in place on res, and
+        the norm into x; with probs and expert_ids, h is first weighted as moe_combine would."""
         w = self.w
-        if first:
-            ew.res_scale(g, h, w[b + "res_scale_hs.bias"], w[b + "res_scale_hs.weight"], out=res)
-            return
-        ew.res_scale(g, h, w[b + "res_scale_hs.bias"], w[b + "res_scale_hs.weight"], out=hs)
-        ew.res_scale(g, res, w[b + "res_scale_res.bias"], w[b + "res_scale_res.weight"], out=res)
-        ew.add(g, res, hs, out=res)
+        rs = None if first else (w[b + "res_scale_res.bias"], w[b + "res_scale_res.weight"])
+        norm.merge_norm(g, h, res, (w[b + "res_scale_hs.bias"], w[b + "res_scale_hs.weight"]), rs,
+                        norm_w, self.p.eps, x=x, probs=probs, expert_ids=expert_ids)
 
     def _cca(self, g, l, s, state, inputs, out):
         """CCA attention, zaya1.md §3.2, reading x = s["x"]; writes out [rows, n_embd]."""
@@ -313,47 +342,51 @@ class Zaya:
         T = x.shape[0]
         if l in self.wqk:
             c = mm.matmul(g, self.wqk[l], x, out=s["c"])
-        else:
-            q_raw = mm.matmul(g, w[b + "attn_q.weight"], x, out=s["q_raw"])
-            k_raw = mm.matmul(g, w[b + "attn_k.weight"], x, out=s["k_raw"])
-            c = copy_ops.concat(g, [q_raw, k_raw], axis=1, out=s["c"])
-        # causal depthwise conv with the carried state, then the grouped conv, both in F32
-        d = s["d"].slice(0, 0, T + B * (self.grouped_taps - 1))
-        for lo, part in state.parts("conv", i):
-            ssm.ssm_conv(g, c, part, self.conv_dw[l], w.get(b + "ssm_conv1d.bias"), out=d, slots=slots,
-                         n_seq=B, slot_lo=lo)
-        y = conv.conv1d_grouped(g, d, self.conv_grp[l], w.get(b + "cca_conv_grp.bias"), groups=H + Hkv,
-                                out=s["conv"], n_seq=B)
-        q, k = cca.qk_mean(g, c, y, H, Hkv, dh, q_out=s["q"], k_out=s["k"])
-        att.head_norm(g, q, sqrt(dh), out=q)
-        att.head_norm(g, k, sqrt(dh), w[b + "cca_k_scale.weight"], out=k)
-        att.rope_neox(g, q, inputs["positions"], p.n_rot, p.rope_theta, out=q)
-        att.rope_neox(g, k, inputs["positions"], p.n_rot, p.rope_theta, out=k)
-
-        # values: the first kv heads from this token's x, the rest from the previous token's
-        for lo, part in state.parts("prev_x", i):
-            ssm.ssm_conv(g, x, part, self.shift, None, out=s["x_prev"], slots=slots, n_seq=B, slot_lo=lo)
-        v1 = mm.matmul(g, w[b + "cca_val_proj1.weight"], x, out=s["v1"])
-        v2 = mm.matmul(g, w[b + "cca_val_proj2.weight"], s["x_prev"], out=s["v2"])
-        v = copy_ops.concat(g, [v1, v2], axis=1, out=s["v"].reshape(T, Hkv * p.value_dim))
-        v = v.reshape(T, Hkv, p.value_dim)
-
+        else:                       # projections of different types: one matmul each, then concat
+            parts = [mm.matmul(g, w[b + n + ".weight"], x, out=s[k]) for n, k in
+                     (("attn_q", "q_raw"), ("attn_k", "k_raw"), ("cca_val_proj1", "v1"), ("cca_val_proj2", "v2"))]
+            c = copy_ops.concat(g, parts, axis=1, out=s["c"])
+        # the convs with their state, the means, head norms, RoPE, and the values (with W2 x
+        # of the previous token from the state) in one dispatch
+        for (lo, cpart), (_, vpart) in zip(state.parts("conv", i), state.parts("prev_x", i)):
+            cca.cca_qkv(g, c, cpart, vpart, self.conv_dw[l], w.get(b + "ssm_conv1d.bias"),
+                        self.conv_grp[l], w[b + "cca_conv_grp.bias"], w[b + "cca_k_scale.weight"],
+                        inputs["positions"], H, Hkv, p.n_rot, p.rope_theta, self.v1_width,
+                        q_out=s["q"], k_out=s["k"], v_out=s["v"].reshape(T, Hkv * p.value_dim),
+                        slots=slots, n_seq=B, slot_lo=lo)
+        v = s["v"]
         for (lo, k_cache), (_, v_cache) in zip(state.parts("k", i), state.parts("v", i)):
-            att.kv_store(g, k, v, k_cache, v_cache, inputs["positions"], slots, slot_lo=lo)
+            att.kv_store(g, s["k"], v, k_cache, v_cache, inputs["positions"], slots, slot_lo=lo)
         for (lo, k_cache), (_, v_cache) in zip(state.parts("k", i), state.parts("v", i)):
-            o = att.attention(g, q, k_cache, v_cache, inputs["positions"], 1.0 / sqrt(dh), out=s["attn"],
+            o = att.attention(g, s["q"], k_cache, v_cache, inputs["positions"], 1.0 / sqrt(dh), out=s["attn"],
                               slots=slots, slot_lo=lo)
         mm.matmul(g, w[b + "attn_output.weight"], o.reshape(T, H * p.value_dim), out=out)
 
     def _moe(self, g, l, x, router, s, out):
-        """Top-1 MoE, zaya1.md §3.3; returns the router state (post-EDA) for the next MoE block."""
+        """Top-1 MoE, zaya1.md §3.3; returns the router state (post-EDA) for the next MoE block
+        and, unless skip_mode is "identity", the probs and expert ids the next merge_norm uses to
+        weight the expert output written to out."""
         p, w, b, m = self.p, self.w, f"blk.{l}.", l // 2
         T = x.shape[0]
         r = s[f"router{m % 2}"]
         mm.matmul(g, w[b + "ffn_gate_inp.weight"], x, out=r)
-        ew.add(g, r, w[b + "ffn_gate_inp.bias"], out=r)
         eda = w.get(b + "zaya_router_eda.weight")          # absent on the first MoE block
-        if router is not None and eda is not None:
+        if router is None or eda is None:
+            router = eda = None
+        experts = self.experts[m].slice(0, 0, T)
+        if l in self.router_w:
+            probs, _ = moe.router(g, r, w[b + "ffn_gate_inp.bias"], router, eda, w[b + "ffn_norm.weight"],
+                                  self.router_w[l], w[b + "ffn_gate.bias"], w[b + "zaya_router_mlp2.bias"],
+                                  self.router_biases[l], p.eps, probs=s["probs"], expert_ids=experts)
+        else:
+            probs = self._router_unfused(g, b, r, router, eda, s, self.router_biases[l], experts)
+        return self._experts(g, b, x, experts, probs, s, out, r)
+
+    def _router_unfused(self, g, b, r, router, eda, s, biases, experts):
+        """moe.router's steps one op each (router matrices of different types)."""
+        p, w = self.p, self.w
+        ew.add(g, r, w[b + "ffn_gate_inp.bias"], out=r)
+        if router is not None:
             ew.mul(g, router, eda, out=router)             # the previous state is not needed after
             ew.add(g, r, router, out=r)
         z = norm.rms_norm(g, r, w[b + "ffn_norm.weight"], p.eps, out=s["z0"])
@@ -363,9 +396,13 @@ class Zaya:
             z = ew.gelu(g, dst, out=dst)
         probs = mm.matmul(g, w[b + "zaya_router_mlp4.weight"], z, out=s["probs"])
         sm.softmax(g, probs, out=probs)
-        biased = ew.add(g, probs, self.router_biases[l], out=s["biased"])
-        experts = sampling_ops.argmax(g, biased, out=self.experts[m].slice(0, 0, T))
+        biased = ew.add(g, probs, biases, out=s["biased"])
+        sampling_ops.argmax(g, biased, out=experts)
+        return probs
 
+    def _experts(self, g, b, x, experts, probs, s, out, r):
+        """The chosen expert's SwiGLU MLP into out, then the combine (or its hand-over)."""
+        p, w, T = self.p, self.w, x.shape[0]
         n_ff = p.n_ff_expert
         gate_up = mm.matmul_id(g, w[b + "ffn_gate_up_exps.weight"], x, experts, out=s["gate_up"])
         gate, up = gate_up.slice(1, 0, n_ff), gate_up.slice(1, n_ff, 2 * n_ff)
@@ -374,9 +411,10 @@ class Zaya:
             up = copy_ops.copy(g, up, out=s["up"])
         act = ew.swiglu(g, gate, up, out=s["gate"])
         mm.matmul_id(g, w[b + "ffn_down_exps.weight"], act, experts, out=out)
-        skip = "identity" if self.skip_mode == "identity" else "zero"
-        moe.moe_combine(g, out, probs, experts, skip=skip, x=x if skip == "identity" else None, out=out)
-        return r
+        if self.skip_mode != "identity":       # the next merge_norm weights out by probs
+            return r, {"probs": probs, "expert_ids": experts}
+        moe.moe_combine(g, out, probs, experts, skip="identity", x=x, out=out)
+        return r, {}
 
     def log_skips(self, T: int, n_past: int) -> dict:
         """After a run of T tokens starting at position n_past: {block: [positions]} where the

@@ -1,5 +1,5 @@
-"""Attention-side ops (ZAYA1 CCA, zaya1.md §3.2 steps 5-9): L2 head norm, partial NEOX RoPE,
-the KV-cache store and causal GQA attention with an online softmax. Tokens are rows: x, q, k
+"""Attention-side ops (ZAYA1 CCA, zaya1.md §3.2 steps 5-9): the L2 head norm's twin (the model's
+norm runs inside cca.cca_qkv), partial NEOX RoPE (rope.glsl, also in cca_qkv), the KV-cache store and causal GQA attention with an online softmax. Tokens are rows: x, q, k
 and v are [T, heads, dim]; caches are [n_ctx, kv_heads, dim] (one sequence) or parts of the slot
 pool [n_part_slots, n_ctx, kv_heads, dim], F32 or F16 (halves packed two to a word). Each token
 row has a position and a slot (u32 tensors read on the GPU, so a recorded graph replays with new
@@ -24,25 +24,6 @@ def _heads_tensor(op: str, name: str, t: Tensor, dtype="f32"):
 
 
 # ---- L2 head norm ------------------------------------------------------------------------------
-def head_norm(g: Graph, x: Tensor, scale: float, head_scale: Tensor | None = None,
-              eps: float = 1e-12, out: Tensor | None = None) -> Tensor:
-    """x_h * scale / max(||x_h||, eps) (* head_scale[h]) for each head vector of x [T, H, Dh].
-    out may be x."""
-    _heads_tensor("head_norm", "x", x)
-    tokens, heads, dh = x.shape
-    out = output(g, "head_norm", out, x.shape)
-    ins = [x]
-    if head_scale is not None:
-        check_tensor("head_norm", "head_scale", head_scale, dtype="f32", shape=(heads,))
-        ins.append(head_scale)
-    rows = tokens * heads
-    variant = "head_scale" if head_scale is not None else "plain"
-    g.dispatch(f"head_norm.{variant}", ins, [out],
-               [rows, dh, heads, x.offset, head_scale.offset if head_scale is not None else 0,
-                out.offset, float(scale), float(eps)], groups=rows)
-    return out
-
-
 def head_norm_ref(x, scale, head_scale=None, eps=1e-12):
     x64 = x.astype(np.float64)
     y = x64 * scale / np.maximum(np.linalg.norm(x64, axis=-1, keepdims=True), eps)

@@ -1,5 +1,6 @@
 """Element-wise ops on contiguous F32 tensors: add, mul (b broadcast along rows), scale,
-silu, softplus, gelu (erf), swiglu, and ZAYA's per-channel residual scaling (h + b) * w."""
+silu, softplus, gelu (erf), swiglu; the twin of ZAYA's per-channel residual scaling (h + b) * w
+(the model's runs inside norm.merge_norm)."""
 from math import ceil, erf
 
 import numpy as np
@@ -53,15 +54,6 @@ def scale(g, a, s: float, out=None): return unary(g, "scale", a, out, s)
 def silu(g, a, out=None): return unary(g, "silu", a, out)
 def softplus(g, a, out=None): return unary(g, "softplus", a, out)
 def gelu(g, a, out=None): return unary(g, "gelu", a, out)
-
-
-def res_scale(g: Graph, h: Tensor, bias: Tensor, weight: Tensor, out: Tensor | None = None) -> Tensor:
-    """(h + bias) * weight with per-channel bias and weight (the last axis of h)."""
-    check_tensor("res_scale", "h", h, dtype="f32")
-    for name, t in (("bias", bias), ("weight", weight)):
-        check_tensor("res_scale", name, t, dtype="f32", shape=(h.shape[-1],))
-    out = _out(g, h, out, "res_scale")
-    return _dispatch(g, "res_scale", [h, bias, weight], out, nb=h.shape[-1])
 
 
 # ---- numpy twins -------------------------------------------------------------------------------

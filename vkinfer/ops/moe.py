@@ -1,11 +1,68 @@
-"""Top-1 MoE output (zaya1.md §3.3 steps 7-8): the chosen expert's output scaled by its router
-probability, with the skip slot's behaviour, all read on the GPU (no host round trip for the
-expert choice)."""
-from math import ceil
+"""ZAYA's top-1 MoE: the router after its down projection (bias, EDA, norm, MLP, softmax and
+the biased top-1 in one kernel), and the output (zaya1.md §3.3 steps 7-8): the chosen expert's
+output scaled by its router probability, with the skip slot's behaviour, all read on the GPU
+(no host round trip for the expert choice)."""
+from math import ceil, erf
 
 import numpy as np
 
-from ..gpu import Graph, Tensor, check_tensor, require
+from ..gpu import Graph, Tensor, check_tensor, output, require
+from ..gpu.weights import as_weight
+
+ROUTER_MAX = 1024        # router width and slot count shaders/router.comp holds in shared memory
+
+
+def router(g: Graph, r: Tensor, b_in: Tensor, prev: Tensor | None, eda: Tensor | None,
+           norm_w: Tensor, W, b1: Tensor, b2: Tensor, biases: Tensor, eps: float = 1e-5,
+           probs: Tensor | None = None, expert_ids: Tensor | None = None) -> tuple:
+    """ZAYA's router from its down projection r f32 [T, R] (zaya1.md §3.3 steps 1-6), one work
+    group per row: r += b_in (+ prev * eda, the previous MoE block's router state) in place;
+    z = rms_norm(r) * norm_w; z = gelu(W1 z + b1); z = gelu(W2 z + b2); probs = softmax(W4 z);
+    expert_ids = argmax(probs + biases). W is W1 [R, R], W2 [R, R] and W4 [E + 1, R] stacked
+    in one buffer (a Weight of one part, [2R + E + 1, R]). Returns (probs [T, E + 1] f32,
+    expert_ids [T] u32)."""
+    op = "router"
+    check_tensor(op, "r", r, dtype="f32")
+    require(r.ndim == 2 and r.numel > 0, f"{op}: r has shape {r.shape}, expected [T, R]")
+    T, R = r.shape
+    W = as_weight(W)
+    n_slots = W.shape[0] - 2 * R
+    require(len(W.parts) == 1 and W.shape[1] == R and n_slots >= 1,
+            f"{op}: W {W} must be one part of [2 x {R} + slots, {R}] (W1, W2, W4 stacked)")
+    require(R % 4 == 0 and R <= ROUTER_MAX and n_slots <= ROUTER_MAX,
+            f"{op}: router width {R} and {n_slots} slots must be at most {ROUTER_MAX}, width a multiple of 4")
+    for name, t, n in (("b_in", b_in, R), ("norm_w", norm_w, R), ("b1", b1, R), ("b2", b2, R),
+                       ("biases", biases, n_slots)):
+        check_tensor(op, name, t, dtype="f32", shape=(n,))
+    require((prev is None) == (eda is None), f"{op}: prev and eda go together")
+    if prev is not None:
+        check_tensor(op, "prev", prev, dtype="f32", shape=(T, R))
+        check_tensor(op, "eda", eda, dtype="f32", shape=(R,))
+    probs = output(g, op, probs, (T, n_slots))
+    expert_ids = output(g, op, expert_ids, (T,), "u32")
+    w = W.parts[0][1]
+    p_t, e_t = (prev, eda) if prev is not None else (b_in, b_in)     # unread when there is no EDA
+    g.dispatch(f"router.{W.dtype}", [w, b_in, p_t, e_t, norm_w, b1, b2, biases], [r, probs, expert_ids],
+               [T, R, n_slots, int(prev is not None), float(eps), w.offset, b_in.offset, p_t.offset,
+                e_t.offset, norm_w.offset, b1.offset, b2.offset, biases.offset, r.offset,
+                probs.offset, expert_ids.offset], groups=T)
+    return probs, expert_ids
+
+
+def router_ref(r, b_in, prev, eda, norm_w, W1, W2, W4, b1, b2, biases, eps: float = 1e-5) -> tuple:
+    """(r after the bias and EDA, probs, expert_ids) as router computes them."""
+    r = np.asarray(r, np.float64) + b_in
+    if prev is not None:
+        r = r + np.asarray(prev, np.float64) * eda
+    z = r / np.sqrt(np.mean(r * r, axis=-1, keepdims=True) + eps) * norm_w
+    gelu = np.vectorize(lambda v: 0.5 * v * (1.0 + erf(v / np.sqrt(2.0))))
+    z = gelu(z @ np.asarray(W1, np.float64).T + b1)
+    z = gelu(z @ np.asarray(W2, np.float64).T + b2)
+    logits = z @ np.asarray(W4, np.float64).T
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    ids = np.argmax(probs + biases, axis=-1).astype(np.uint32)
+    return r.astype(np.float32), probs, ids
 
 WG = 256
 SKIP_OUTPUTS = ("zero", "identity")

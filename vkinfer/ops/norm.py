@@ -1,5 +1,5 @@
 """RMS norm over the last axis of a contiguous F32 tensor, with an optional per-channel weight;
-Mamba-2's gated group norm."""
+Mamba-2's gated group norm; ZAYA's residual merge fused with the norm after it."""
 import numpy as np
 
 from ..gpu import Graph, Tensor, check_tensor, output, require
@@ -64,3 +64,53 @@ def rms_norm_ref(x: np.ndarray, w: np.ndarray | None = None, eps: float = 1e-5) 
     if w is not None:
         y = y * w
     return y.astype(np.float32)
+
+
+def merge_norm(g: Graph, h: Tensor, res: Tensor, hs: tuple, rs: tuple | None, w: Tensor,
+               eps: float = 1e-5, x: Tensor | None = None, probs: Tensor | None = None,
+               expert_ids: Tensor | None = None) -> Tensor:
+    """ZAYA's delayed residual merge then the input norm (zaya1.md §3.1), one work group per
+    row: res = (res + rs_b) * rs_w + (h + hs_b) * hs_w in place (rs=None, the first block:
+    res = (h + hs_b) * hs_w), x = rms_norm(res) * w; returns x. hs and rs are (bias, weight)
+    pairs [C]. With probs f32 [T, E + 1] and expert_ids u32 [T], h (a top-1 MoE output) is
+    first weighted by probs[t, expert_ids[t]], and by 0 for the skip slot (id >= E)."""
+    op = "merge_norm"
+    check_tensor(op, "h", h, dtype="f32")
+    require(h.ndim == 2 and h.numel > 0, f"{op}: h has shape {h.shape}, expected [T, C]")
+    T, C = h.shape
+    check_tensor(op, "res", res, dtype="f32", shape=(T, C))
+    require(res.buf is not h.buf, f"{op}: res must not share h's buffer")
+    vecs = [*hs, w, *(rs or ())]
+    for t in vecs:
+        check_tensor(op, "weight", t, dtype="f32", shape=(C,))
+    x = output(g, op, x, (T, C))
+    ins = [h, *vecs]
+    variant = "first" if rs is None else "merge"
+    p_off = id_off = skip = 0
+    if probs is not None:
+        require(rs is not None, f"{op}: the first block has no MoE output to combine")
+        check_tensor(op, "probs", probs, dtype="f32", shape=(T, None))
+        check_tensor(op, "expert_ids", expert_ids, dtype="u32", shape=(T,))
+        ins += [probs, expert_ids]
+        variant, p_off, id_off, skip = "combine", probs.offset, expert_ids.offset, probs.shape[1] - 1
+    r_offs = (rs[0].offset, rs[1].offset) if rs is not None else (0, 0)
+    g.dispatch(f"merge_norm.{variant}", ins, [res, x],
+               [T, C, float(eps), h.offset, hs[0].offset, hs[1].offset, w.offset, *r_offs,
+                p_off, id_off, res.offset, x.offset, skip], groups=T)
+    return x
+
+
+def merge_norm_ref(h, res, hs: tuple, rs: tuple | None, w, eps: float = 1e-5, probs=None,
+                   expert_ids=None) -> tuple:
+    """(res, x) after merge_norm."""
+    h = np.asarray(h, np.float64)
+    if probs is not None:
+        E = probs.shape[1] - 1
+        slots = np.minimum(np.asarray(expert_ids, np.int64), E)
+        prob = np.where(slots < E, probs[np.arange(len(slots)), slots], 0.0)[:, None]
+        h = np.where(prob == 0.0, 0.0, h * prob)
+    r = (h + hs[0]) * hs[1]
+    if rs is not None:
+        r = r + (np.asarray(res, np.float64) + rs[0]) * rs[1]
+    r = r.astype(np.float32)
+    return r, rms_norm_ref(r, w, eps)

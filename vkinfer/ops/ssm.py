@@ -15,6 +15,8 @@ from math import ceil
 import numpy as np
 
 from ..gpu import Graph, Tensor, check_tensor, grid, output, require
+from ..gpu.tensor import BLOCK_TYPES
+from ..gpu.weights import as_weight
 from . import slot_push, slotted_state
 from .elementwise import softplus_ref
 
@@ -81,11 +83,13 @@ def ssm_conv(g: Graph, x: Tensor, state: Tensor, w: Tensor, b: Tensor | None,
 def ssm_scan(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
              state: Tensor, out: Tensor | None = None, z: Tensor | None = None,
              dt_bias: Tensor | None = None, slots: Tensor | None = None, n_seq: int = 1,
-             slot_lo: int = 0) -> Tensor:
+             slot_lo: int = 0, dt_proj=None) -> Tensor:
     """Mamba-1 selective scan. x, dt [rows, Dn] (rows = n_seq * T; dt already softplus'ed, or
     with dt_bias [Dn] softplus(dt + dt_bias) is taken here), A [Dn, N] (already -exp(A_log)),
     B, C [rows, N], D [Dn], state [Dn, N] or a pool part [n_part_slots, Dn, N] updated in place
-    -> y [rows, Dn]; with z [rows, Dn], y *= silu(z)."""
+    -> y [rows, Dn]; with z [rows, Dn], y *= silu(z). With dt_proj W_dt [Dn, dt_rank] (a
+    Weight of one part, rows of whole blocks; needs z and dt_bias), dt is [rows, dt_rank] and
+    the scan takes dt = softplus(W_dt @ dt + dt_bias) itself."""
     op = "ssm_scan"
     check_tensor(op, "A", A, dtype="f32")
     require(A.ndim == 2, f"{op}: A must be [d_inner, d_state], got {A.shape}")
@@ -93,8 +97,17 @@ def ssm_scan(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     require(1 <= N <= MAX_D_STATE, f"{op}: d_state {N} is outside 1..{MAX_D_STATE}")
     T = _sequences(op, x, n_seq)
     rows = n_seq * T
+    dt_cols, w_words = Dn, [0, 0]
+    if dt_proj is not None:
+        dt_proj = as_weight(dt_proj)
+        dt_cols = dt_proj.shape[1]
+        require(len(dt_proj.parts) == 1 and dt_proj.shape[0] == Dn and z is not None and dt_bias is not None,
+                f"{op}: dt_proj {dt_proj} must be one part of [{Dn}, dt_rank], with z and dt_bias")
+        require(dt_proj.dtype not in BLOCK_TYPES or dt_cols % BLOCK_TYPES[dt_proj.dtype][0] == 0,
+                f"{op}: dt_proj rows of {dt_cols} are not whole {dt_proj.dtype} blocks")
+        w_words = [dt_cols, dt_proj.parts[0][1].offset]
     strides = {name: _row_stride(op, name, t, shape) for name, t, shape in
-               (("x", x, (rows, Dn)), ("dt", dt, (rows, Dn)), ("B", B, (rows, N)), ("C", C, (rows, N)))}
+               (("x", x, (rows, Dn)), ("dt", dt, (rows, dt_cols)), ("B", B, (rows, N)), ("C", C, (rows, N)))}
     check_tensor(op, "D", D, dtype="f32", shape=(Dn,))
     part = slotted_state(op, "state", state, 2)
     require(part.dtype == "f32" and part.shape[1:] == (Dn, N),
@@ -109,11 +122,14 @@ def ssm_scan(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     slot_t, slot_words = slot_push(g, op, slots, rows, T, part, slot_lo)
     ins = [x, dt, A, B, C, D] + ([z] if z is not None else []) + ([dt_bias] if dt_bias is not None else [])
     kernel = "plain" if z is None else "gate" if dt_bias is None else "gate_dt"
+    if dt_proj is not None:
+        kernel = f"dtproj_{dt_proj.dtype}"
+        ins.append(dt_proj.parts[0][1])
     g.dispatch(f"ssm_scan.{kernel}", ins + [slot_t], [part, out],
                [T, Dn, x.offset, strides["x"], dt.offset, strides["dt"], A.offset,
                 B.offset, strides["B"], C.offset, strides["C"], D.offset,
                 z.offset if z is not None else 0, z_rs, part.offset, out.offset,
-                dt_bias.offset if dt_bias is not None else 0, *slot_words, 1, 1],
+                dt_bias.offset if dt_bias is not None else 0, *slot_words, 1, 1, *w_words],
                _groups(ceil(Dn / WG), n_seq), spec=(N, int(wide)))
     return out
 
@@ -149,7 +165,7 @@ def ssm_scan_heads(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Ten
     g.dispatch("ssm_scan.heads", [x, dt, A, B, C, D, dt_bias, slot_t], [part, out],
                [T, Dn, x.offset, strides["x"], dt.offset, strides["dt"], A.offset,
                 B.offset, strides["B"], C.offset, strides["C"], D.offset, 0, 0, part.offset,
-                out.offset, dt_bias.offset, *slot_words, Dn // H, H // n_groups],
+                out.offset, dt_bias.offset, *slot_words, Dn // H, H // n_groups, 0, 0],
                _groups(ceil(Dn / WG), n_seq), spec=(N, int(wide)))
     return out
 

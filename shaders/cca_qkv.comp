@@ -1,0 +1,167 @@
+#version 450
+// ZAYA1 CCA from the raw projections to attention-ready q, k and v (zaya1.md §3.2 steps 2-7), in
+// one dispatch: one work group per (head, sequence), looping over the sequence's T tokens.
+//
+// c [rows, n_c] holds each row's q||k (n_qk = (H + Hkv) * dh columns), then v1 (this token's
+// value half, v1w columns), then W2 x (v2w columns: val_proj2 of this token's input, the next
+// token's delayed value). Head g's channels (g < H: query head g, else kv head g - H) see the
+// window [cstate | c] (S = K1 - 1 + K2 - 1 columns of state, oldest first), go through the
+// depthwise conv (K1 taps, tap 0 oldest, + bias), then the grouped conv (K2 taps over the head's
+// own dh channels, + bias; its weight repacked as wt [head][i * K2 + tap][o], vkinfer.ops.cca.
+// repack_grouped, so that neighbouring invocations, neighbouring outputs o, read neighbouring
+// words), plus the q/k mean, then the L2 head norm (sqrt(dh) / ||.||, times
+// k_scale for kv heads), then partial NEOX RoPE at the row's position, into q [rows, H, dh] or
+// k [rows, Hkv, dh]. Work group g = H + Hkv writes v [rows, v1w + v2w] = [v1 | the previous
+// row's W2 x] (the first row takes vstate's) and keeps the last row's W2 x in vstate. Each state
+// column is read and written by one invocation, after its last read.
+#include "common.glsl"
+#define WG 64
+#define MAX_DH 256
+#define MAX_K2 4
+#define NORM_EPS 1e-12
+layout(local_size_x = WG) in;
+
+layout(binding = 0) readonly buffer C { float c[]; };
+layout(binding = 1) readonly buffer WDw { float w_dw[]; };
+layout(binding = 2) readonly buffer BDw { float b_dw[]; };
+layout(binding = 3) readonly buffer WGrp { float wt[]; };
+layout(binding = 3) readonly buffer WGrp4 { vec4 wt4[]; };
+layout(binding = 4) readonly buffer BGrp { float b_grp[]; };
+layout(binding = 5) readonly buffer KScale { float k_scale[]; };
+layout(binding = 6) readonly buffer Pos { uint positions[]; };
+layout(binding = 7) readonly buffer Turns { float turns_per_pos[]; };
+#include "rope.glsl"
+layout(binding = 8) readonly buffer Slots { uint slots[]; };
+layout(binding = 9) buffer CState { float cstate[]; };
+layout(binding = 10) buffer VState { float vstate[]; };
+layout(binding = 11) writeonly buffer Q { float q[]; };
+layout(binding = 12) writeonly buffer K { float k[]; };
+layout(binding = 13) writeonly buffer V { float v[]; };
+
+// Offsets in elements; has_dw_bias 0: b_dw is not read. The sequence q's slot is
+// slots[slots_off + q * slots_step], inside the state parts' slots slot_lo .. + n_slots - 1.
+layout(push_constant) uniform P {
+    uint T; uint H; uint Hkv; uint dh; uint K1; uint K2; uint n_c; uint v1w; uint v2w; uint half_rot;
+    uint has_dw_bias; float scale; uint c_off; uint wdw_off; uint bdw_off; uint wg_off; uint bg_off;
+    uint ks_off; uint pos_off; uint tab_off; uint slots_off; uint slots_step; uint slot_lo;
+    uint n_slots; uint cs_off; uint vs_off; uint q_off; uint k_off; uint v_off;
+} p;
+
+shared float dwin[MAX_DH * MAX_K2];     // depthwise outputs of the K2 samples the token needs,
+                                        // [channel][tap] as wt's rows
+shared float val[MAX_DH];               // the head vector before the norm
+shared float partial[WG];
+
+uint c_base, cs_base, S;
+
+// Sample j of channel ch's window [cstate | this sequence's c].
+float window(uint ch, uint j) {
+    return j < S ? cstate[cs_base + ch * S + j] : c[c_base + (j - S) * p.n_c + ch];
+}
+
+void main() {
+    uint g = gl_WorkGroupID.x, seq = gl_WorkGroupID.y, t = gl_LocalInvocationID.x;
+    uint slot = slot_in_part(slots[p.slots_off + seq * p.slots_step], p.slot_lo, p.n_slots);
+    if (slot == NO_SLOT) return;        // uniform over the work group
+    uint n_qk = (p.H + p.Hkv) * p.dh;
+    S = p.K1 - 1 + p.K2 - 1;
+    c_base = p.c_off + seq * p.T * p.n_c;
+    cs_base = p.cs_off + slot * n_qk * S;
+    uint row0 = seq * p.T;
+
+    if (g == p.H + p.Hkv) {             // the values
+        uint vs_base = p.vs_off + slot * p.v2w, vw = p.v1w + p.v2w;
+        for (uint n = 0; n < p.T; n++) {
+            uint at = c_base + n * p.n_c + n_qk, o = p.v_off + (row0 + n) * vw;
+            for (uint i = t; i < p.v1w; i += WG) v[o + i] = c[at + i];
+            for (uint i = t; i < p.v2w; i += WG)
+                v[o + p.v1w + i] = n == 0 ? vstate[vs_base + i] : c[at - p.n_c + p.v1w + i];
+        }
+        for (uint i = t; i < p.v2w; i += WG)
+            vstate[vs_base + i] = c[c_base + (p.T - 1) * p.n_c + n_qk + p.v1w + i];
+        return;
+    }
+
+    uint ch0 = g * p.dh, per_kv = p.H / p.Hkv;
+    bool wide = p.wg_off % 4 == 0 && p.dh % 4 == 0;
+    bool is_q = g < p.H;
+    for (uint n = 0; n < p.T; n++) {
+        uint row = row0 + n, at = c_base + n * p.n_c;
+        // depthwise conv outputs n .. n + K2 - 1 of the head's channels
+        for (uint i = t; i < p.dh; i += WG) {
+            uint ch = ch0 + i;
+            float bias = p.has_dw_bias != 0u ? b_dw[p.bdw_off + ch] : 0.0;
+            for (uint k2 = 0; k2 < p.K2; k2++) {
+                float acc = bias;
+                for (uint k1 = 0; k1 < p.K1; k1++)
+                    acc += window(ch, n + k2 + k1) * w_dw[p.wdw_off + ch * p.K1 + k1];
+                dwin[i * p.K2 + k2] = acc;
+            }
+        }
+        barrier();
+        // grouped conv: 4 neighbouring outputs per invocation where wt's rows are whole vec4s
+        // (llvmpipe pays per load, not per byte), one otherwise
+        uint w0 = p.wg_off + g * p.dh * p.K2 * p.dh;
+        if (wide) {
+            for (uint o = 4 * t; o < p.dh; o += 4 * WG) {
+                vec4 acc = vec4(0.0);
+                for (uint j = 0; j < p.dh * p.K2; j++) acc += wt4[(w0 + j * p.dh + o) / 4] * dwin[j];
+                for (uint e = 0; e < 4; e++) val[o + e] = acc[e];
+            }
+        } else {
+            for (uint o = t; o < p.dh; o += WG) {
+                float acc = 0.0;
+                for (uint j = 0; j < p.dh * p.K2; j++) acc += wt[w0 + j * p.dh + o] * dwin[j];
+                val[o] = acc;
+            }
+        }
+        barrier();
+        // + bias and the mean, and the sum of squares
+        float sum = 0.0;
+        for (uint o = t; o < p.dh; o += WG) {
+            uint ch = ch0 + o;
+            float acc = val[o] + b_grp[p.bg_off + ch];
+            float mean;
+            if (is_q) {
+                mean = 0.5 * (c[at + ch] + c[at + p.H * p.dh + (g / per_kv) * p.dh + o]);
+            } else {
+                uint j = g - p.H;
+                float qs = 0.0;
+                for (uint h = j * per_kv; h < (j + 1) * per_kv; h++) qs += c[at + h * p.dh + o];
+                mean = 0.5 * (qs / float(per_kv) + c[at + ch]);
+            }
+            float y = acc + mean;
+            val[o] = y;
+            sum += y * y;
+        }
+        partial[t] = sum;
+        barrier();
+        [[unroll]] for (uint half_ = WG / 2; half_ > 0; half_ >>= 1) {
+            if (t < half_) partial[t] += partial[t + half_];
+            barrier();
+        }
+        float factor = p.scale / max(sqrt(partial[0]), NORM_EPS);
+        if (!is_q) factor *= k_scale[p.ks_off + g - p.H];
+        // RoPE of the normalised head
+        uint pos = positions[p.pos_off + row];
+        uint out_at = is_q ? p.q_off + (row * p.H + g) * p.dh : p.k_off + (row * p.Hkv + g - p.H) * p.dh;
+        for (uint o = t; o < p.dh; o += WG) {
+            float a = val[o] * factor;
+            if (o < p.half_rot) {
+                float angle = rope_angle(pos, p.tab_off + 3 * o);
+                float cs = cos(angle), sn = sin(angle);
+                float b = val[o + p.half_rot] * factor;
+                float ra = a * cs - b * sn, rb = b * cs + a * sn;
+                if (is_q) { q[out_at + o] = ra; q[out_at + o + p.half_rot] = rb; }
+                else { k[out_at + o] = ra; k[out_at + o + p.half_rot] = rb; }
+            } else if (o >= 2 * p.half_rot) {
+                if (is_q) q[out_at + o] = a; else k[out_at + o] = a;
+            }
+        }
+        barrier();                      // dwin, val and partial are reused by the next token
+    }
+    // new state = window[T .. T + S - 1]; increasing j reads cstate[T + j] before it is written
+    for (uint i = t; i < p.dh; i += WG)
+        for (uint j = 0; j < S; j++)
+            cstate[cs_base + (ch0 + i) * S + j] = window(ch0 + i, p.T + j);
+}
