@@ -101,7 +101,8 @@ def test_roofline_and_profile():
     assert need["kv"] == 0 and need["state"] == 2 * Mamba.slot_state_bytes(f, 0)[0]
     assert f.weight_bytes() < need["weights"] < f.weight_bytes() + 1024     # tied head + one row
     assert roof["ideal_tps"] == pytest.approx(roof["bandwidth_gbps"] * 1e9 / need["total"])
-    assert 0 < roof["achieved_pct"] < 100
+    # the ruler and the decode are timed apart on a shared machine, so the share can pass 100 %
+    assert roof["achieved_pct"] == pytest.approx(100 * roof["achieved_tps"] / roof["ideal_tps"])
     assert 0 <= roof["python_pct"] < 100 and roof["python_ms"] < roof["step_ms"]
     decode, prompt = out["profiles"]
     assert decode["n_tokens"] == 1 and prompt["n_tokens"] == 8
