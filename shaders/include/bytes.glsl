@@ -32,4 +32,11 @@ float read_f16(uint byte_addr) {
     return unpackHalf2x16(read_u16(byte_addr)).x;
 }
 
+// The 4 bytes of a little-endian word as floats, lowest byte first.
+vec4 bytes4(uint word) {
+    return vec4(uvec4(word, word >> 8, word >> 16, word >> 24) & 0xFFu);
+}
+
+#define EACH_BYTE(bits) ((bits) * 0x01010101u)
+
 #endif
