@@ -407,6 +407,7 @@ void main() {
     [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
         [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
             acc[r][t] = 0.0;
+    Head head[LANE_ROWS];             // each row's current scales
     uint n_chunks = p.n_in / 32u;
     for (uint c = 0; c < n_chunks; c++) {
         vec4 xs[LANE_TOKENS][8];
@@ -418,8 +419,11 @@ void main() {
                             hsum((xs[t][4] + xs[t][5]) + (xs[t][6] + xs[t][7])));
         }
         [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
+            uint e = w_row[r] + c * 32u;
+            if (c == 0u || (e >> 5) % HEAD_CHUNKS == 0u)
+                head[r] = load_head(e);
             vec4 q[8];
-            vec4 s = weight_chunk(w_row[r] + c * 32u, q);
+            vec4 s = chunk_quants(e, head[r], q);
             [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
                 vec4 lo = q[0] * xs[t][0], hi = q[4] * xs[t][4];
                 [[unroll]] for (uint i = 1; i < 4; i++) {

@@ -56,26 +56,30 @@ vec4 weight4(uint e) {
 #endif
 #define Q_OFFSET 0.0
 
-// (scale, min) of sub-block j from the block's 12 scale bytes, words 1..3 of the block.
-uvec2 scale_min_of(uvec3 scales, uint j) {
-    uint shift = 8u * (j % 4u);
-    uint a = (scales.x >> shift) & 0xFFu;                  // scales[j % 4]
-    uint b = (scales.y >> shift) & 0xFFu;                  // scales[j % 4 + 4]
-    if (j < 4u)
-        return uvec2(a & 63u, b & 63u);
-    uint c = (scales.z >> shift) & 0xFFu;                  // scales[j % 4 + 8]
-    return uvec2((c & 0xFu) | ((a >> 6) << 4), (c >> 4) | ((b >> 6) << 4));
+#define HEAD_CHUNKS 8u
+// A block's 8 6-bit scales and mins unpacked to bytes (scales 0-3, mins 0-3, scales 4-7, mins
+// 4-7), and (d, dmin). From the 12 scale bytes, words 1..3 of the block: sub-block j < 4 has
+// scale scales[j] & 63 and min scales[j + 4] & 63; j >= 4 takes the low (scale) or high (min)
+// nibble of scales[j + 4] and the top 2 bits of scales[j - 4] (scale) or scales[j] (min).
+struct Head { uvec4 bytes; vec2 d; };
+
+Head load_head(uint e) {
+    uvec4 h = w_quads[(e >> 8) * BLOCK_QUADS];
+    uvec4 bytes = uvec4(h.y & EACH_BYTE(63u), h.z & EACH_BYTE(63u),
+                        (h.w & EACH_BYTE(0xFu)) | ((h.y >> 2) & EACH_BYTE(0x30u)),
+                        ((h.w >> 4) & EACH_BYTE(0xFu)) | ((h.z >> 2) & EACH_BYTE(0x30u)));
+    return Head(bytes, unpackHalf2x16(h.x));
+}
+
+vec4 head_scales(Head head, uint e) {
+    uint j = (e >> 5) & 7u, shift = 8u * (j & 3u), at = (j >> 1) & 2u;
+    float scale = float((head.bytes[at] >> shift) & 0xFFu);
+    float minimum = float((head.bytes[at + 1u] >> shift) & 0xFFu);
+    return vec4(vec2(head.d.x * scale), vec2(head.d.y * minimum));
 }
 
 uint chunk_qs(uint e) { return (e >> 8) * BLOCK_QUADS + (BLOCK_QUADS - 8u) + ((e >> 5) & 7u); }
 uint chunk_high(uint e) { return (e >> 8) * (4u * BLOCK_QUADS) + 4u + ((e >> 5) & 7u); }
-
-vec4 chunk_scales(uint e) {
-    uvec4 head = w_quads[(e >> 8) * BLOCK_QUADS];
-    uvec2 sm = scale_min_of(head.yzw, (e >> 5) & 7u);
-    vec2 d = unpackHalf2x16(head.x);                       // d, dmin
-    return vec4(vec2(d.x * float(sm.x)), vec2(d.y * float(sm.y)));
-}
 
 #include "nibbles.glsl"
 
@@ -89,12 +93,19 @@ vec4 chunk_scales(uint e) {
 uint chunk_qs(uint e) { return (e >> 11) * 105u + ((e >> 8) & 7u) * 13u + ((e >> 5) & 7u); }
 uint chunk_high(uint e) { return (e >> 11) * 210u + ((e >> 8) & 7u) * 26u + 16u + ((e >> 5) & 7u); }
 
-vec4 chunk_scales(uint e) {
-    uint j = (e >> 5) & 7u, block = (e >> 8) & 7u, super = (e >> 11) * 420u;
-    uint pair = w_words[super + block * 52u + 48u + (j >> 1)] >> (16u * (j & 1u));
-    vec2 ds = unpackHalf2x16(w_words[super + 416u + (block >> 1)]);
-    float d = (block & 1u) != 0u ? ds.y : ds.x;
-    return vec4(d * float(bitfieldExtract(int(pair), 0, 8)), d * float(bitfieldExtract(int(pair), 8, 8)),
+#define HEAD_CHUNKS 8u
+struct Head { uvec4 scales; float d; };  // a block's 16 scales and its d
+
+Head load_head(uint e) {
+    uint block = (e >> 8) & 7u, super = e >> 11;
+    vec2 ds = unpackHalf2x16(w_words[super * 420u + 416u + (block >> 1)]);
+    return Head(w_quads[super * 105u + block * 13u + 12u], (block & 1u) != 0u ? ds.y : ds.x);
+}
+
+vec4 head_scales(Head head, uint e) {
+    uint j = (e >> 5) & 7u;
+    int pair = int(head.scales[j >> 1] >> (16u * (j & 1u)));
+    return vec4(head.d * float(bitfieldExtract(pair, 0, 8)), head.d * float(bitfieldExtract(pair, 8, 8)),
                 0.0, 0.0);
 }
 

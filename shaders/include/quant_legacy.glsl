@@ -15,8 +15,20 @@ ivec4 word_i8(uint word) {
     return ivec4(int(word) << 24, int(word) << 16, int(word) << 8, int(word)) >> 24;
 }
 
+// The fp16 d of chunk e >> 5 from its superblock's 8, in 4 words.
+float head_d(uvec4 d, uint e) {
+    uint k = (e >> 5) & 7u;
+    vec2 both = unpackHalf2x16(d[k >> 1]);
+    return (k & 1u) != 0u ? both.y : both.x;
+}
+
+#define HEAD_CHUNKS 8u
+
 #if defined(WTYPE_Q8_0)
 #define Q8_SUPER_WORDS 68u
+struct Head { uvec4 d; };
+Head load_head(uint e) { return Head(w_quads[(e >> 8) * (Q8_SUPER_WORDS / 4u) + 16u]); }
+
 // The scale of element e's block.
 float q8_scale(uint e) {
     uint word = w_words[(e >> 8) * Q8_SUPER_WORDS + 64u + ((e & 255u) >> 6)];
@@ -56,17 +68,27 @@ vec4 weight4(uint e) {
 uint chunk_qs(uint e) { return (e >> 8) * (SUPER_WORDS / 4u) + ((e >> 5) & 7u); }
 uint chunk_high(uint e) { return (e >> 8) * SUPER_WORDS + 32u + ((e >> 5) & 7u); }
 
-vec4 chunk_scales(uint e) {
-    uint k = (e >> 5) & 7u;
 #if defined(WITH_MIN)
-    vec2 dm = unpackHalf2x16(w_words[(e >> 8) * SUPER_WORDS + SCALES_AT + k]);
-    return vec4(dm.xx, -dm.yy);                     // (d * q) - (-m) = (d * q) + m exactly
-#else
-    vec2 both = unpackHalf2x16(w_words[(e >> 8) * SUPER_WORDS + SCALES_AT + (k >> 1)]);
-    float d = (k & 1u) != 0u ? both.y : both.x;
-    return vec4(d, d, 0.0, 0.0);
-#endif
+struct Head { uvec4 dm[2]; };           // (d, m) of the superblock's 8 blocks
+Head load_head(uint e) {
+    uint quad = (e >> 8) * (SUPER_WORDS / 4u) + SCALES_AT / 4u;
+    return Head(uvec4[2](w_quads[quad], w_quads[quad + 1u]));
 }
+
+vec4 head_scales(Head head, uint e) {
+    uint k = (e >> 5) & 7u;
+    vec2 dm = unpackHalf2x16(head.dm[k >> 2][k & 3u]);
+    return vec4(dm.xx, -dm.yy);                     // (d * q) - (-m) = (d * q) + m exactly
+}
+#else
+struct Head { uvec4 d; };               // d of the superblock's 8 blocks
+Head load_head(uint e) { return Head(w_quads[(e >> 8) * (SUPER_WORDS / 4u) + SCALES_AT / 4u]); }
+
+vec4 head_scales(Head head, uint e) {
+    float d = head_d(head.d, e);
+    return vec4(d, d, 0.0, 0.0);
+}
+#endif
 
 #include "nibbles.glsl"
 #endif

@@ -9,10 +9,9 @@
 //                      block-aligned row start, so the 4 elements never straddle two blocks.
 //   float weight1(e)   element e alone: the tail of a row whose length is not a multiple of 4.
 //
-// Matmul kernels decode 4 elements at a time with weight4 and multiply them with one or many
-// tokens of x, so a GGUF block type (Q4_0 ... Q6_K) is one more #elif here: decode the 4
-// consecutive elements of its block in place (every block format stores them in a few
-// neighbouring bytes), reading the block's scales as it goes.
+// and, for the matmul kernels, 32-element chunks of raw quants with their scales (weight_chunk,
+// chunk_quants below), the scales taken from a Head that a kernel loads once per HEAD_CHUNKS
+// chunks (a superblock's scales, or a K-quant block's).
 #ifndef W_BINDING
 #define W_BINDING 0
 #endif
@@ -79,6 +78,13 @@ vec4 weight4(uint e) {
 #error "define one of the WTYPE_* weight types"
 #endif
 
+#ifndef HEAD_CHUNKS
+// Types whose chunks carry their own scales (or none).
+#define HEAD_CHUNKS 1u
+struct Head { uint unused; };
+Head load_head(uint e) { return Head(0u); }
+#endif
+
 
 // weight4(e) in one load, e a multiple of 4 (for F32 and F16; other types as weight4).
 vec4 weight4_aligned(uint e) {
@@ -93,12 +99,14 @@ vec4 weight4_aligned(uint e) {
 }
 
 // The 32 elements e..e+31 (e a multiple of 32; of 8 for F16, of 4 for F32, from the start of the
-// buffer) for a dot product: element 16h + i is a_h * q[(16h + i) / 4][i % 4] - c_h, and the
-// result is (a_0, a_1, c_0, c_1), so a kernel multiplies raw quants by x and applies the scales
-// and offsets (c_h times the sum of x) once per half chunk. Every type with an aligned device
-// layout reads its chunk in uvec4s, the widest load there is (llvmpipe pays per load, not per
-// byte); the others go through weight4.
-vec4 weight_chunk(uint e, out vec4 q[8]) {
+// buffer) for a dot product, `head` being load_head(e'), e' the first element of the span of
+// HEAD_CHUNKS chunks holding e (chunk e >> 5 with (e >> 5) % HEAD_CHUNKS == 0) or any later
+// element of it: element 16h + i is a_h * q[(16h + i) / 4][i % 4] - c_h, and the result is
+// (a_0, a_1, c_0, c_1), so a kernel multiplies raw quants by x and applies the scales and offsets
+// (c_h times the sum of x) once per half chunk. Every type with an aligned device layout reads
+// its chunk in uvec4s, the widest load there is (llvmpipe pays per load, not per byte); the
+// others go through weight4.
+vec4 chunk_quants(uint e, Head head, out vec4 q[8]) {
 #if defined(WTYPE_F32)
     [[unroll]] for (uint i = 0; i < 8; i++)
         q[i] = uintBitsToFloat(w_quads[(e >> 2) + i]);
@@ -117,13 +125,18 @@ vec4 weight_chunk(uint e, out vec4 q[8]) {
         [[unroll]] for (uint k = 0; k < 4; k++)
             q[4 * i + k] = vec4(word_i8(w[k]));
     }
-    float d = q8_scale(e);
+    float d = head_d(head.d, e);
     return vec4(d, d, 0.0, 0.0);
 #elif defined(NIB_HIGH)
-    return nibble_chunk(e, q);
+    return nibble_chunk(e, head, q);
 #else
     [[unroll]] for (uint i = 0; i < 8; i++)
         q[i] = weight4(e + 4 * i);
     return vec4(1.0, 1.0, 0.0, 0.0);
 #endif
+}
+
+// chunk_quants with its own head.
+vec4 weight_chunk(uint e, out vec4 q[8]) {
+    return chunk_quants(e, load_head(e), q);
 }
