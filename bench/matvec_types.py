@@ -41,19 +41,21 @@ def random_weight(rng, dtype: str, rows: int, cols: int) -> np.ndarray:
     return blocks.reshape(rows, cols // elems * block_bytes)
 
 
-def bench(dev, rng, dtype: str, rows: int, cols: int, replays: int) -> tuple[float, float, float]:
-    """(median and best seconds per replay, GB/s of weight bytes at the best)."""
+def bench(dev, rng, dtype: str, rows: int, cols: int, replays: int) -> tuple[float, float, float, float]:
+    """(median and best seconds per replay, GB/s of weight bytes at the best, best CPU seconds
+    of this process (all its threads) per replay: the work, whatever else the machine runs)."""
     weight = upload_weight(dev, random_weight(rng, dtype, rows, cols), dtype)
     x = dev.upload(rng.standard_normal((1, cols)).astype(np.float32))
     g = Graph(dev, f"matvec-{dtype}")
     matmul(g, weight, x)
     g.run()                                   # records and creates the pipeline
-    times = []
+    times, cpu = [], []
     for _ in range(replays):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         g.run()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times), nbytes_of(dtype, rows * cols) / min(times) / 1e9
+        cpu.append(time.process_time() - c0)
+    return statistics.median(times), min(times), nbytes_of(dtype, rows * cols) / min(times) / 1e9, min(cpu)
 
 
 def main():
@@ -73,11 +75,11 @@ def main():
     rng = np.random.default_rng(0)
     print(f"device: {dev.name}; weight [{args.rows}, {args.cols}], N = 1, "
           f"{args.replays} replays")
-    print(f"{'type':6} {'MB':>8} {'median ms':>10} {'best ms':>8} {'GB/s':>7}")
+    print(f"{'type':6} {'MB':>8} {'median ms':>10} {'best ms':>8} {'GB/s':>7} {'CPU ms':>7}")
     for dtype in args.types:
-        median, best, gbps = bench(dev, rng, dtype, args.rows, args.cols, args.replays)
+        median, best, gbps, cpu = bench(dev, rng, dtype, args.rows, args.cols, args.replays)
         mb = nbytes_of(dtype, args.rows * args.cols) / 1e6
-        print(f"{dtype:6} {mb:8.1f} {median * 1e3:10.2f} {best * 1e3:8.2f} {gbps:7.2f}")
+        print(f"{dtype:6} {mb:8.1f} {median * 1e3:10.2f} {best * 1e3:8.2f} {gbps:7.2f} {cpu * 1e3:7.2f}")
 
 
 if __name__ == "__main__":

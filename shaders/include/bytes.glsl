@@ -39,4 +39,9 @@ vec4 bytes4(uint word) {
 
 #define EACH_BYTE(bits) ((bits) * 0x01010101u)
 
+// v[i] by selects: a dynamic index into a vector may become a loop over lanes on a CPU device.
+uint pick(uvec4 v, uint i) {
+    return i < 2u ? (i == 0u ? v.x : v.y) : (i == 2u ? v.z : v.w);
+}
+
 #endif

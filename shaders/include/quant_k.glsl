@@ -72,9 +72,9 @@ Head load_head(uint e) {
 }
 
 vec4 head_scales(Head head, uint e) {
-    uint j = (e >> 5) & 7u, shift = 8u * (j & 3u), at = (j >> 1) & 2u;
-    float scale = float((head.bytes[at] >> shift) & 0xFFu);
-    float minimum = float((head.bytes[at + 1u] >> shift) & 0xFFu);
+    uint j = (e >> 5) & 7u, shift = 8u * (j & 3u);
+    uvec2 both = j < 4u ? head.bytes.xy : head.bytes.zw;
+    float scale = float((both.x >> shift) & 0xFFu), minimum = float((both.y >> shift) & 0xFFu);
     return vec4(vec2(head.d.x * scale), vec2(head.d.y * minimum));
 }
 
@@ -104,7 +104,7 @@ Head load_head(uint e) {
 
 vec4 head_scales(Head head, uint e) {
     uint j = (e >> 5) & 7u;
-    int pair = int(head.scales[j >> 1] >> (16u * (j & 1u)));
+    int pair = int(pick(head.scales, j >> 1) >> (16u * (j & 1u)));
     return vec4(head.d * float(bitfieldExtract(pair, 0, 8)), head.d * float(bitfieldExtract(pair, 8, 8)),
                 0.0, 0.0);
 }

@@ -18,7 +18,7 @@ ivec4 word_i8(uint word) {
 // The fp16 d of chunk e >> 5 from its superblock's 8, in 4 words.
 float head_d(uvec4 d, uint e) {
     uint k = (e >> 5) & 7u;
-    vec2 both = unpackHalf2x16(d[k >> 1]);
+    vec2 both = unpackHalf2x16(pick(d, k >> 1));
     return (k & 1u) != 0u ? both.y : both.x;
 }
 
@@ -77,7 +77,7 @@ Head load_head(uint e) {
 
 vec4 head_scales(Head head, uint e) {
     uint k = (e >> 5) & 7u;
-    vec2 dm = unpackHalf2x16(head.dm[k >> 2][k & 3u]);
+    vec2 dm = unpackHalf2x16(pick(k < 4u ? head.dm[0] : head.dm[1], k & 3u));
     return vec4(dm.xx, -dm.yy);                     // (d * q) - (-m) = (d * q) + m exactly
 }
 #else
