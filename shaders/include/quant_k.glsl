@@ -1,47 +1,73 @@
 // K-quant decoding, one type per compile: Q2_K, Q3_K, Q4_K, Q5_K or Q6_K (256-element
-// super-blocks). Bit layouts follow gguf-py's dequantizers (gguf/quants.py), the test oracle;
-// Q4_K, Q5_K and Q6_K are in their device layouts (vkinfer/gpu/tensor.py), made of nibble chunks
-// (nibbles.glsl). Values are computed in gguf-py's order, (d * scale) * q - (dmin * min), under
+// super-blocks), in their device layouts (vkinfer/gpu/tensor.py), chunks of bit planes
+// (nibbles.glsl). Bit layouts follow gguf-py's dequantizers (gguf/quants.py), the test oracle. Values are computed in gguf-py's order, (d * scale) * q - (dmin * min), under
 // `precise` (no fused multiply-add), so they equal its float32 results exactly.
 #include "bytes.glsl"
 
 #define WEIGHT_BLOCK 256
 
 #if defined(WTYPE_Q2_K)
-// 84 bytes: u8 scales[16]; u8 qs[64]; half d; half dmin. Element i = 128n + 32s + l is bits
-// 2s..2s+1 of qs[32n + l]; sub-block i / 16 has scale (low nibble) and min (high nibble).
-#define BLOCK_BYTES 84u
+// Superblocks of 8 blocks (168 words): the 8 blocks' quants as 2-bit planes (8 chunks of 2 words
+// each), their 16 scale bytes each (low nibble scale, high nibble min, one per 16 elements),
+// then their (d, dmin). Element 16h + i of chunk j is (d * scale) * q - dmin * min of sub-block
+// 2j + h.
+#define NO_NIBBLES
+#define PLANE2_AT 0
+#define Q_OFFSET 0.0
+#define HEAD_CHUNKS 8u
+struct Head { uvec4 scales; vec2 d; };
 
-vec4 weight4(uint e) {
-    uint base = (e / 256u) * BLOCK_BYTES, i = e % 256u;
-    uint quants = w_words[(base + 16u + (i / 128u) * 32u + i % 32u) >> 2];
-    vec4 q = bytes4((quants >> (2u * ((i / 32u) % 4u))) & EACH_BYTE(3u));
-    uint scale = read_u8(base + i / 16u);
-    vec2 d = unpackHalf2x16(w_words[(base + 80u) >> 2]);      // d, dmin
-    precise vec4 y = (d.x * float(scale & 0xFu)) * q - d.y * float(scale >> 4);
-    return y;
+uint chunk_plane2(uint e) { return (e >> 11) * 84u + ((e >> 8) & 7u) * 8u + ((e >> 5) & 7u); }
+
+Head load_head(uint e) {
+    uint super = e >> 11, block = (e >> 8) & 7u;
+    return Head(w_quads[super * 42u + 32u + block], unpackHalf2x16(w_words[super * 168u + 160u + block]));
 }
+
+vec4 head_scales(Head head, uint e) {
+    uint j = (e >> 5) & 7u;
+    uint pair = pick(head.scales, j >> 1) >> (16u * (j & 1u));
+    vec2 scale = vec2(pair & 0xFu, (pair >> 8) & 0xFu), minimum = vec2((pair >> 4) & 0xFu, (pair >> 12) & 0xFu);
+    return vec4(head.d.x * scale, head.d.y * minimum);
+}
+
+#include "nibbles.glsl"
 
 #elif defined(WTYPE_Q3_K)
-// 110 bytes: u8 hmask[32]; u8 qs[64]; u8 scales[12]; half d. Element i = 128n + 32s + l has low
-// bits 2s..2s+1 of qs[32n + l] and high bit i / 32 of hmask[l]; a clear high bit subtracts 4.
-// Sub-block k = i / 16 has a 6-bit scale, minus 32: low 4 bits from nibble k / 8 of
-// scales[k % 8], high 2 bits from bits 2(k / 4).. of scales[8 + k % 4].
-#define BLOCK_BYTES 110u
+// Superblocks of 8 blocks (220 words): the 8 blocks' low 2 bits as 2-bit planes, their high bits
+// (hmask) as 1-bit planes, their 12 scale bytes each, then their 8 fp16 d. Element 16h + i of
+// chunk j is (d * (scale - 32)) * (q - 4) of sub-block k = 2j + h, q = low | high << 2; its
+// 6-bit scale has its low 4 bits in nibble k / 8 of scales[k % 8] and its high 2 bits at bit
+// 2(k / 4) of scales[8 + k % 4].
+#define NO_NIBBLES
+#define PLANE2_AT 0
+#define PLANE1_AT 2
+#define Q_OFFSET 4.0
+#define HEAD_CHUNKS 8u
+struct Head { uvec3 scales; float d; };
 
-vec4 weight4(uint e) {
-    uint base = (e / 256u) * BLOCK_BYTES, i = e % 256u;
-    uint l = i % 32u;
-    uint low = read_u32_unaligned(base + 32u + (i / 128u) * 32u + l) >> (2u * ((i / 32u) % 4u));
-    uint high = read_u32_unaligned(base + l) >> (i / 32u);
-    vec4 q = bytes4(low & EACH_BYTE(3u)) - 4.0 * bytes4(~high & EACH_BYTE(1u));
-    uint k = i / 16u;
-    uint scale_low = (read_u8(base + 96u + k % 8u) >> (4u * (k / 8u))) & 0xFu;
-    uint scale_high = (read_u8(base + 104u + k % 4u) >> (2u * (k / 4u))) & 3u;
-    float d = read_f16(base + 108u);
-    precise vec4 y = (d * float(int(scale_low | (scale_high << 4)) - 32)) * q;
-    return y;
+uint chunk_plane2(uint e) { return (e >> 11) * 110u + ((e >> 8) & 7u) * 8u + ((e >> 5) & 7u); }
+uint chunk_plane1(uint e) { return (e >> 11) * 220u + 128u + ((e >> 8) & 7u) * 8u + ((e >> 5) & 7u); }
+
+Head load_head(uint e) {
+    uint at = (e >> 11) * 220u, block = (e >> 8) & 7u;
+    uint s = at + 192u + 3u * block;
+    vec2 ds = unpackHalf2x16(w_words[at + 216u + (block >> 1)]);
+    return Head(uvec3(w_words[s], w_words[s + 1u], w_words[s + 2u]), (block & 1u) != 0u ? ds.y : ds.x);
 }
+
+float q3_scale(Head head, uint k) {
+    uint low = (((k & 7u) < 4u ? head.scales.x : head.scales.y) >> (8u * (k & 3u) + 4u * (k >> 3))) & 0xFu;
+    uint high = (head.scales.z >> (8u * (k & 3u) + 2u * (k >> 2))) & 3u;
+    return head.d * float(int(low | (high << 4)) - 32);
+}
+
+vec4 head_scales(Head head, uint e) {
+    uint j = (e >> 5) & 7u;
+    return vec4(q3_scale(head, 2u * j), q3_scale(head, 2u * j + 1u), 0.0, 0.0);
+}
+
+#include "nibbles.glsl"
 
 #elif defined(WTYPE_Q4_K) || defined(WTYPE_Q5_K)
 // Q4_K, 144 bytes: half d; half dmin; u8 scales[12]; 8 nibble chunks.
@@ -49,10 +75,9 @@ vec4 weight4(uint e) {
 // Chunk j (elements 32j ..) has a 6-bit scale and min packed in the 12 scale bytes.
 #if defined(WTYPE_Q4_K)
 #define BLOCK_QUADS 9u
-#define NIB_HIGH 0
 #else
 #define BLOCK_QUADS 11u
-#define NIB_HIGH 1
+#define PLANE1_AT 4
 #endif
 #define Q_OFFSET 0.0
 
@@ -79,7 +104,7 @@ vec4 head_scales(Head head, uint e) {
 }
 
 uint chunk_qs(uint e) { return (e >> 8) * BLOCK_QUADS + (BLOCK_QUADS - 8u) + ((e >> 5) & 7u); }
-uint chunk_high(uint e) { return (e >> 8) * (4u * BLOCK_QUADS) + 4u + ((e >> 5) & 7u); }
+uint chunk_plane1(uint e) { return (e >> 8) * (4u * BLOCK_QUADS) + 4u + ((e >> 5) & 7u); }
 
 #include "nibbles.glsl"
 
@@ -87,11 +112,11 @@ uint chunk_high(uint e) { return (e >> 8) * (4u * BLOCK_QUADS) + 4u + ((e >> 5) 
 // Superblocks of 8 blocks: 8 bodies of 208 bytes (13 uvec4s: 8 nibble chunks, 8 2-bit planes,
 // the 16 signed scales, one per 16 elements), then the 8 fp16 d. Element 16h + i of chunk j is
 // d * scales[2j + h] * (q - 32).
-#define NIB_HIGH 2
+#define PLANE2_AT 4
 #define Q_OFFSET 32.0
 
 uint chunk_qs(uint e) { return (e >> 11) * 105u + ((e >> 8) & 7u) * 13u + ((e >> 5) & 7u); }
-uint chunk_high(uint e) { return (e >> 11) * 210u + ((e >> 8) & 7u) * 26u + 16u + ((e >> 5) & 7u); }
+uint chunk_plane2(uint e) { return (e >> 11) * 210u + ((e >> 8) & 7u) * 26u + 16u + ((e >> 5) & 7u); }
 
 #define HEAD_CHUNKS 8u
 struct Head { uvec4 scales; float d; };  // a block's 16 scales and its d

@@ -44,29 +44,27 @@ vec4 weight4(uint e) {
 #if defined(WTYPE_Q4_0)
 #define SUPER_WORDS 36u
 #define SCALES_AT 32u
-#define NIB_HIGH 0
 #define Q_OFFSET 8.0
 #elif defined(WTYPE_Q4_1)
 #define SUPER_WORDS 40u
 #define SCALES_AT 32u
-#define NIB_HIGH 0
 #define Q_OFFSET 0.0
 #define WITH_MIN
 #elif defined(WTYPE_Q5_0)
 #define SUPER_WORDS 44u
 #define SCALES_AT 40u
-#define NIB_HIGH 1
+#define PLANE1_AT 4
 #define Q_OFFSET 16.0
 #elif defined(WTYPE_Q5_1)
 #define SUPER_WORDS 48u
 #define SCALES_AT 40u
-#define NIB_HIGH 1
+#define PLANE1_AT 4
 #define Q_OFFSET 0.0
 #define WITH_MIN
 #endif
 
 uint chunk_qs(uint e) { return (e >> 8) * (SUPER_WORDS / 4u) + ((e >> 5) & 7u); }
-uint chunk_high(uint e) { return (e >> 8) * SUPER_WORDS + 32u + ((e >> 5) & 7u); }
+uint chunk_plane1(uint e) { return (e >> 8) * SUPER_WORDS + 32u + ((e >> 5) & 7u); }
 
 #if defined(WITH_MIN)
 struct Head { uvec4 dm[2]; };           // (d, m) of the superblock's 8 blocks

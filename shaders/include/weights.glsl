@@ -127,7 +127,7 @@ vec4 chunk_quants(uint e, Head head, out vec4 q[8]) {
     }
     float d = head_d(head.d, e);
     return vec4(d, d, 0.0, 0.0);
-#elif defined(NIB_HIGH)
+#elif defined(NIBBLE_CHUNKS)
     return nibble_chunk(e, head, q);
 #else
     [[unroll]] for (uint i = 0; i < 8; i++)

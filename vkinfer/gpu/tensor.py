@@ -30,10 +30,12 @@ BLOCK_TYPES = {"q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32
 #   Q5_0  8 nibble chunks, 8 1-bit planes, 8 x d                  (44 words)
 #   Q5_1  8 nibble chunks, 8 1-bit planes, 8 x (d, m)             (48 words)
 #   Q6_K  8 bodies, 8 x d; a body is 8 nibble chunks, 8 2-bit planes, the 16 scales (420 words)
+#   Q2_K  8 x 8 2-bit planes (the quants), 8 x the 16 scale bytes, 8 x (d, dmin)  (168 words)
+#   Q3_K  8 x 8 2-bit planes (low bits), 8 x 8 1-bit planes (hmask), 8 x the 12 scale bytes,
+#         8 x d                                                   (220 words)
 #   Q4_K  per block: d, dmin, the 12 scale bytes, 8 nibble chunks (36 words)
 #   Q5_K  per block: d, dmin, the 12 scale bytes, 8 1-bit planes, 8 nibble chunks (44 words)
-#   Q2_K, Q3_K as in GGUF.
-SUPERBLOCKS = {"q8_0": 8, "q4_0": 8, "q4_1": 8, "q5_0": 8, "q5_1": 8, "q6_k": 8}
+SUPERBLOCKS = {"q8_0": 8, "q4_0": 8, "q4_1": 8, "q5_0": 8, "q5_1": 8, "q2_k": 8, "q3_k": 8, "q6_k": 8}
 
 _M0F, _MF0 = np.uint64(0x0F0F0F0F0F0F0F0F), np.uint64(0xF0F0F0F0F0F0F0F0)
 _M01, _M03 = np.uint32(0x01010101), np.uint32(0x03030303)
@@ -76,36 +78,41 @@ def _q5_plane(field: np.ndarray, inverse: bool = False) -> np.ndarray:
     return out.view(np.uint8)
 
 
+def _two_bit_planes(field: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """[N, 64] bytes whose byte 32n + l holds, in bits 2p and 2p + 1, two bits of element l of
+    chunk 4n + p (Q6_K's qh, Q2_K's and Q3_K's qs) <-> 8 2-bit planes."""
+    n = len(field)
+    out = np.zeros((n, 2, 4, 2) if not inverse else (n, 2, 2, 4), np.uint32)
+    w = _words(field).reshape((n, 2, 2, 4) if not inverse else (n, 2, 4, 2))
+    for p in range(4):
+        for c in range(4):
+            if not inverse:      # w: n, h, c (l = 16h + 4c + b); out: n, p, h
+                out[:, :, p, :] |= ((w[:, :, :, c] >> np.uint32(2 * p)) & _M03) << np.uint32(2 * c)
+            else:
+                out[:, :, :, c] |= ((w[:, :, p, :] >> np.uint32(2 * c)) & _M03) << np.uint32(2 * p)
+    return out.view(np.uint8).reshape(n, 64)
+
+
 def _q6_body(field: np.ndarray, inverse: bool = False) -> np.ndarray:
     """The 208 bytes before d of a Q6_K block <-> a body. GGUF's ql[64n + 32s + l] holds, in
-    nibble H, element l of chunk 4n + 2H + s; qh[32n + l], in bits 2p and 2p + 1, bits 4-5 of
-    element l of chunk 4n + p."""
+    nibble H, element l of chunk 4n + 2H + s; qh its 2-bit planes' bits."""
     n = len(field)
-    ql, qh, out = field[:, :128], field[:, 128:192], np.array(field)
+    ql, out = field[:, :128], np.array(field)
     if not inverse:
         chunks = _nibble_chunks(ql).reshape(n, 2, 2, 2, 16)             # n, s, H, bytes
         out[:, :128] = chunks.transpose(0, 1, 3, 2, 4).reshape(n, 128)    # chunk 4n + 2H + s
-        w = _words(qh).reshape(n, 2, 2, 4)                             # n, h, c: l = 16h + 4c + b
-        planes = np.zeros((n, 2, 4, 2), np.uint32)                     # n, p, h
-        for p in range(4):
-            for c in range(4):
-                planes[:, :, p, :] |= ((w[:, :, :, c] >> np.uint32(2 * p)) & _M03) << np.uint32(2 * c)
-        out[:, 128:192] = planes.view(np.uint8).reshape(n, 64)
     else:
         chunks = ql.reshape(n, 2, 2, 2, 16).transpose(0, 1, 3, 2, 4)     # n, H, s -> n, s, H
         out[:, :128] = _nibble_chunks(chunks.reshape(n, 128))
-        planes = _words(qh).reshape(n, 2, 4, 2)
-        w = np.zeros((n, 2, 2, 4), np.uint32)
-        for p in range(4):
-            for c in range(4):
-                w[:, :, :, c] |= ((planes[:, :, p, :] >> np.uint32(2 * c)) & _M03) << np.uint32(2 * p)
-        out[:, 128:192] = w.view(np.uint8).reshape(n, 64)
+    out[:, 128:192] = _two_bit_planes(field[:, 128:192], inverse)
     return out
 
 
 # dtype -> the fields (start, stop, (forward, inverse) or None) of a GGUF block, in device order.
 _NIBBLES = (_nibble_chunks, _nibble_chunks)
 _PLANE = (_q5_plane, lambda f: _q5_plane(f, inverse=True))
+_PLANES2 = (_two_bit_planes, lambda f: _two_bit_planes(f, inverse=True))
+_PLANES1 = (_q5k_planes, _q5k_planes)
 FIELDS = {
     "q8_0": [(2, 34, None), (0, 2, None)],
     "q4_0": [(2, 18, None), (0, 2, None)],
@@ -113,7 +120,9 @@ FIELDS = {
     "q5_0": [(6, 22, None), (2, 6, _PLANE), (0, 2, None)],
     "q5_1": [(8, 24, None), (4, 8, _PLANE), (0, 4, None)],
     "q4_k": [(0, 16, None), (16, 144, _NIBBLES)],
-    "q5_k": [(0, 16, None), (16, 48, (_q5k_planes, _q5k_planes)), (48, 176, _NIBBLES)],
+    "q5_k": [(0, 16, None), (16, 48, _PLANES1), (48, 176, _NIBBLES)],
+    "q2_k": [(16, 80, _PLANES2), (0, 16, None), (80, 84, None)],
+    "q3_k": [(32, 96, _PLANES2), (0, 32, _PLANES1), (96, 108, None), (108, 110, None)],
     "q6_k": [(0, 208, (_q6_body, lambda f: _q6_body(f, inverse=True))), (208, 210, None)],
 }
 

@@ -41,7 +41,7 @@ LANE_THREADS, LANE_VEC_ROWS, LANE_MAT_ROWS, LANE_TOKENS = 8, 8, 16, 8
 LANE_ALIGN = {"f32": 4, "f16": 8}
 # Types with a wide chunk load (weights.glsl weight_chunk) also get the LANE prompt kernel; for
 # the others its 16 x 8 tile of inlined weight4 decoding takes LLVM 20-40 s to compile.
-LANE_MAT_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
+LANE_MAT_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 
 
 def _lane(g: Graph, W, x: Tensor, n: int, batched: bool) -> bool:
