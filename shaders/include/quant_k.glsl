@@ -1,7 +1,8 @@
 // K-quant decoding, one type per compile: Q2_K, Q3_K, Q4_K, Q5_K or Q6_K (256-element
 // super-blocks), in their device layouts (vkinfer/gpu/tensor.py), chunks of bit planes
-// (nibbles.glsl). Bit layouts follow gguf-py's dequantizers (gguf/quants.py), the test oracle. Values are computed in gguf-py's order, (d * scale) * q - (dmin * min), under
-// `precise` (no fused multiply-add), so they equal its float32 results exactly.
+// (nibbles.glsl). Bit layouts follow gguf-py's dequantizers (gguf/quants.py), the test oracle.
+// Values are computed in gguf-py's order, (d * scale) * q - (dmin * min), under `precise` (no
+// fused multiply-add), so they equal its float32 results exactly.
 #include "bytes.glsl"
 
 #define WEIGHT_BLOCK 256
