@@ -372,9 +372,10 @@ void main() {
 // (the variant's defines), with no reduction and no shared memory. llvmpipe runs a group's
 // invocations in SIMD lanes and turns every buffer load into a loop over the lanes, so the
 // cost is the number of loads:
-// weights come 32 at a time in wide loads (weight_chunk), x in vec4s, and each chunk of x
-// serves LANE_ROWS rows, each chunk of weights LANE_TOKENS tokens. With MATMUL_ID (one token
-// per group) the token's expert is read as in VEC.
+// weights come 32 at a time in wide loads as raw quants (chunk_quants), their scales from each
+// row's Head, reloaded once per HEAD_CHUNKS chunks, their offsets and mins applied through the
+// sums of x; x comes in vec4s, and each chunk of x serves LANE_ROWS rows, each chunk of weights
+// LANE_TOKENS tokens. With MATMUL_ID (one token per group) the token's expert is read as in VEC.
 #define LANE_THREADS 8
 layout(local_size_x = LANE_THREADS) in;
 

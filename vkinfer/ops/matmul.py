@@ -1,6 +1,7 @@
-"""Matrix products with F32, F16 and BF16 weights: y = W @ x for each token, W numpy-style
-[out, in] (GGUF ne0 = in), and the MoE gather-matmul where each token uses its own expert.
-Weights are decoded in the shader (shaders/include/weights.glsl); sums are F32."""
+"""Matrix products with weights of every type (F32, F16, BF16 and the GGUF block types): y = W @ x
+for each token, W numpy-style [out, in] (GGUF ne0 = in), and the MoE gather-matmul where each
+token uses its own expert. Weights are decoded in the shader (shaders/include/weights.glsl, from
+the device layouts of vkinfer/gpu/tensor.py); sums are F32."""
 from math import ceil
 
 import numpy as np
