@@ -1,7 +1,9 @@
 """Matrix-vector throughput per weight type: one [rows, cols] weight times one token (N = 1),
-recorded once and replayed; prints the median time per replay and GB/s of weight bytes read.
+recorded once and replayed; prints the median and best time per replay and GB/s of weight bytes
+read (the best, which a shared machine disturbs least), and with --ruler the device's read
+bandwidth (`stream_read`, as `vkinfer bench --roofline` measures it) for comparison.
 
-    python bench/matvec_types.py q4_0 q8_0 f16 [--rows 4096] [--cols 4096] [--replays 9]
+    python bench/matvec_types.py q4_0 q8_0 f16 [--rows 4096] [--cols 4096] [--replays 9] [--ruler]
 
 Block-type weights are random bytes with sane fp16 scale fields (no NaN/Inf); to bench a
 block type, list the byte offsets of its fp16 scale fields in SCALE_FIELDS.
@@ -39,20 +41,21 @@ def random_weight(rng, dtype: str, rows: int, cols: int) -> np.ndarray:
     return blocks.reshape(rows, cols // elems * block_bytes)
 
 
-def bench(dev, rng, dtype: str, rows: int, cols: int, replays: int) -> tuple[float, float]:
-    """(median seconds per replay, GB/s of weight bytes)."""
+def bench(dev, rng, dtype: str, rows: int, cols: int, replays: int) -> tuple[float, float, float, float]:
+    """(median and best seconds per replay, GB/s of weight bytes at the best, best CPU seconds
+    of this process (all its threads) per replay: the work, whatever else the machine runs)."""
     weight = upload_weight(dev, random_weight(rng, dtype, rows, cols), dtype)
     x = dev.upload(rng.standard_normal((1, cols)).astype(np.float32))
     g = Graph(dev, f"matvec-{dtype}")
     matmul(g, weight, x)
     g.run()                                   # records and creates the pipeline
-    times = []
+    times, cpu = [], []
     for _ in range(replays):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         g.run()
         times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
-    return seconds, nbytes_of(dtype, rows * cols) / seconds / 1e9
+        cpu.append(time.process_time() - c0)
+    return statistics.median(times), min(times), nbytes_of(dtype, rows * cols) / min(times) / 1e9, min(cpu)
 
 
 def main():
@@ -61,17 +64,22 @@ def main():
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--replays", type=int, default=9)
+    ap.add_argument("--ruler", action="store_true", help="also measure the read bandwidth")
     args = ap.parse_args()
+    if args.ruler:
+        from vkinfer.bench import measure_bandwidth
+        ruler = measure_bandwidth()
+        print(f"ruler: stream_read {ruler['gbps']:.2f} GB/s over {ruler['bytes'] / 1e6:.0f} MB")
 
     dev = Device()
     rng = np.random.default_rng(0)
     print(f"device: {dev.name}; weight [{args.rows}, {args.cols}], N = 1, "
-          f"median of {args.replays} replays")
-    print(f"{'type':6} {'MB':>8} {'ms':>9} {'GB/s':>7}")
+          f"{args.replays} replays")
+    print(f"{'type':6} {'MB':>8} {'median ms':>10} {'best ms':>8} {'GB/s':>7} {'CPU ms':>7}")
     for dtype in args.types:
-        seconds, gbps = bench(dev, rng, dtype, args.rows, args.cols, args.replays)
+        median, best, gbps, cpu = bench(dev, rng, dtype, args.rows, args.cols, args.replays)
         mb = nbytes_of(dtype, args.rows * args.cols) / 1e6
-        print(f"{dtype:6} {mb:8.1f} {seconds * 1e3:9.2f} {gbps:7.2f}")
+        print(f"{dtype:6} {mb:8.1f} {median * 1e3:10.2f} {best * 1e3:8.2f} {gbps:7.2f} {cpu * 1e3:7.2f}")
 
 
 if __name__ == "__main__":

@@ -107,19 +107,25 @@
 //! variant lane_bf16 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_BF16
 //! variant idlane_bf16 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_BF16
 //! variant lane_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_0
+//! variant lanemat_q4_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_0
 //! variant idlane_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_0
 //! variant lane_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_1
+//! variant lanemat_q4_1 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_1
 //! variant idlane_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_1
 //! variant lane_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_0
+//! variant lanemat_q5_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_0
 //! variant idlane_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_0
 //! variant lane_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_1
+//! variant lanemat_q5_1 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_1
 //! variant idlane_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_1
 //! variant lane_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q8_0
 //! variant lanemat_q8_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q8_0
 //! variant idlane_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q8_0
 //! variant lane_q2_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q2_K
+//! variant lanemat_q2_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q2_K
 //! variant idlane_q2_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q2_K
 //! variant lane_q3_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q3_K
+//! variant lanemat_q3_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q3_K
 //! variant idlane_q3_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q3_K
 //! variant lane_q4_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_K
 //! variant lanemat_q4_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_K
@@ -159,6 +165,8 @@ void store(uint i, float v) {
     y[i] = p.accumulate != 0u ? y[i] + v : v;
 }
 
+float hsum(vec4 v) { return (v.x + v.y) + (v.z + v.w); }
+
 #ifndef LANE
 vec4 x4(uint i) { return vec4(x[i], x[i + 1], x[i + 2], x[i + 3]); }
 #endif
@@ -187,17 +195,35 @@ shared float partial[LANES * ROWS_PER_GROUP];
 #endif
 
 float row_dot(uint w_row, uint x_row, uint lane, uint n_lanes) {
-    vec4 acc = vec4(0.0);
     uint n_chunks = p.n_in / CHUNK;
+#if WEIGHT_BLOCK > 1
+    // Block types: a chunk's raw quants times x, its scales and offsets once per half chunk.
+    float sum = 0.0;
+    for (uint c = lane; c < n_chunks; c += n_lanes) {
+        uint k = c * CHUNK;
+        vec4 q[8];
+        vec4 s = weight_chunk(w_row + k, q);
+        vec4 dot_h[2] = vec4[2](vec4(0.0), vec4(0.0)), x_h[2] = vec4[2](vec4(0.0), vec4(0.0));
+        [[unroll]] for (uint i = 0; i < 8; i++) {
+            vec4 xv = x4(x_row + k + 4 * i);
+            dot_h[i / 4] += q[i] * xv;
+            x_h[i / 4] += xv;
+        }
+        sum += s.x * hsum(dot_h[0]) + s.y * hsum(dot_h[1]) - (s.z * hsum(x_h[0]) + s.w * hsum(x_h[1]));
+    }
+    return sum;
+#else
+    vec4 acc = vec4(0.0);
     for (uint c = lane; c < n_chunks; c += n_lanes) {
         uint k = c * CHUNK;
         [[unroll]] for (uint j = 0; j < CHUNK; j += 4)
             acc += weight4(w_row + k + j) * x4(x_row + k + j);
     }
-    float sum = acc.x + acc.y + acc.z + acc.w;
+    float sum = hsum(acc);
     for (uint k = n_chunks * CHUNK + lane; k < p.n_in; k += n_lanes)   // plain types only
         sum += weight1(w_row + k) * x[x_row + k];
     return sum;
+#endif
 }
 
 void main() {
@@ -346,9 +372,10 @@ void main() {
 // (the variant's defines), with no reduction and no shared memory. llvmpipe runs a group's
 // invocations in SIMD lanes and turns every buffer load into a loop over the lanes, so the
 // cost is the number of loads:
-// weights come 32 at a time in wide loads (weight_chunk), x in vec4s, and each chunk of x
-// serves LANE_ROWS rows, each chunk of weights LANE_TOKENS tokens. With MATMUL_ID (one token
-// per group) the token's expert is read as in VEC.
+// weights come 32 at a time in wide loads as raw quants (chunk_quants), their scales from each
+// row's Head, reloaded once per HEAD_CHUNKS chunks, their offsets and mins applied through the
+// sums of x; x comes in vec4s, and each chunk of x serves LANE_ROWS rows, each chunk of weights
+// LANE_TOKENS tokens. With MATMUL_ID (one token per group) the token's expert is read as in VEC.
 #define LANE_THREADS 8
 layout(local_size_x = LANE_THREADS) in;
 
@@ -387,20 +414,30 @@ void main() {
     [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
         [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
             acc[r][t] = 0.0;
+    Head head[LANE_ROWS];             // each row's current scales
     uint n_chunks = p.n_in / 32u;
     for (uint c = 0; c < n_chunks; c++) {
         vec4 xs[LANE_TOKENS][8];
-        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+        vec2 x_sum[LANE_TOKENS];      // the two halves' sums, for the chunks' offsets
+        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
             [[unroll]] for (uint i = 0; i < 8; i++)
                 xs[t][i] = xq[(x_row[t] >> 2) + c * 8u + i];
+            x_sum[t] = vec2(hsum((xs[t][0] + xs[t][1]) + (xs[t][2] + xs[t][3])),
+                            hsum((xs[t][4] + xs[t][5]) + (xs[t][6] + xs[t][7])));
+        }
         [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
-            vec4 w[8];
-            float scale = weight_chunk(w_row[r] + c * 32u, w);
+            uint e = w_row[r] + c * 32u;
+            if (c == 0u || (e >> 5) % HEAD_CHUNKS == 0u)
+                head[r] = load_head(e);
+            vec4 q[8];
+            vec4 s = chunk_quants(e, head[r], q);
             [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
-                vec4 s = w[0] * xs[t][0];
-                [[unroll]] for (uint i = 1; i < 8; i++)
-                    s += w[i] * xs[t][i];
-                acc[r][t] += scale * ((s.x + s.y) + (s.z + s.w));
+                vec4 lo = q[0] * xs[t][0], hi = q[4] * xs[t][4];
+                [[unroll]] for (uint i = 1; i < 4; i++) {
+                    lo += q[i] * xs[t][i];
+                    hi += q[4 + i] * xs[t][4 + i];
+                }
+                acc[r][t] += s.x * hsum(lo) + s.y * hsum(hi) - dot(s.zw, x_sum[t]);
             }
         }
     }

@@ -187,3 +187,26 @@ def test_real_expert_stack(dev, rng, zaya_k_tensors, name, dtype):
     out = run(dev, lambda g: matmul_id(g, upload_weight(dev, raw, dtype), dev.upload(x), dev.upload(ids)))
     scale = np.einsum("noi,ni->no", np.abs(w[np.minimum(ids, 3)]).astype(np.float64), np.abs(x))
     check(dev.read(out), matmul_id_ref(w, x, ids), scale, name)
+
+
+# ---- device layouts (vkinfer/gpu/tensor.py) ----------------------------------------------------
+@pytest.mark.parametrize("dtype", sorted(BLOCK_TYPES))
+@pytest.mark.parametrize("n_blocks", [1, 7, 8, 13])
+def test_device_layout_round_trip(dtype, n_blocks):
+    """Every block type's device layout keeps its bytes: from_device_layout inverts
+    to_device_layout, and the size is nbytes_of's (superblocks padded with zero blocks)."""
+    from vkinfer.gpu.tensor import from_device_layout, nbytes_of, to_device_layout
+    elems, block_bytes = BLOCK_TYPES[dtype]
+    raw = np.random.default_rng(n_blocks).integers(0, 256, n_blocks * block_bytes, dtype=np.uint8)
+    stored = to_device_layout(dtype, raw)
+    assert stored.size == nbytes_of(dtype, n_blocks * elems)
+    assert np.array_equal(from_device_layout(dtype, stored, n_blocks * elems), raw)
+
+
+@pytest.mark.parametrize("dtype", sorted(BLOCK_TYPES))
+def test_device_read_back(dev, rng, dtype):
+    """A block weight read back from the device is its GGUF bytes."""
+    elems, block_bytes = BLOCK_TYPES[dtype]
+    raw = rng.integers(0, 256, (3, 5 * block_bytes), dtype=np.uint8)
+    weight = upload_weight(dev, raw, dtype)
+    assert np.array_equal(dev.read(weight.parts[0][1]).reshape(raw.shape), raw)

@@ -1,145 +1,141 @@
 // K-quant decoding, one type per compile: Q2_K, Q3_K, Q4_K, Q5_K or Q6_K (256-element
-// super-blocks). Bit layouts follow gguf-py's dequantizers (gguf/quants.py), the test oracle.
-//
-// In every format the 4 elements i..i+3 that weight4 decodes (i a multiple of 4, the index in
-// the block) sit in 4 consecutive bytes of each quant array, at the same bit position, and share
-// one sub-block scale, so a call reads one or two words per array plus the scale bytes.
+// super-blocks), in their device layouts (vkinfer/gpu/tensor.py), chunks of bit planes
+// (nibbles.glsl). Bit layouts follow gguf-py's dequantizers (gguf/quants.py), the test oracle.
 // Values are computed in gguf-py's order, (d * scale) * q - (dmin * min), under `precise` (no
 // fused multiply-add), so they equal its float32 results exactly.
 #include "bytes.glsl"
 
 #define WEIGHT_BLOCK 256
 
-// The 4 bytes of a little-endian word as floats, lowest byte first.
-vec4 bytes4(uint word) {
-    return vec4(uvec4(word, word >> 8, word >> 16, word >> 24) & 0xFFu);
-}
-
-#define EACH_BYTE(bits) ((bits) * 0x01010101u)
-
 #if defined(WTYPE_Q2_K)
-// 84 bytes: u8 scales[16]; u8 qs[64]; half d; half dmin. Element i = 128n + 32s + l is bits
-// 2s..2s+1 of qs[32n + l]; sub-block i / 16 has scale (low nibble) and min (high nibble).
-#define BLOCK_BYTES 84u
+// Superblocks of 8 blocks (168 words): the 8 blocks' quants as 2-bit planes (8 chunks of 2 words
+// each), their 16 scale bytes each (low nibble scale, high nibble min, one per 16 elements),
+// then their (d, dmin). Element 16h + i of chunk j is (d * scale) * q - dmin * min of sub-block
+// 2j + h.
+#define NO_NIBBLES
+#define PLANE2_AT 0
+#define Q_OFFSET 0.0
+#define HEAD_CHUNKS 8u
+struct Head { uvec4 scales; vec2 d; };
 
-vec4 weight4(uint e) {
-    uint base = (e / 256u) * BLOCK_BYTES, i = e % 256u;
-    uint quants = w_words[(base + 16u + (i / 128u) * 32u + i % 32u) >> 2];
-    vec4 q = bytes4((quants >> (2u * ((i / 32u) % 4u))) & EACH_BYTE(3u));
-    uint scale = read_u8(base + i / 16u);
-    vec2 d = unpackHalf2x16(w_words[(base + 80u) >> 2]);      // d, dmin
-    precise vec4 y = (d.x * float(scale & 0xFu)) * q - d.y * float(scale >> 4);
-    return y;
+uint chunk_plane2(uint e) { return (e >> 11) * 84u + ((e >> 8) & 7u) * 8u + ((e >> 5) & 7u); }
+
+Head load_head(uint e) {
+    uint super = e >> 11, block = (e >> 8) & 7u;
+    return Head(w_quads[super * 42u + 32u + block], unpackHalf2x16(w_words[super * 168u + 160u + block]));
 }
+
+vec4 head_scales(Head head, uint e) {
+    uint j = (e >> 5) & 7u;
+    uint pair = pick(head.scales, j >> 1) >> (16u * (j & 1u));
+    vec2 scale = vec2(pair & 0xFu, (pair >> 8) & 0xFu), minimum = vec2((pair >> 4) & 0xFu, (pair >> 12) & 0xFu);
+    return vec4(head.d.x * scale, head.d.y * minimum);
+}
+
+#include "nibbles.glsl"
 
 #elif defined(WTYPE_Q3_K)
-// 110 bytes: u8 hmask[32]; u8 qs[64]; u8 scales[12]; half d. Element i = 128n + 32s + l has low
-// bits 2s..2s+1 of qs[32n + l] and high bit i / 32 of hmask[l]; a clear high bit subtracts 4.
-// Sub-block k = i / 16 has a 6-bit scale, minus 32: low 4 bits from nibble k / 8 of
-// scales[k % 8], high 2 bits from bits 2(k / 4).. of scales[8 + k % 4].
-#define BLOCK_BYTES 110u
+// Superblocks of 8 blocks (220 words): the 8 blocks' low 2 bits as 2-bit planes, their high bits
+// (hmask) as 1-bit planes, their 12 scale bytes each, then their 8 fp16 d. Element 16h + i of
+// chunk j is (d * (scale - 32)) * (q - 4) of sub-block k = 2j + h, q = low | high << 2; its
+// 6-bit scale has its low 4 bits in nibble k / 8 of scales[k % 8] and its high 2 bits at bit
+// 2(k / 4) of scales[8 + k % 4].
+#define NO_NIBBLES
+#define PLANE2_AT 0
+#define PLANE1_AT 2
+#define Q_OFFSET 4.0
+#define HEAD_CHUNKS 8u
+struct Head { uvec3 scales; float d; };
 
-vec4 weight4(uint e) {
-    uint base = (e / 256u) * BLOCK_BYTES, i = e % 256u;
-    uint l = i % 32u;
-    uint low = read_u32_unaligned(base + 32u + (i / 128u) * 32u + l) >> (2u * ((i / 32u) % 4u));
-    uint high = read_u32_unaligned(base + l) >> (i / 32u);
-    vec4 q = bytes4(low & EACH_BYTE(3u)) - 4.0 * bytes4(~high & EACH_BYTE(1u));
-    uint k = i / 16u;
-    uint scale_low = (read_u8(base + 96u + k % 8u) >> (4u * (k / 8u))) & 0xFu;
-    uint scale_high = (read_u8(base + 104u + k % 4u) >> (2u * (k / 4u))) & 3u;
-    float d = read_f16(base + 108u);
-    precise vec4 y = (d * float(int(scale_low | (scale_high << 4)) - 32)) * q;
-    return y;
+uint chunk_plane2(uint e) { return (e >> 11) * 110u + ((e >> 8) & 7u) * 8u + ((e >> 5) & 7u); }
+uint chunk_plane1(uint e) { return (e >> 11) * 220u + 128u + ((e >> 8) & 7u) * 8u + ((e >> 5) & 7u); }
+
+Head load_head(uint e) {
+    uint at = (e >> 11) * 220u, block = (e >> 8) & 7u;
+    uint s = at + 192u + 3u * block;
+    vec2 ds = unpackHalf2x16(w_words[at + 216u + (block >> 1)]);
+    return Head(uvec3(w_words[s], w_words[s + 1u], w_words[s + 2u]), (block & 1u) != 0u ? ds.y : ds.x);
 }
+
+float q3_scale(Head head, uint k) {
+    uint low = (((k & 7u) < 4u ? head.scales.x : head.scales.y) >> (8u * (k & 3u) + 4u * (k >> 3))) & 0xFu;
+    uint high = (head.scales.z >> (8u * (k & 3u) + 2u * (k >> 2))) & 3u;
+    return head.d * float(int(low | (high << 4)) - 32);
+}
+
+vec4 head_scales(Head head, uint e) {
+    uint j = (e >> 5) & 7u;
+    return vec4(q3_scale(head, 2u * j), q3_scale(head, 2u * j + 1u), 0.0, 0.0);
+}
+
+#include "nibbles.glsl"
 
 #elif defined(WTYPE_Q4_K) || defined(WTYPE_Q5_K)
-// Q4_K, 144 bytes: half d; half dmin; u8 scales[12]; u8 qs[128].
-// Q5_K, 176 bytes: the same, then u8 qh[32] before qs.
-// Element i = 64c + 32h + l is nibble h of qs[32c + l]; Q5_K adds bit i / 32 of qh[l] as bit 4.
-// Sub-block j = i / 32 has a 6-bit scale and min packed in the 12 scale bytes.
+// Q4_K, 144 bytes: half d; half dmin; u8 scales[12]; 8 nibble chunks.
+// Q5_K, 176 bytes: the same with 8 1-bit planes (the fifth bits) before the chunks.
+// Chunk j (elements 32j ..) has a 6-bit scale and min packed in the 12 scale bytes.
 #if defined(WTYPE_Q4_K)
-#define BLOCK_BYTES 144u
-#define QS_AT 16u
+#define BLOCK_QUADS 9u
 #else
-#define BLOCK_BYTES 176u
-#define QH_AT 16u
-#define QS_AT 48u
+#define BLOCK_QUADS 11u
+#define PLANE1_AT 4
 #endif
+#define Q_OFFSET 0.0
 
-// (scale, min) of sub-block j from the block's 12 scale bytes, words 1..3 of the block.
-uvec2 scale_min_of(uvec3 scales, uint j) {
-    uint shift = 8u * (j % 4u);
-    uint a = (scales.x >> shift) & 0xFFu;                  // scales[j % 4]
-    uint b = (scales.y >> shift) & 0xFFu;                  // scales[j % 4 + 4]
-    if (j < 4u)
-        return uvec2(a & 63u, b & 63u);
-    uint c = (scales.z >> shift) & 0xFFu;                  // scales[j % 4 + 8]
-    return uvec2((c & 0xFu) | ((a >> 6) << 4), (c >> 4) | ((b >> 6) << 4));
+#define HEAD_CHUNKS 8u
+// A block's 8 6-bit scales and mins unpacked to bytes (scales 0-3, mins 0-3, scales 4-7, mins
+// 4-7), and (d, dmin). From the 12 scale bytes, words 1..3 of the block: sub-block j < 4 has
+// scale scales[j] & 63 and min scales[j + 4] & 63; j >= 4 takes the low (scale) or high (min)
+// nibble of scales[j + 4] and the top 2 bits of scales[j - 4] (scale) or scales[j] (min).
+struct Head { uvec4 bytes; vec2 d; };
+
+Head load_head(uint e) {
+    uvec4 h = w_quads[(e >> 8) * BLOCK_QUADS];
+    uvec4 bytes = uvec4(h.y & EACH_BYTE(63u), h.z & EACH_BYTE(63u),
+                        (h.w & EACH_BYTE(0xFu)) | ((h.y >> 2) & EACH_BYTE(0x30u)),
+                        ((h.w >> 4) & EACH_BYTE(0xFu)) | ((h.z >> 2) & EACH_BYTE(0x30u)));
+    return Head(bytes, unpackHalf2x16(h.x));
 }
 
-// `word` is the block's first word (the blocks are word-aligned).
-uvec2 scale_min(uint word, uint j) {
-    return scale_min_of(uvec3(w_words[word + 1u], w_words[word + 2u], w_words[word + 3u]), j);
+vec4 head_scales(Head head, uint e) {
+    uint j = (e >> 5) & 7u, shift = 8u * (j & 3u);
+    uvec2 both = j < 4u ? head.bytes.xy : head.bytes.zw;
+    float scale = float((both.x >> shift) & 0xFFu), minimum = float((both.y >> shift) & 0xFFu);
+    return vec4(vec2(head.d.x * scale), vec2(head.d.y * minimum));
 }
 
-// Elements 4k..4k+3 of a sub-block from their quant word (nibbles, shifted for its half, and
-// for Q5_K the qh word) and the sub-block's scale and min terms, as gguf-py computes them.
-vec4 k_quant4(uint quants, uint qh, uint j, float scale, float minimum) {
-    uint bits = (quants >> (4u * (j % 2u))) & EACH_BYTE(0xFu);
-#if defined(WTYPE_Q5_K)
-    bits |= ((qh >> j) & EACH_BYTE(1u)) << 4;
-#endif
-    precise vec4 y = scale * bytes4(bits) - minimum;
-    return y;
-}
+uint chunk_qs(uint e) { return (e >> 8) * BLOCK_QUADS + (BLOCK_QUADS - 8u) + ((e >> 5) & 7u); }
+uint chunk_plane1(uint e) { return (e >> 8) * (4u * BLOCK_QUADS) + 4u + ((e >> 5) & 7u); }
 
-vec4 weight4(uint e) {
-    uint word = (e / 256u) * (BLOCK_BYTES / 4u), i = e % 256u;
-    uint l = i % 32u, j = i / 32u;
-    uint quants = w_words[word + (QS_AT + (i / 64u) * 32u + l) / 4u];
-#if defined(WTYPE_Q5_K)
-    uint qh = w_words[word + (QH_AT + l) / 4u];
-#else
-    uint qh = 0u;
-#endif
-    uvec2 sm = scale_min(word, j);
-    vec2 d = unpackHalf2x16(w_words[word]);                // d, dmin
-    return k_quant4(quants, qh, j, d.x * float(sm.x), d.y * float(sm.y));
-}
+#include "nibbles.glsl"
 
 #elif defined(WTYPE_Q6_K)
-// 210 bytes: u8 ql[128]; u8 qh[64]; i8 scales[16]; half d. Element i = 128n + 64h + m is
-// nibble h of ql[64n + m] with bits 2s..2s+1 of qh[32n + m % 32] on top (s = (i / 32) % 4),
-// minus 32; sub-block i / 16 has a signed 8-bit scale. On the device (vkinfer/gpu/tensor.py)
-// blocks come in superblocks of 8: their first 208 bytes each, then their 8 d.
-#define Q6_SUPER_BYTES 1680u
-#define Q6_BODY_BYTES 208u
+// Superblocks of 8 blocks: 8 bodies of 208 bytes (13 uvec4s: 8 nibble chunks, 8 2-bit planes,
+// the 16 signed scales, one per 16 elements), then the 8 fp16 d. Element 16h + i of chunk j is
+// d * scales[2j + h] * (q - 32).
+#define PLANE2_AT 4
+#define Q_OFFSET 32.0
 
-// Byte address of block e / 256's body, and of its d.
-uint q6_body(uint e) {
-    return (e >> 11) * Q6_SUPER_BYTES + ((e >> 8) & 7u) * Q6_BODY_BYTES;
-}
-uint q6_d_at(uint e) {
-    return (e >> 11) * Q6_SUPER_BYTES + 8u * Q6_BODY_BYTES + 2u * ((e >> 8) & 7u);
-}
+uint chunk_qs(uint e) { return (e >> 11) * 105u + ((e >> 8) & 7u) * 13u + ((e >> 5) & 7u); }
+uint chunk_plane2(uint e) { return (e >> 11) * 210u + ((e >> 8) & 7u) * 26u + 16u + ((e >> 5) & 7u); }
 
-// Elements from their ql word (shifted for their nibble), qh word (shifted for their bits)
-// and the sub-block's d * scale, as gguf-py computes them.
-vec4 q6_quant4(uint low, uint high, float scale) {
-    uint bits = (low & EACH_BYTE(0xFu)) | ((high & EACH_BYTE(3u)) << 4);
-    precise vec4 y = scale * (bytes4(bits) - 32.0);
-    return y;
+#define HEAD_CHUNKS 8u
+struct Head { uvec4 scales; float d; };  // a block's 16 scales and its d
+
+Head load_head(uint e) {
+    uint block = (e >> 8) & 7u, super = e >> 11;
+    vec2 ds = unpackHalf2x16(w_words[super * 420u + 416u + (block >> 1)]);
+    return Head(w_quads[super * 105u + block * 13u + 12u], (block & 1u) != 0u ? ds.y : ds.x);
 }
 
-vec4 weight4(uint e) {
-    uint base = q6_body(e), i = e % 256u;
-    uint n = i / 128u;
-    uint low = w_words[(base + 64u * n + i % 64u) >> 2] >> (4u * ((i / 64u) % 2u));
-    uint high = w_words[(base + 128u + 32u * n + i % 32u) >> 2] >> (2u * ((i / 32u) % 4u));
-    int scale = bitfieldExtract(int(read_u8(base + 192u + i / 16u)), 0, 8);
-    return q6_quant4(low, high, read_f16(q6_d_at(e)) * float(scale));
+vec4 head_scales(Head head, uint e) {
+    uint j = (e >> 5) & 7u;
+    int pair = int(pick(head.scales, j >> 1) >> (16u * (j & 1u)));
+    return vec4(head.d * float(bitfieldExtract(pair, 0, 8)), head.d * float(bitfieldExtract(pair, 8, 8)),
+                0.0, 0.0);
 }
+
+#include "nibbles.glsl"
 
 #endif
 

@@ -1,51 +1,34 @@
-// GGUF legacy 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (one per compile, by WTYPE_*).
-// Blocks follow each other unpadded from byte 0 of w_words[], so a block of 18, 22 or 34 bytes
-// may start mid-word; fields are read with bytes.glsl. weight4(e) takes e a multiple of 4, so
-// its 4 elements are consecutive quants of one block:
-//   Q4_*: elements j..j+3 (j < 16) are the low nibbles of qs[j..j+3], j >= 16 the high nibbles
-//         of qs[j-16..j-13]: one u32 read.
-//   Q5_*: the same nibbles plus bits j..j+3 of the block's u32 qh as the fifth bit.
-//   Q8_0: not in GGUF order on the device (vkinfer/gpu/tensor.py): superblocks of 8 blocks, 64
-//         words of quants then 4 words of fp16 scales, so elements e..e+3 are one aligned word.
+// GGUF legacy 32-element blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (one per compile, by WTYPE_*), in
+// their device layouts (vkinfer/gpu/tensor.py): superblocks of 8 blocks, field by field, so
+// every field is aligned words:
+//   Q8_0: 64 words of quants (a block's 32 in 8 words), then the 8 fp16 d in 4 words.
+//   Q4_0, Q4_1, Q5_0, Q5_1: 8 nibble chunks (nibbles.glsl), for Q5_* 8 1-bit planes, then the 8
+//   fp16 d (Q4_0, Q5_0: 4 words) or the 8 (d, m) pairs (Q4_1, Q5_1: 8 words).
 // Values are computed as gguf-py's dequantizer does, in f32: d * q, and for the _1 types
 // (d * q) + m rounded twice (`precise` stops the compiler fusing them into an fma).
 #include "bytes.glsl"
 
 #define WEIGHT_BLOCK 32
 
-#if defined(WTYPE_Q4_0)
-#define BLOCK_BYTES 18u
-#elif defined(WTYPE_Q4_1)
-#define BLOCK_BYTES 20u
-#elif defined(WTYPE_Q5_0)
-#define BLOCK_BYTES 22u
-#elif defined(WTYPE_Q5_1)
-#define BLOCK_BYTES 24u
-#endif
-
-// The 4 bytes of a little-endian word, lowest first.
-uvec4 word_bytes(uint word) {
-    return (uvec4(word) >> uvec4(0u, 8u, 16u, 24u)) & 0xFFu;
-}
-
-// The 4 nibbles for elements j..j+3 of a block whose qs[16] starts at byte qs_addr.
-uvec4 nibbles4(uint qs_addr, uint j) {
-    uint shift = (j & 16u) >> 2;          // 0 for the low nibbles, 4 for the high ones
-    return word_bytes(read_u32_unaligned(qs_addr + (j & 15u)) >> shift) & 0xFu;
-}
-
-// Fifth bits for elements j..j+3 from the block's qh word, shifted to bit 4.
-uvec4 high_bits4(uint qh, uint j) {
-    return ((uvec4(qh >> j) >> uvec4(0u, 1u, 2u, 3u)) & 1u) << 4;
-}
-
 // Signed bytes of a word, lowest first.
 ivec4 word_i8(uint word) {
     return ivec4(int(word) << 24, int(word) << 16, int(word) << 8, int(word)) >> 24;
 }
 
+// The fp16 d of chunk e >> 5 from its superblock's 8, in 4 words.
+float head_d(uvec4 d, uint e) {
+    uint k = (e >> 5) & 7u;
+    vec2 both = unpackHalf2x16(pick(d, k >> 1));
+    return (k & 1u) != 0u ? both.y : both.x;
+}
+
+#define HEAD_CHUNKS 8u
+
 #if defined(WTYPE_Q8_0)
 #define Q8_SUPER_WORDS 68u
+struct Head { uvec4 d; };
+Head load_head(uint e) { return Head(w_quads[(e >> 8) * (Q8_SUPER_WORDS / 4u) + 16u]); }
+
 // The scale of element e's block.
 float q8_scale(uint e) {
     uint word = w_words[(e >> 8) * Q8_SUPER_WORDS + 64u + ((e & 255u) >> 6)];
@@ -56,31 +39,56 @@ float q8_scale(uint e) {
 vec4 weight4(uint e) {
     return vec4(word_i8(w_words[(e >> 8) * Q8_SUPER_WORDS + ((e & 255u) >> 2)])) * q8_scale(e);
 }
+
 #else
-vec4 weight4(uint e) {
-    uint block = e / 32u;
-    uint j = e % 32u;
-    uint b = block * BLOCK_BYTES;
 #if defined(WTYPE_Q4_0)
-    float d = read_f16(b);
-    return d * (vec4(nibbles4(b + 2u, j)) - 8.0);
+#define SUPER_WORDS 36u
+#define SCALES_AT 32u
+#define Q_OFFSET 8.0
+#elif defined(WTYPE_Q4_1)
+#define SUPER_WORDS 40u
+#define SCALES_AT 32u
+#define Q_OFFSET 0.0
+#define WITH_MIN
 #elif defined(WTYPE_Q5_0)
-    float d = read_f16(b);
-    uvec4 q = nibbles4(b + 6u, j) | high_bits4(read_u32_unaligned(b + 2u), j);
-    return d * (vec4(q) - 16.0);
-#else
-    // Q4_1 (20 bytes) and Q5_1 (24 bytes) blocks start word-aligned: d and m share word 0.
-    vec2 dm = unpackHalf2x16(w_words[b >> 2]);
-#if defined(WTYPE_Q4_1)
-    uvec4 q = nibbles4(b + 4u, j);
-#else
-    uvec4 q = nibbles4(b + 8u, j) | high_bits4(w_words[(b >> 2) + 1u], j);
+#define SUPER_WORDS 44u
+#define SCALES_AT 40u
+#define PLANE1_AT 4
+#define Q_OFFSET 16.0
+#elif defined(WTYPE_Q5_1)
+#define SUPER_WORDS 48u
+#define SCALES_AT 40u
+#define PLANE1_AT 4
+#define Q_OFFSET 0.0
+#define WITH_MIN
 #endif
-    precise vec4 scaled = dm.x * vec4(q);
-    precise vec4 value = scaled + dm.y;
-    return value;
-#endif
+
+uint chunk_qs(uint e) { return (e >> 8) * (SUPER_WORDS / 4u) + ((e >> 5) & 7u); }
+uint chunk_plane1(uint e) { return (e >> 8) * SUPER_WORDS + 32u + ((e >> 5) & 7u); }
+
+#if defined(WITH_MIN)
+struct Head { uvec4 dm[2]; };           // (d, m) of the superblock's 8 blocks
+Head load_head(uint e) {
+    uint quad = (e >> 8) * (SUPER_WORDS / 4u) + SCALES_AT / 4u;
+    return Head(uvec4[2](w_quads[quad], w_quads[quad + 1u]));
 }
+
+vec4 head_scales(Head head, uint e) {
+    uint k = (e >> 5) & 7u;
+    vec2 dm = unpackHalf2x16(pick(k < 4u ? head.dm[0] : head.dm[1], k & 3u));
+    return vec4(dm.xx, -dm.yy);                     // (d * q) - (-m) = (d * q) + m exactly
+}
+#else
+struct Head { uvec4 d; };               // d of the superblock's 8 blocks
+Head load_head(uint e) { return Head(w_quads[(e >> 8) * (SUPER_WORDS / 4u) + SCALES_AT / 4u]); }
+
+vec4 head_scales(Head head, uint e) {
+    float d = head_d(head.d, e);
+    return vec4(d, d, 0.0, 0.0);
+}
+#endif
+
+#include "nibbles.glsl"
 #endif
 
 // Only reached for a row tail shorter than 4, which a block type never has; kept for callers.

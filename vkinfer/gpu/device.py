@@ -10,7 +10,7 @@ from math import ceil
 import numpy as np
 
 from ..errors import VkInferError
-from .tensor import (BLOCK_TYPES, D_AT, SUPERBLOCK, Buffer, Tensor, from_device_layout, nbytes_of,
+from .tensor import (BLOCK_TYPES, SUPERBLOCKS, Buffer, Tensor, from_device_layout, nbytes_of,
                      to_device_layout)
 from .vulkan_info import DeviceInfo, query_devices
 
@@ -127,7 +127,7 @@ class Device:
             raise ValueError(f"write: {t} is not contiguous")
         raw = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
         if t.dtype in BLOCK_TYPES:
-            if t.dtype in D_AT and t.offset % (BLOCK_TYPES[t.dtype][0] * SUPERBLOCK):
+            if t.offset % (BLOCK_TYPES[t.dtype][0] * SUPERBLOCKS.get(t.dtype, 1)):
                 raise ValueError(f"write: {t} does not start on a {t.dtype} superblock")
             raw = to_device_layout(t.dtype, raw)
         if raw.size != t.nbytes:

@@ -13,12 +13,118 @@ BLOCK_TYPES = {"q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32
                "q5_k": (256, 176), "q6_k": (256, 210)}
 
 
-# Q8_0 and Q6_K are stored on the device in superblocks of 8 GGUF blocks: each block without
-# its fp16 scale d, then the 8 scales. Q8_0's 32 quants and Q6_K's 208 bytes of quants and
-# sub-block scales are then whole uvec4s, aligned for wide loads (shaders/include/weights.glsl);
-# the bytes are the same but for a last superblock padded with zero blocks.
-SUPERBLOCK = 8
-D_AT = {"q8_0": 0, "q6_k": 208}           # byte offset of d inside the GGUF block
+# Device layouts of the block types (shaders/include/quant_*.glsl read them). A layout keeps the
+# GGUF bytes, but for a last superblock padded with zero blocks; it only moves bytes (and bits)
+# so that each 32-element chunk's quants are whole aligned words: one uvec4 of 4-bit quants and
+# at most a word or two of high bits.
+# * A nibble chunk is 16 bytes: byte 4c + b holds element 4c + b of the chunk in its low nibble
+#   and element 16 + 4c + b in its high one (Q4_0's own order).
+# * A 1-bit plane is one word: bit 8b + 4h + c is bit 4 of element 16h + 4c + b.
+# * A 2-bit plane is two words: word h, bits 8b + 2c and 8b + 2c + 1, hold bits 4-5 of element
+#   16h + 4c + b.
+# A superblock type stores SUPERBLOCKS[dtype] blocks field by field: the first field of each
+# block, then the second of each, ...; the other types transform their blocks' fields in place.
+#   Q8_0  8 x 32 quants, 8 x d                                    (68 words)
+#   Q4_0  8 nibble chunks, 8 x d                                  (36 words)
+#   Q4_1  8 nibble chunks, 8 x (d, m)                             (40 words)
+#   Q5_0  8 nibble chunks, 8 1-bit planes, 8 x d                  (44 words)
+#   Q5_1  8 nibble chunks, 8 1-bit planes, 8 x (d, m)             (48 words)
+#   Q6_K  8 bodies, 8 x d; a body is 8 nibble chunks, 8 2-bit planes, the 16 scales (420 words)
+#   Q2_K  8 x 8 2-bit planes (the quants), 8 x the 16 scale bytes, 8 x (d, dmin)  (168 words)
+#   Q3_K  8 x 8 2-bit planes (low bits), 8 x 8 1-bit planes (hmask), 8 x the 12 scale bytes,
+#         8 x d                                                   (220 words)
+#   Q4_K  per block: d, dmin, the 12 scale bytes, 8 nibble chunks (36 words)
+#   Q5_K  per block: d, dmin, the 12 scale bytes, 8 1-bit planes, 8 nibble chunks (44 words)
+SUPERBLOCKS = {"q8_0": 8, "q4_0": 8, "q4_1": 8, "q5_0": 8, "q5_1": 8, "q2_k": 8, "q3_k": 8, "q6_k": 8}
+
+_M0F, _MF0 = np.uint64(0x0F0F0F0F0F0F0F0F), np.uint64(0xF0F0F0F0F0F0F0F0)
+_M01, _M03 = np.uint32(0x01010101), np.uint32(0x03030303)
+
+
+def _words(field: np.ndarray, dtype=np.uint32) -> np.ndarray:
+    return np.ascontiguousarray(field).view(dtype)
+
+
+def _nibble_chunks(field: np.ndarray) -> np.ndarray:
+    """[N, 32k] bytes, each 32 holding two chunks (low nibbles one, high nibbles the next:
+    Q4_K's and Q6_K's order) <-> the two nibble chunks. Its own inverse."""
+    q = _words(field, np.uint64).reshape(len(field), -1, 4)
+    lo, hi = q[:, :, :2], q[:, :, 2:]
+    out = np.concatenate([(lo & _M0F) | ((hi & _M0F) << np.uint64(4)),
+                          ((lo >> np.uint64(4)) & _M0F) | (hi & _MF0)], axis=2)
+    return out.view(np.uint8).reshape(field.shape)
+
+
+def _q5k_planes(field: np.ndarray) -> np.ndarray:
+    """Q5_K's qh[32] (bit j of qh[l]: bit 4 of element l of chunk j) <-> 8 1-bit planes: an
+    8 x 8 bit transpose in each byte lane, so its own inverse."""
+    w = _words(field)
+    out = np.zeros_like(w)
+    for j in range(8):
+        for k in range(8):
+            out[:, j] |= ((w[:, k] >> np.uint32(j)) & _M01) << np.uint32(k)
+    return out.view(np.uint8)
+
+
+def _q5_plane(field: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """Q5_0's / Q5_1's qh (bit i of the u32: element i) <-> a 1-bit plane."""
+    w = _words(field)
+    out = np.zeros_like(w)
+    for i in range(32):
+        src, dst = i, 8 * (i % 4) + i // 4
+        if inverse:
+            src, dst = dst, src
+        out |= ((w >> np.uint32(src)) & np.uint32(1)) << np.uint32(dst)
+    return out.view(np.uint8)
+
+
+def _two_bit_planes(field: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """[N, 64] bytes whose byte 32n + l holds, in bits 2p and 2p + 1, two bits of element l of
+    chunk 4n + p (Q6_K's qh, Q2_K's and Q3_K's qs) <-> 8 2-bit planes."""
+    n = len(field)
+    out = np.zeros((n, 2, 4, 2) if not inverse else (n, 2, 2, 4), np.uint32)
+    w = _words(field).reshape((n, 2, 2, 4) if not inverse else (n, 2, 4, 2))
+    for p in range(4):
+        for c in range(4):
+            if not inverse:      # w: n, h, c (l = 16h + 4c + b); out: n, p, h
+                out[:, :, p, :] |= ((w[:, :, :, c] >> np.uint32(2 * p)) & _M03) << np.uint32(2 * c)
+            else:
+                out[:, :, :, c] |= ((w[:, :, p, :] >> np.uint32(2 * c)) & _M03) << np.uint32(2 * p)
+    return out.view(np.uint8).reshape(n, 64)
+
+
+def _q6_body(field: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """The 208 bytes before d of a Q6_K block <-> a body. GGUF's ql[64n + 32s + l] holds, in
+    nibble H, element l of chunk 4n + 2H + s; qh its 2-bit planes' bits."""
+    n = len(field)
+    ql, out = field[:, :128], np.array(field)
+    if not inverse:
+        chunks = _nibble_chunks(ql).reshape(n, 2, 2, 2, 16)             # n, s, H, bytes
+        out[:, :128] = chunks.transpose(0, 1, 3, 2, 4).reshape(n, 128)    # chunk 4n + 2H + s
+    else:
+        chunks = ql.reshape(n, 2, 2, 2, 16).transpose(0, 1, 3, 2, 4)     # n, H, s -> n, s, H
+        out[:, :128] = _nibble_chunks(chunks.reshape(n, 128))
+    out[:, 128:192] = _two_bit_planes(field[:, 128:192], inverse)
+    return out
+
+
+# dtype -> the fields (start, stop, (forward, inverse) or None) of a GGUF block, in device order.
+_NIBBLES = (_nibble_chunks, _nibble_chunks)
+_PLANE = (_q5_plane, lambda f: _q5_plane(f, inverse=True))
+_PLANES2 = (_two_bit_planes, lambda f: _two_bit_planes(f, inverse=True))
+_PLANES1 = (_q5k_planes, _q5k_planes)
+FIELDS = {
+    "q8_0": [(2, 34, None), (0, 2, None)],
+    "q4_0": [(2, 18, None), (0, 2, None)],
+    "q4_1": [(4, 20, None), (0, 4, None)],
+    "q5_0": [(6, 22, None), (2, 6, _PLANE), (0, 2, None)],
+    "q5_1": [(8, 24, None), (4, 8, _PLANE), (0, 4, None)],
+    "q4_k": [(0, 16, None), (16, 144, _NIBBLES)],
+    "q5_k": [(0, 16, None), (16, 48, _PLANES1), (48, 176, _NIBBLES)],
+    "q2_k": [(16, 80, _PLANES2), (0, 16, None), (80, 84, None)],
+    "q3_k": [(32, 96, _PLANES2), (0, 32, _PLANES1), (96, 108, None), (108, 110, None)],
+    "q6_k": [(0, 208, (_q6_body, lambda f: _q6_body(f, inverse=True))), (208, 210, None)],
+}
 
 
 def nbytes_of(dtype: str, n: int) -> int:
@@ -27,38 +133,43 @@ def nbytes_of(dtype: str, n: int) -> int:
         elems, nbytes = BLOCK_TYPES[dtype]
         if n % elems:
             raise ValueError(f"{n} elements is not a whole number of {dtype} blocks of {elems}")
-        if dtype in D_AT:
-            return -(-n // (elems * SUPERBLOCK)) * nbytes * SUPERBLOCK
-        return n // elems * nbytes
+        per = SUPERBLOCKS.get(dtype, 1)
+        return -(-n // (elems * per)) * nbytes * per
     return n * ELEM_BYTES[dtype]
 
 
 def to_device_layout(dtype: str, raw: np.ndarray) -> np.ndarray:
     """GGUF block bytes (uint8, whole blocks) as the device stores them."""
-    if dtype not in D_AT:
+    if dtype not in FIELDS:
         return raw
-    size, at = BLOCK_TYPES[dtype][1], D_AT[dtype]
+    size, per = BLOCK_TYPES[dtype][1], SUPERBLOCKS.get(dtype, 1)
     blocks = raw.reshape(-1, size)
-    n_super = -(-blocks.shape[0] // SUPERBLOCK)
-    padded = np.zeros((n_super * SUPERBLOCK, size), np.uint8)
-    padded[:blocks.shape[0]] = blocks
-    supers = padded.reshape(n_super, SUPERBLOCK, size)
-    rest = np.concatenate([supers[:, :, :at], supers[:, :, at + 2:]], axis=2)
-    return np.concatenate([rest.reshape(n_super, -1), supers[:, :, at:at + 2].reshape(n_super, -1)],
-                          axis=1).reshape(-1)
+    n_super = -(-blocks.shape[0] // per)
+    if n_super * per != blocks.shape[0]:
+        padded = np.zeros((n_super * per, size), np.uint8)
+        padded[:blocks.shape[0]] = blocks
+        blocks = padded
+    fields = []
+    for start, stop, transform in FIELDS[dtype]:
+        field = blocks[:, start:stop]
+        fields.append((transform[0](field) if transform else field).reshape(n_super, -1))
+    return np.concatenate(fields, axis=1).reshape(-1)
 
 
 def from_device_layout(dtype: str, stored: np.ndarray, n: int) -> np.ndarray:
     """The GGUF block bytes of n elements from their device layout (to_device_layout's inverse)."""
-    if dtype not in D_AT:
+    if dtype not in FIELDS:
         return stored
     elems, size = BLOCK_TYPES[dtype]
-    at = D_AT[dtype]
-    supers = stored.reshape(-1, SUPERBLOCK * size)
-    rest = supers[:, :SUPERBLOCK * (size - 2)].reshape(-1, SUPERBLOCK, size - 2)
-    d = supers[:, SUPERBLOCK * (size - 2):].reshape(-1, SUPERBLOCK, 2)
-    blocks = np.concatenate([rest[:, :, :at], d, rest[:, :, at:]], axis=2)
-    return blocks.reshape(-1, size)[:n // elems].reshape(-1)
+    per = SUPERBLOCKS.get(dtype, 1)
+    supers = stored.reshape(-1, per * size)
+    blocks = np.empty((supers.shape[0] * per, size), np.uint8)
+    at = 0
+    for start, stop, transform in FIELDS[dtype]:
+        field = supers[:, at:at + per * (stop - start)].reshape(-1, stop - start)
+        blocks[:, start:stop] = transform[1](field) if transform else field
+        at += per * (stop - start)
+    return blocks[:n // elems].reshape(-1)
 
 
 NUMPY_DTYPES = {"f32": np.float32, "u32": np.uint32, "i32": np.int32, "f16": np.float16}

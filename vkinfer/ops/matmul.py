@@ -1,6 +1,7 @@
-"""Matrix products with F32, F16 and BF16 weights: y = W @ x for each token, W numpy-style
-[out, in] (GGUF ne0 = in), and the MoE gather-matmul where each token uses its own expert.
-Weights are decoded in the shader (shaders/include/weights.glsl); sums are F32."""
+"""Matrix products with weights of every type (F32, F16, BF16 and the GGUF block types): y = W @ x
+for each token, W numpy-style [out, in] (GGUF ne0 = in), and the MoE gather-matmul where each
+token uses its own expert. Weights are decoded in the shader (shaders/include/weights.glsl, from
+the device layouts of vkinfer/gpu/tensor.py); sums are F32."""
 from math import ceil
 
 import numpy as np
@@ -41,7 +42,7 @@ LANE_THREADS, LANE_VEC_ROWS, LANE_MAT_ROWS, LANE_TOKENS = 8, 8, 16, 8
 LANE_ALIGN = {"f32": 4, "f16": 8}
 # Types with a wide chunk load (weights.glsl weight_chunk) also get the LANE prompt kernel; for
 # the others its 16 x 8 tile of inlined weight4 decoding takes LLVM 20-40 s to compile.
-LANE_MAT_TYPES = ("f32", "f16", "q8_0", "q4_k", "q5_k", "q6_k")
+LANE_MAT_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 
 
 def _lane(g: Graph, W, x: Tensor, n: int, batched: bool) -> bool:
