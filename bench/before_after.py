@@ -15,13 +15,27 @@ import sys
 from pathlib import Path
 
 
+def tree_env(tree: Path) -> dict:
+    return {"PYTHONPATH": str(tree.resolve()), "PATH": "/usr/bin:/bin"}
+
+
+def checked_tree(tree: Path) -> Path:
+    """The tree, after making sure its own vkinfer is the one imported there (`python -m` puts
+    the working directory first on sys.path, so each run starts in its tree)."""
+    tree = tree.resolve()
+    where = subprocess.run([sys.executable, "-c", "import vkinfer; print(vkinfer.__file__)"], env=tree_env(tree),
+                           cwd=tree, capture_output=True, text=True).stdout.strip()
+    if not where.startswith(str(tree) + "/"):
+        raise SystemExit(f"{tree}: imports vkinfer from {where or '?'}, not from the tree")
+    return tree
+
+
 def bench(tree: Path, model: str, args, prompt: int) -> dict:
     cmd = [sys.executable, "-m", "vkinfer", "bench", model, "-p", str(prompt), "-n", "0" if prompt else str(args.n),
            "-r", str(args.r), "-o", "json"]
     if not prompt:
         cmd += ["--roofline", "--profile"]
-    env = {"PYTHONPATH": str(tree.resolve()), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    done = subprocess.run(cmd, env=tree_env(tree), cwd=tree, capture_output=True, text=True, timeout=args.timeout)
     if done.returncode:
         raise SystemExit(f"{tree}: {' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     d = json.loads(done.stdout)
@@ -43,7 +57,8 @@ def main():
     ap.add_argument("--timeout", type=int, default=1200)
     ap.add_argument("models", nargs="+")
     args = ap.parse_args()
-    trees = {"before": args.before, "after": args.after}
+    trees = {"before": checked_tree(args.before), "after": checked_tree(args.after)}
+    args.models = [str(Path(m).resolve()) for m in args.models]
     print("| model | test | before t/s | after t/s | after/before | roofline before → after "
           "| dispatches before → after |")
     print("|---|---|---:|---:|---:|---|---|")
