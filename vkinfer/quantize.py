@@ -35,7 +35,7 @@ FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_
 # name parts that are never quantized: llama.cpp's list, as far as vkinfer's architectures have
 # them, plus ZAYA's grouped conv kernel, which the ZAYA1 draft's llama-quantize keeps F32 too
 NEVER_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ssm_conv1d", "cca_conv_grp")
-CHUNK_WEIGHTS = 1 << 16            # rows are quantized in chunks of about this many weights
+CHUNK_WEIGHTS = 1 << 18            # rows are quantized in chunks of about this many weights
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
