@@ -202,3 +202,25 @@ def test_bf16_input(tmp_path):
     rewrite_gguf(FIX / "mamba-tiny-f16.gguf", src, tensors=bf16)
     quantize_file(src, tmp_path / "q.gguf", "q4_k_m", quiet=True)
     assert _types(tmp_path / "q.gguf") == _types(FIX / "mamba-tiny-q4_k_m.gguf")   # ssm_dt: F16
+
+
+def test_sigterm_leaves_no_partial_file(tmp_path):
+    """SIGTERM in the middle of writing (sent by the program to itself as its third tensor is
+    converted, so nothing depends on timing) exits 143 through the writer's cleanup."""
+    out = tmp_path / "o.gguf"
+    code = ("import os, signal, sys\n"
+            "import vkinfer.quantize as q\n"
+            "convert, seen = q._convert_tensor, []\n"
+            "def converting(*a, **k):\n"
+            "    seen.append(1)\n"
+            "    if len(seen) == 3:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return convert(*a, **k)\n"
+            "q._convert_tensor = converting\n"
+            "from vkinfer.cli import main\n"
+            f"sys.argv = ['vkinfer', 'quantize', {str(FIX / 'mamba-tiny-f16.gguf')!r}, {str(out)!r}, 'q8_0', '-q']\n"
+            "sys.exit(main())\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 143, p.stderr
+    assert "Traceback" not in p.stderr
+    assert not out.exists() and not list(tmp_path.glob(".*.part"))

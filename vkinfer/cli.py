@@ -1,16 +1,24 @@
 """The `vkinfer` command: `vkinfer [--device D] [-v] <command> ...`.
 
 Every VkInferError becomes one line `vkinfer: error: <message>` on stderr and exit status 1;
-Ctrl-C exits 130 without a traceback; a reader that stops early (`| head`) ends it quietly."""
+Ctrl-C exits 130 without a traceback, SIGTERM 143 (both through the code's `finally` blocks, so
+convert and quantize leave no partial file); a reader that stops early (`| head`) ends it quietly."""
 import argparse
 import logging
+import signal
 import sys
 
 from .errors import VkInferError
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:            # the program itself, not a caller in this process (the tests)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="vkinfer: %(levelname)s: %(message)s")
     try:
