@@ -206,8 +206,11 @@ def test_bf16_input(tmp_path):
 
 def test_sigterm_leaves_no_partial_file(tmp_path):
     """SIGTERM in the middle of writing (sent by the program to itself as its third tensor is
-    converted, so nothing depends on timing) exits 143 through the writer's cleanup."""
+    converted, so nothing depends on timing) exits 143 through the writer's cleanup, and the file
+    that was at OUT before is as it was."""
     out = tmp_path / "o.gguf"
+    out.write_bytes(b"the user's file from before")
+    before = out.read_bytes()
     code = ("import os, signal, sys\n"
             "import vkinfer.quantize as q\n"
             "convert, seen = q._convert_tensor, []\n"
@@ -223,4 +226,4 @@ def test_sigterm_leaves_no_partial_file(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 143, p.stderr
     assert "Traceback" not in p.stderr
-    assert not out.exists() and not list(tmp_path.glob(".*.part"))
+    assert out.read_bytes() == before and not list(tmp_path.glob(".*.part"))
