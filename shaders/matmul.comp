@@ -7,6 +7,8 @@
 //        (the skip slot) gives a row of zeros, written by the part with e_start == 0.
 //   MAT: tiles of TILE_ROWS rows x TILE_TOKENS tokens; each step decodes a TILE_ROWS x TILE_K
 //        slice of W into shared memory once and uses every value for TILE_TOKENS tokens.
+//        With MATMUL_ID (prompts) a group does one expert (ids and parts as in VEC) for the
+//        tokens that chose it, TILE_TOKENS at a time, so each expert is read once per tile.
 //! variant vec_f32 VEC WTYPE_F32
 //! variant vecsg_f32 VEC SUBGROUP_SUM WTYPE_F32
 //! variant vecrow_f32 VEC ROW_PER_THREAD WTYPE_F32
@@ -26,8 +28,11 @@
 //! variant idsg_bf16 VEC MATMUL_ID SUBGROUP_SUM WTYPE_BF16
 //! variant idrow_bf16 VEC MATMUL_ID ROW_PER_THREAD WTYPE_BF16
 //! variant mat_f32 MAT WTYPE_F32
+//! variant idmat_f32 MAT MATMUL_ID WTYPE_F32
 //! variant mat_f16 MAT WTYPE_F16
+//! variant idmat_f16 MAT MATMUL_ID WTYPE_F16
 //! variant mat_bf16 MAT WTYPE_BF16
+//! variant idmat_bf16 MAT MATMUL_ID WTYPE_BF16
 //! variant vec_q4_0 VEC WTYPE_Q4_0
 //! variant vecsg_q4_0 VEC SUBGROUP_SUM WTYPE_Q4_0
 //! variant vecrow_q4_0 VEC ROW_PER_THREAD WTYPE_Q4_0
@@ -35,6 +40,7 @@
 //! variant idsg_q4_0 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q4_0
 //! variant idrow_q4_0 VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q4_0
 //! variant mat_q4_0 MAT WTYPE_Q4_0
+//! variant idmat_q4_0 MAT MATMUL_ID WTYPE_Q4_0
 //! variant vec_q4_1 VEC WTYPE_Q4_1
 //! variant vecsg_q4_1 VEC SUBGROUP_SUM WTYPE_Q4_1
 //! variant vecrow_q4_1 VEC ROW_PER_THREAD WTYPE_Q4_1
@@ -42,6 +48,7 @@
 //! variant idsg_q4_1 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q4_1
 //! variant idrow_q4_1 VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q4_1
 //! variant mat_q4_1 MAT WTYPE_Q4_1
+//! variant idmat_q4_1 MAT MATMUL_ID WTYPE_Q4_1
 //! variant vec_q5_0 VEC WTYPE_Q5_0
 //! variant vecsg_q5_0 VEC SUBGROUP_SUM WTYPE_Q5_0
 //! variant vecrow_q5_0 VEC ROW_PER_THREAD WTYPE_Q5_0
@@ -49,6 +56,7 @@
 //! variant idsg_q5_0 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q5_0
 //! variant idrow_q5_0 VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q5_0
 //! variant mat_q5_0 MAT WTYPE_Q5_0
+//! variant idmat_q5_0 MAT MATMUL_ID WTYPE_Q5_0
 //! variant vec_q5_1 VEC WTYPE_Q5_1
 //! variant vecsg_q5_1 VEC SUBGROUP_SUM WTYPE_Q5_1
 //! variant vecrow_q5_1 VEC ROW_PER_THREAD WTYPE_Q5_1
@@ -56,6 +64,7 @@
 //! variant idsg_q5_1 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q5_1
 //! variant idrow_q5_1 VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q5_1
 //! variant mat_q5_1 MAT WTYPE_Q5_1
+//! variant idmat_q5_1 MAT MATMUL_ID WTYPE_Q5_1
 //! variant vec_q8_0 VEC WTYPE_Q8_0
 //! variant vecsg_q8_0 VEC SUBGROUP_SUM WTYPE_Q8_0
 //! variant vecrow_q8_0 VEC ROW_PER_THREAD WTYPE_Q8_0
@@ -63,6 +72,7 @@
 //! variant idsg_q8_0 VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q8_0
 //! variant idrow_q8_0 VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q8_0
 //! variant mat_q8_0 MAT WTYPE_Q8_0
+//! variant idmat_q8_0 MAT MATMUL_ID WTYPE_Q8_0
 //! variant vec_q2_k VEC WTYPE_Q2_K
 //! variant vecsg_q2_k VEC SUBGROUP_SUM WTYPE_Q2_K
 //! variant vecrow_q2_k VEC ROW_PER_THREAD WTYPE_Q2_K
@@ -70,6 +80,7 @@
 //! variant idsg_q2_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q2_K
 //! variant idrow_q2_k VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q2_K
 //! variant mat_q2_k MAT WTYPE_Q2_K
+//! variant idmat_q2_k MAT MATMUL_ID WTYPE_Q2_K
 //! variant vec_q3_k VEC WTYPE_Q3_K
 //! variant vecsg_q3_k VEC SUBGROUP_SUM WTYPE_Q3_K
 //! variant vecrow_q3_k VEC ROW_PER_THREAD WTYPE_Q3_K
@@ -77,6 +88,7 @@
 //! variant idsg_q3_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q3_K
 //! variant idrow_q3_k VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q3_K
 //! variant mat_q3_k MAT WTYPE_Q3_K
+//! variant idmat_q3_k MAT MATMUL_ID WTYPE_Q3_K
 //! variant vec_q4_k VEC WTYPE_Q4_K
 //! variant vecsg_q4_k VEC SUBGROUP_SUM WTYPE_Q4_K
 //! variant vecrow_q4_k VEC ROW_PER_THREAD WTYPE_Q4_K
@@ -84,6 +96,7 @@
 //! variant idsg_q4_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q4_K
 //! variant idrow_q4_k VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q4_K
 //! variant mat_q4_k MAT WTYPE_Q4_K
+//! variant idmat_q4_k MAT MATMUL_ID WTYPE_Q4_K
 //! variant vec_q5_k VEC WTYPE_Q5_K
 //! variant vecsg_q5_k VEC SUBGROUP_SUM WTYPE_Q5_K
 //! variant vecrow_q5_k VEC ROW_PER_THREAD WTYPE_Q5_K
@@ -91,6 +104,7 @@
 //! variant idsg_q5_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q5_K
 //! variant idrow_q5_k VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q5_K
 //! variant mat_q5_k MAT WTYPE_Q5_K
+//! variant idmat_q5_k MAT MATMUL_ID WTYPE_Q5_K
 //! variant vec_q6_k VEC WTYPE_Q6_K
 //! variant vecsg_q6_k VEC SUBGROUP_SUM WTYPE_Q6_K
 //! variant vecrow_q6_k VEC ROW_PER_THREAD WTYPE_Q6_K
@@ -98,43 +112,56 @@
 //! variant idsg_q6_k VEC MATMUL_ID SUBGROUP_SUM WTYPE_Q6_K
 //! variant idrow_q6_k VEC MATMUL_ID ROW_PER_THREAD WTYPE_Q6_K
 //! variant mat_q6_k MAT WTYPE_Q6_K
+//! variant idmat_q6_k MAT MATMUL_ID WTYPE_Q6_K
 //! variant lane_f32 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_F32
 //! variant lanemat_f32 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_F32
+//! variant idlanemat_f32 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_F32
 //! variant idlane_f32 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_F32
 //! variant lane_f16 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_F16
 //! variant lanemat_f16 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_F16
+//! variant idlanemat_f16 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_F16
 //! variant idlane_f16 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_F16
 //! variant lane_bf16 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_BF16
 //! variant idlane_bf16 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_BF16
 //! variant lane_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_0
 //! variant lanemat_q4_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_0
+//! variant idlanemat_q4_0 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q4_0
 //! variant idlane_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_0
 //! variant lane_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_1
 //! variant lanemat_q4_1 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_1
+//! variant idlanemat_q4_1 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q4_1
 //! variant idlane_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_1
 //! variant lane_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_0
 //! variant lanemat_q5_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_0
+//! variant idlanemat_q5_0 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q5_0
 //! variant idlane_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_0
 //! variant lane_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_1
 //! variant lanemat_q5_1 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_1
+//! variant idlanemat_q5_1 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q5_1
 //! variant idlane_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_1
 //! variant lane_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q8_0
 //! variant lanemat_q8_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q8_0
+//! variant idlanemat_q8_0 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q8_0
 //! variant idlane_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q8_0
 //! variant lane_q2_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q2_K
 //! variant lanemat_q2_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q2_K
+//! variant idlanemat_q2_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q2_K
 //! variant idlane_q2_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q2_K
 //! variant lane_q3_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q3_K
 //! variant lanemat_q3_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q3_K
+//! variant idlanemat_q3_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q3_K
 //! variant idlane_q3_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q3_K
 //! variant lane_q4_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_K
 //! variant lanemat_q4_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_K
+//! variant idlanemat_q4_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q4_K
 //! variant idlane_q4_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_K
 //! variant lane_q5_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_K
 //! variant lanemat_q5_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_K
+//! variant idlanemat_q5_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q5_K
 //! variant idlane_q5_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_K
 //! variant lane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q6_K
 //! variant lanemat_q6_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q6_K
+//! variant idlanemat_q6_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q6_K
 //! variant idlane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q6_K
 #include "common.glsl"
 #include "weights.glsl"
@@ -294,7 +321,17 @@ layout(local_size_x = THREADS) in;
 shared float w_tile[TILE_K][TILE_ROWS + 1];
 shared float x_tile[TILE_K][TILE_TOKENS + 1];
 
-void load_w_tile(uint row0, uint k0, uint tid) {
+#ifdef MATMUL_ID
+// A group does one expert for the tokens that chose it (as the LANE kernel's lane_grouped):
+// thread 0 lists the next TILE_TOKENS of them.
+shared uint tile_tokens[TILE_TOKENS];
+shared uint tile_count;
+uint tile_token(uint token0, uint t) { return tile_tokens[t]; }
+#else
+uint tile_token(uint token0, uint t) { return token0 + t; }
+#endif
+
+void load_w_tile(uint w_base, uint row0, uint k0, uint tid) {
     const uint chunks_per_row = TILE_K / 4;
     for (uint i = tid; i < TILE_ROWS * chunks_per_row; i += THREADS) {
         uint r = i / chunks_per_row;
@@ -302,7 +339,7 @@ void load_w_tile(uint row0, uint k0, uint tid) {
         uint row = row0 + r, k = k0 + kk;
         vec4 v = vec4(0.0);
         if (row < p.rows) {
-            uint e = p.w_off + row * p.n_in + k;
+            uint e = w_base + row * p.n_in + k;
             if (k + 4 <= p.n_in) {
                 v = weight4(e);
             } else {
@@ -317,33 +354,25 @@ void load_w_tile(uint row0, uint k0, uint tid) {
     }
 }
 
-void load_x_tile(uint token0, uint k0, uint tid) {
+void load_x_tile(uint token0, uint n_here, uint k0, uint tid) {
     for (uint i = tid; i < TILE_TOKENS * TILE_K; i += THREADS) {
         uint t = i / TILE_K, kk = i % TILE_K;
-        uint token = token0 + t, k = k0 + kk;
-        x_tile[kk][t] = token < p.n_tokens && k < p.n_in ? x[p.x_off + token * p.n_in + k] : 0.0;
+        uint k = k0 + kk;
+        x_tile[kk][t] = t < n_here && k < p.n_in ? x[p.x_off + tile_token(token0, t) * p.n_in + k] : 0.0;
     }
 }
 
-void main() {
-    uint row_tiles = (p.rows + TILE_ROWS - 1) / TILE_ROWS;
-    uint token_tiles = (p.n_tokens + TILE_TOKENS - 1) / TILE_TOKENS;
-    uint g = group_index();
-    if (g >= row_tiles * token_tiles)
-        return;                       // the grid may round up; uniform over the group
-    uint row0 = (g % row_tiles) * TILE_ROWS;
-    uint token0 = (g / row_tiles) * TILE_TOKENS;
-    uint tid = gl_LocalInvocationID.x;
+// Rows row0 .. row0 + TILE_ROWS of the weight at w_base for the tile's n_here tokens.
+void mat_tile(uint w_base, uint row0, uint token0, uint n_here, uint tid) {
     uint r = tid % ROW_STEP, t = tid / ROW_STEP;
-
     float acc[TILE_ROWS / ROW_STEP][TILE_TOKENS / TOKEN_STEP];
     [[unroll]] for (uint i = 0; i < TILE_ROWS / ROW_STEP; i++)
         [[unroll]] for (uint j = 0; j < TILE_TOKENS / TOKEN_STEP; j++)
             acc[i][j] = 0.0;
 
     for (uint k0 = 0; k0 < p.n_in; k0 += TILE_K) {
-        load_w_tile(row0, k0, tid);
-        load_x_tile(token0, k0, tid);
+        load_w_tile(w_base, row0, k0, tid);
+        load_x_tile(token0, n_here, k0, tid);
         barrier();
         for (uint kk = 0; kk < TILE_K; kk++) {
             [[unroll]] for (uint i = 0; i < TILE_ROWS / ROW_STEP; i++) {
@@ -358,11 +387,55 @@ void main() {
     [[unroll]] for (uint i = 0; i < TILE_ROWS / ROW_STEP; i++) {
         uint row = row0 + r + ROW_STEP * i;
         [[unroll]] for (uint j = 0; j < TILE_TOKENS / TOKEN_STEP; j++) {
-            uint token = token0 + t + TOKEN_STEP * j;
-            if (row < p.rows && token < p.n_tokens)
-                store(p.o_off + token * p.o_stride + p.col0 + row, acc[i][j]);
+            uint tt = t + TOKEN_STEP * j;
+            if (row < p.rows && tt < n_here)
+                store(p.o_off + tile_token(token0, tt) * p.o_stride + p.col0 + row, acc[i][j]);
         }
     }
+}
+
+void main() {
+    uint row_tiles = (p.rows + TILE_ROWS - 1) / TILE_ROWS;
+    uint g = group_index();
+    uint row0 = (g % row_tiles) * TILE_ROWS;
+    uint tid = gl_LocalInvocationID.x;
+#ifdef MATMUL_ID
+    // Slot e_count, in the part with e_start == 0 only: zeros for the skip slot's tokens.
+    uint slot = g / row_tiles;
+    bool skip = slot == p.e_count;
+    if (slot > p.e_count || (skip && p.e_start != 0))
+        return;                       // uniform over the group
+    uint expert = p.e_start + slot;
+    uint next = 0;                    // thread 0's place in the token list
+    for (;;) {
+        if (tid == 0) {
+            uint n_here = 0;
+            for (; next < p.n_tokens && n_here < TILE_TOKENS; next++) {
+                uint id = ids[p.ids_off + next];
+                if (skip ? id >= p.e_total : id == expert)
+                    tile_tokens[n_here++] = next;
+            }
+            tile_count = n_here;
+        }
+        barrier();
+        uint n_here = tile_count;
+        if (n_here == 0)
+            return;                   // uniform over the group
+        if (skip) {
+            for (uint i = tid; i < n_here * TILE_ROWS; i += THREADS)
+                if (row0 + i % TILE_ROWS < p.rows)
+                    y[p.o_off + tile_tokens[i / TILE_ROWS] * p.o_stride + p.col0 + row0 + i % TILE_ROWS] = 0.0;
+        } else {
+            mat_tile(p.w_off + slot * p.rows * p.n_in, row0, 0, n_here, tid);
+        }
+        barrier();                    // before thread 0 lists the next tokens
+    }
+#else
+    uint token0 = (g / row_tiles) * TILE_TOKENS;
+    if (token0 >= p.n_tokens)
+        return;                       // the grid may round up; uniform over the group
+    mat_tile(p.w_off, row0, token0, min(TILE_TOKENS, p.n_tokens - token0), tid);
+#endif
 }
 #endif
 
@@ -375,20 +448,91 @@ void main() {
 // weights come 32 at a time in wide loads as raw quants (chunk_quants), their scales from each
 // row's Head, reloaded once per HEAD_CHUNKS chunks, their offsets and mins applied through the
 // sums of x; x comes in vec4s, and each chunk of x serves LANE_ROWS rows, each chunk of weights
-// LANE_TOKENS tokens. With MATMUL_ID (one token per group) the token's expert is read as in VEC.
+// LANE_TOKENS tokens. With MATMUL_ID and one token (decode) a group does one token, its expert
+// read as in VEC; with MATMUL_ID and LANE_TOKENS > 1 (prompts) a group does one expert for the
+// tokens that chose it (lane_grouped below), so each expert's weights are decoded once per
+// LANE_TOKENS of its tokens rather than once per token.
 #define LANE_THREADS 8
 layout(local_size_x = LANE_THREADS) in;
 
 float x1(uint i) { return xq[i >> 2][i & 3u]; }
 
+#define LANE_TILE lane_tile
+#define TILE_WIDTH LANE_TOKENS
+#include "lane_tile.glsl"
+#undef LANE_TILE
+#undef TILE_WIDTH
+
+#if defined(MATMUL_ID) && LANE_TOKENS > 1
+// Narrower tiles for experts with few tokens in the chunk: a tile costs its width in products
+// whatever the tokens it holds.
+#define LANE_TILE lane_tile1
+#define TILE_WIDTH 1
+#include "lane_tile.glsl"
+#undef LANE_TILE
+#undef TILE_WIDTH
+#define LANE_TILE lane_tile2
+#define TILE_WIDTH 2
+#include "lane_tile.glsl"
+#undef LANE_TILE
+#undef TILE_WIDTH
+#define LANE_TILE lane_tile4
+#define TILE_WIDTH 4
+#include "lane_tile.glsl"
+#undef LANE_TILE
+#undef TILE_WIDTH
+
+// Group slot < e_count: expert e_start + slot for every token whose id is that expert, in token
+// order, up to LANE_TOKENS at a time in the narrowest tile that holds them. Slot e_count, in the
+// part with e_start == 0 only: zeros for the tokens whose id is the skip slot (>= e_total).
+void lane_grouped(uint slot, uint row0) {
+    bool skip = slot == p.e_count;
+    if (slot > p.e_count || (skip && p.e_start != 0))
+        return;
+    uint expert = p.e_start + slot;
+    uint w_base = p.w_off + slot * p.rows * p.n_in;
+    uint next = 0;
+    for (;;) {
+        uint token[LANE_TOKENS];
+        uint n_here = 0;
+        for (; next < p.n_tokens && n_here < LANE_TOKENS; next++) {
+            uint id = ids[p.ids_off + next];
+            if (skip ? id >= p.e_total : id == expert)
+                token[n_here++] = next;
+        }
+        if (n_here == 0)
+            return;
+        if (skip) {
+            for (uint t = 0; t < n_here; t++)
+                for (uint r = 0; r < LANE_ROWS && row0 + r < p.rows; r++)
+                    y[p.o_off + token[t] * p.o_stride + p.col0 + row0 + r] = 0.0;
+            continue;
+        }
+        for (uint t = n_here; t < LANE_TOKENS; t++)
+            token[t] = token[n_here - 1];
+        if (n_here == 1)
+            lane_tile1(w_base, row0, uint[1](token[0]), 1);
+        else if (n_here == 2)
+            lane_tile2(w_base, row0, uint[2](token[0], token[1]), 2);
+        else if (n_here <= 4)
+            lane_tile4(w_base, row0, uint[4](token[0], token[1], token[2], token[3]), n_here);
+        else
+            lane_tile(w_base, row0, token, n_here);
+    }
+}
+#endif
+
 void main() {
     const uint rows_per_group = LANE_THREADS * LANE_ROWS;
     uint row_groups = (p.rows + rows_per_group - 1) / rows_per_group;
     uint g = group_index();
+    uint row0 = (g % row_groups) * rows_per_group + gl_LocalInvocationID.x * LANE_ROWS;
+#if defined(MATMUL_ID) && LANE_TOKENS > 1
+    lane_grouped(g / row_groups, row0);
+#else
     uint token0 = (g / row_groups) * LANE_TOKENS;
     if (token0 >= p.n_tokens)
         return;                       // the grid may round up; uniform over the group
-    uint row0 = (g % row_groups) * rows_per_group + gl_LocalInvocationID.x * LANE_ROWS;
     uint w_base = p.w_off;
 #ifdef MATMUL_ID
     uint expert = ids[p.ids_off + token0];
@@ -403,62 +547,10 @@ void main() {
         return;                       // another part holds this expert
     w_base += (expert - p.e_start) * p.rows * p.n_in;
 #endif
-    uint w_row[LANE_ROWS];            // rows past the end repeat the last row, never written
-    [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
-        w_row[r] = w_base + min(row0 + r, p.rows - 1) * p.n_in;
-    uint x_row[LANE_TOKENS];          // in floats; tokens past the end repeat the last one
+    uint token[LANE_TOKENS];          // tokens past the end repeat the last one
     [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
-        x_row[t] = p.x_off + min(token0 + t, p.n_tokens - 1) * p.n_in;
-
-    float acc[LANE_ROWS][LANE_TOKENS];
-    [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
-        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
-            acc[r][t] = 0.0;
-    Head head[LANE_ROWS];             // each row's current scales
-    uint n_chunks = p.n_in / 32u;
-    for (uint c = 0; c < n_chunks; c++) {
-        vec4 xs[LANE_TOKENS][8];
-        vec2 x_sum[LANE_TOKENS];      // the two halves' sums, for the chunks' offsets
-        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
-            [[unroll]] for (uint i = 0; i < 8; i++)
-                xs[t][i] = xq[(x_row[t] >> 2) + c * 8u + i];
-            x_sum[t] = vec2(hsum((xs[t][0] + xs[t][1]) + (xs[t][2] + xs[t][3])),
-                            hsum((xs[t][4] + xs[t][5]) + (xs[t][6] + xs[t][7])));
-        }
-        [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
-            uint e = w_row[r] + c * 32u;
-            if (c == 0u || (e >> 5) % HEAD_CHUNKS == 0u)
-                head[r] = load_head(e);
-            vec4 q[8];
-            vec4 s = chunk_quants(e, head[r], q);
-            [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
-                vec4 lo = q[0] * xs[t][0], hi = q[4] * xs[t][4];
-                [[unroll]] for (uint i = 1; i < 4; i++) {
-                    lo += q[i] * xs[t][i];
-                    hi += q[4 + i] * xs[t][4 + i];
-                }
-                acc[r][t] += s.x * hsum(lo) + s.y * hsum(hi) - dot(s.zw, x_sum[t]);
-            }
-        }
-    }
-    // A tail shorter than a chunk (plain types only): 4 at a time, then one at a time.
-    uint k = n_chunks * 32u;
-    for (; k + 4u <= p.n_in; k += 4u)
-        [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
-            vec4 w = weight4_aligned(w_row[r] + k);     // rows start on 4 (LANE_ALIGN)
-            [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
-                acc[r][t] += dot(w, xq[(x_row[t] + k) >> 2]);
-        }
-    for (; k < p.n_in; k++)
-        [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
-            [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
-                acc[r][t] += weight1(w_row[r] + k) * x1(x_row[t] + k);
-
-    [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
-        uint token = token0 + t;
-        [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
-            if (token < p.n_tokens && row0 + r < p.rows)
-                store(p.o_off + token * p.o_stride + p.col0 + row0 + r, acc[r][t]);
-    }
+        token[t] = min(token0 + t, p.n_tokens - 1);
+    lane_tile(w_base, row0, token, min(LANE_TOKENS, p.n_tokens - token0));
+#endif
 }
 #endif
