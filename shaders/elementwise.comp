@@ -1,5 +1,6 @@
 #version 450
-// Element-wise ops over n floats. Binary ops broadcast b along rows: b[i % nb].
+// Element-wise ops over n floats. Binary ops broadcast b along rows: b[i % nb]. swiglu_rows
+// reads rows gate | up of 2 nb floats each and writes n = rows * nb.
 //! variant add OP_ADD
 //! variant mul OP_MUL
 //! variant scale OP_SCALE
@@ -7,6 +8,7 @@
 //! variant softplus OP_SOFTPLUS
 //! variant gelu OP_GELU
 //! variant swiglu OP_SWIGLU
+//! variant swiglu_rows OP_SWIGLU_ROWS
 #include "common.glsl"
 #include "activations.glsl"
 layout(local_size_x = 256) in;
@@ -29,7 +31,12 @@ layout(push_constant) uniform P { uint n; uint a_off; uint b_off; uint w_off; ui
 void main() {
     uint i = GLOBAL_INDEX;
     if (i >= p.n) return;
+#if defined(OP_SWIGLU_ROWS)
+    uint gate = p.a_off + (i / p.nb) * 2u * p.nb + i % p.nb;
+    float x = a[gate];
+#else
     float x = a[p.a_off + i];
+#endif
 #if defined(OP_ADD)
     float y = x + b[p.b_off + i % p.nb];
 #elif defined(OP_MUL)
@@ -44,6 +51,8 @@ void main() {
     float y = gelu_erf(x);
 #elif defined(OP_SWIGLU)
     float y = silu(x) * b[p.b_off + i % p.nb];
+#elif defined(OP_SWIGLU_ROWS)
+    float y = silu(x) * a[gate + p.nb];
 #endif
     o[p.o_off + i] = y;
 }

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import run
+from vkinfer.gpu import Tensor
 from vkinfer.ops import elementwise as ew
 
 # 257: not a multiple of the work-group size; 17_000_003: more than 65535 groups of 256.
@@ -25,6 +26,18 @@ def test_binary(dev, rng, shape, name, bound):
     ta, tb = dev.upload(a), dev.upload(b)
     out = run(dev, lambda g: getattr(ew, name)(g, ta, tb))
     _check(dev.read(out), getattr(ew, name + "_ref")(a, b), bound)
+
+
+@pytest.mark.parametrize("rows,n", [(1, 1), (3, 257), (33, 4096)])
+def test_swiglu_rows(dev, rng, rows, n):
+    """Rows gate | up (a stacked gate/up projection) at an offset in their buffer."""
+    gate_up = (rng.standard_normal((rows, 2 * n)) * 4).astype(np.float32)
+    buf = dev.upload(np.concatenate([np.full(5, np.nan, np.float32), gate_up.ravel()]))
+    t = Tensor(buf.buf, (rows, 2 * n), "f32", 5)
+    out = run(dev, lambda g: ew.swiglu_rows(g, t))
+    _check(dev.read(out), ew.swiglu_rows_ref(gate_up), 2e-6)
+    with pytest.raises(ValueError, match="expected \\[T, 2n\\]"):
+        run(dev, lambda g: ew.swiglu_rows(g, dev.upload(gate_up[:, :-1].copy())))
 
 
 def test_broadcast_rows(dev, rng):

@@ -160,10 +160,9 @@ def test_dense_ops_get_contiguous_inputs(model, monkeypatch):
     arguments of every Graph.dispatch. Checks, for every recorded node: each binding is a Tensor
     (so the check sees its view, not a bare buffer), and unless the node is a copy.* kernel
     (ops.copy / ops.concat, the contiguity pass) every one of its Tensors is contiguous. The op
-    wrappers refuse non-contiguous input already; this shows that building succeeds and that the
-    column slices the graph makes (the gate/up halves of the expert output, the value halves, the
-    previous-token row) reach the dense ops only through copy nodes, of which the T=24 graph has
-    some with strided sources."""
+    wrappers refuse non-contiguous input already; this shows that building succeeds and that any
+    column slice the graph makes reaches the dense ops only through copy nodes (the gate/up
+    halves of the expert output are read in place by swiglu_rows)."""
     from vkinfer.gpu import Graph, Tensor
     nodes = []
     real_dispatch = Graph.dispatch
@@ -178,16 +177,12 @@ def test_dense_ops_get_contiguous_inputs(model, monkeypatch):
         taps = model.dev.empty((model.impl.n_taps, B * T, model.impl.p.n_embd))
         g = model._record(B, T, all_logits=B == 1, taps=taps)
         assert len(g) == len(nodes) > 0
-        strided_copies = 0
         for kernel, ins, outs in nodes:
             assert all(isinstance(t, Tensor) for t in ins + outs), kernel
             if kernel.startswith("copy."):
-                strided_copies += not ins[0].contiguous
                 continue
             bad = [t for t in ins + outs if not t.contiguous]
             assert not bad, f"{kernel} got non-contiguous {bad}"
-        if T > 1:
-            assert strided_copies > 0
 
 
 # ---- fixture variant: skip slot, conv weight types, q/k of different types -----------------------

@@ -202,7 +202,7 @@ class Zaya:
                   "router0": (B, p.n_router), "router1": (B, p.n_router),
                   "z0": (B, p.n_router), "z1": (B, p.n_router),
                   "probs": (B, E + 1), "biased": (B, E + 1),
-                  "gate_up": (B, 2 * p.n_ff_expert), "gate": (B, p.n_ff_expert), "up": (B, p.n_ff_expert)}
+                  "gate_up": (B, 2 * p.n_ff_expert), "act": (B, p.n_ff_expert)}
         self.scratch = {k: dev.empty(shape, "f32", name=k) for k, shape in shapes.items()}
         # The chosen slot of every token in every MoE block (read back only by log_skips).
         self.experts = dev.empty((max(len(self.moe_blocks), 1), B), "u32", name="experts")
@@ -402,14 +402,9 @@ class Zaya:
 
     def _experts(self, g, b, x, experts, probs, s, out, r):
         """The chosen expert's SwiGLU MLP into out, then the combine (or its hand-over)."""
-        p, w, T = self.p, self.w, x.shape[0]
-        n_ff = p.n_ff_expert
+        w = self.w
         gate_up = mm.matmul_id(g, w[b + "ffn_gate_up_exps.weight"], x, experts, out=s["gate_up"])
-        gate, up = gate_up.slice(1, 0, n_ff), gate_up.slice(1, n_ff, 2 * n_ff)
-        if T > 1:                    # column halves of several rows: strided, copy them out
-            gate = copy_ops.copy(g, gate, out=s["gate"])
-            up = copy_ops.copy(g, up, out=s["up"])
-        act = ew.swiglu(g, gate, up, out=s["gate"])
+        act = ew.swiglu_rows(g, gate_up, out=s["act"])
         mm.matmul_id(g, w[b + "ffn_down_exps.weight"], act, experts, out=out)
         if self.skip_mode != "identity":       # the next merge_norm weights out by probs
             return r, {"probs": probs, "expert_ids": experts}

@@ -1,5 +1,5 @@
 """Element-wise ops on contiguous F32 tensors: add, mul (b broadcast along rows), scale,
-silu, softplus, gelu (erf), swiglu; the twin of ZAYA's per-channel residual scaling (h + b) * w
+silu, softplus, gelu (erf), swiglu (of two tensors, or of each row's halves); the twin of ZAYA's per-channel residual scaling (h + b) * w
 (the model's runs inside norm.merge_norm)."""
 from math import ceil, erf
 
@@ -50,6 +50,24 @@ def swiglu(g, gate, up, out=None):
     """silu(gate) * up, same shapes."""
     require(gate.shape == up.shape, f"swiglu: gate {gate.shape} and up {up.shape} differ")
     return binary(g, "swiglu", gate, up, out)
+
+
+def swiglu_rows(g: Graph, gate_up: Tensor, out: Tensor | None = None) -> Tensor:
+    """silu(gate) * up of each row gate | up of gate_up [T, 2n] (a stacked projection's
+    output) into out [T, n], with no copy of the halves."""
+    check_tensor("swiglu_rows", "gate_up", gate_up, dtype="f32")
+    require(gate_up.ndim == 2 and gate_up.shape[1] % 2 == 0 and gate_up.numel > 0,
+            f"swiglu_rows: gate_up has shape {gate_up.shape}, expected [T, 2n]")
+    T, n = gate_up.shape[0], gate_up.shape[1] // 2
+    if out is None:
+        out = g.dev.empty((T, n), "f32")
+    else:
+        check_tensor("swiglu_rows", "out", out, dtype="f32", shape=(T, n))
+    g.dispatch("elementwise.swiglu_rows", [gate_up], [out], [T * n, gate_up.offset, 0, 0, out.offset, n, 0.0],
+               ceil(T * n / WG))
+    return out
+
+
 def scale(g, a, s: float, out=None): return unary(g, "scale", a, out, s)
 def silu(g, a, out=None): return unary(g, "silu", a, out)
 def softplus(g, a, out=None): return unary(g, "softplus", a, out)
@@ -68,4 +86,5 @@ def gelu_ref(a):
     verf = np.vectorize(erf)
     return (0.5 * a * (1.0 + verf(a.astype(np.float64) / np.sqrt(2.0)))).astype(np.float32)
 def swiglu_ref(gate, up): return (silu_ref(gate) * up).astype(np.float32)
+def swiglu_rows_ref(gate_up): return swiglu_ref(*np.split(gate_up, 2, axis=-1))
 def res_scale_ref(h, bias, weight): return ((h + bias) * weight).astype(np.float32)
