@@ -7,6 +7,9 @@
 //        (the skip slot) gives a row of zeros, written by the part with e_start == 0.
 //   MAT: tiles of TILE_ROWS rows x TILE_TOKENS tokens; each step decodes a TILE_ROWS x TILE_K
 //        slice of W into shared memory once and uses every value for TILE_TOKENS tokens.
+// NORM_IN (a specialization constant; not with MATMUL_ID) first RMS-norms each token, times the
+// norm weight nw: W (x / rms(x) * nw) = (W (x * nw)) / rms(x), so x is multiplied by nw where it
+// is read, the sum of its squares gathered in the same pass, and 1 / rms applied at the store.
 //! variant vec_f32 VEC WTYPE_F32
 //! variant vecsg_f32 VEC SUBGROUP_SUM WTYPE_F32
 //! variant vecrow_f32 VEC ROW_PER_THREAD WTYPE_F32
@@ -140,16 +143,18 @@
 #include "weights.glsl"
 
 #ifdef LANE
-layout(binding = 1) readonly buffer X { vec4 xq[]; };       // x_off and n_in multiples of 4
+layout(binding = 1) readonly buffer X { vec4 xq[]; };       // x_off, nw_off and n_in multiples of 4
 #else
 layout(binding = 1) readonly buffer X { float x[]; };
 #endif
 #ifdef MATMUL_ID
 layout(binding = 2) readonly buffer Ids { uint ids[]; };
-layout(binding = 3) buffer Y { float y[]; };
+#elif defined(LANE)
+layout(binding = 2) readonly buffer Nw { vec4 nwq[]; };     // x again when NORM_IN is off
 #else
-layout(binding = 2) buffer Y { float y[]; };
+layout(binding = 2) readonly buffer Nw { float nw[]; };
 #endif
+layout(binding = 3) buffer Y { float y[]; };
 
 // Offsets count elements of each buffer's type.
 layout(push_constant) uniform P {
@@ -157,11 +162,49 @@ layout(push_constant) uniform P {
     uint accumulate;
 #ifdef MATMUL_ID
     uint ids_off; uint e_start; uint e_count; uint e_total;
+#else
+    uint nw_off; float eps;
 #endif
 } p;
 
-// A result, or with `accumulate` (not for MATMUL_ID) added to what y holds: y += W x.
-void store(uint i, float v) {
+// The norm weight at input columns k.. and each token's 1 / rms from its sum of squares.
+#ifdef MATMUL_ID
+const uint NORM_IN = 0u;              // no norm weight: these never run
+vec4 nw4(uint k) { return vec4(1.0); }
+float nw1(uint k) { return 1.0; }
+float inv_rms(float ss) { return 1.0; }
+#else
+layout(constant_id = 1) const uint NORM_IN = 0u;
+#ifdef LANE
+vec4 nw4(uint k) { return nwq[(p.nw_off + k) >> 2]; }
+float nw1(uint k) { return nwq[(p.nw_off + k) >> 2][(p.nw_off + k) & 3u]; }
+#else
+vec4 nw4(uint k) { uint i = p.nw_off + k; return vec4(nw[i], nw[i + 1], nw[i + 2], nw[i + 3]); }
+float nw1(uint k) { return nw[p.nw_off + k]; }
+#endif
+float inv_rms(float ss) { return inversesqrt(ss / float(p.n_in) + p.eps); }
+#endif
+
+// x values as the product reads them: with NORM_IN times the norm weight w, and their squares
+// added to the token's sum ss.
+vec4 norm_in(vec4 v, vec4 w, inout float ss) {
+    if (NORM_IN == 0u)
+        return v;
+    ss += dot(v, v);
+    return v * w;
+}
+float norm_in(float v, float w, inout float ss) {
+    if (NORM_IN == 0u)
+        return v;
+    ss += v * v;
+    return v * w;
+}
+
+// A result, with NORM_IN times its token's 1 / rms (ss: the token's sum of squares), or with
+// `accumulate` (not for MATMUL_ID) added to what y holds: y += W x.
+void store(uint i, float v, float ss) {
+    if (NORM_IN != 0u)
+        v *= inv_rms(ss);
     y[i] = p.accumulate != 0u ? y[i] + v : v;
 }
 
@@ -191,10 +234,11 @@ layout(local_size_x = 64) in;
 #define ROWS_PER_GROUP 4
 #define LANES 32
 layout(local_size_x = LANES * ROWS_PER_GROUP) in;
-shared float partial[LANES * ROWS_PER_GROUP];
+shared vec2 partial[LANES * ROWS_PER_GROUP];     // (dot product, sum of squares)
 #endif
 
-float row_dot(uint w_row, uint x_row, uint lane, uint n_lanes) {
+// This lane's share of a row's dot product with x, and with NORM_IN of x's sum of squares (ss).
+float row_dot(uint w_row, uint x_row, uint lane, uint n_lanes, inout float ss) {
     uint n_chunks = p.n_in / CHUNK;
 #if WEIGHT_BLOCK > 1
     // Block types: a chunk's raw quants times x, its scales and offsets once per half chunk.
@@ -205,7 +249,7 @@ float row_dot(uint w_row, uint x_row, uint lane, uint n_lanes) {
         vec4 s = weight_chunk(w_row + k, q);
         vec4 dot_h[2] = vec4[2](vec4(0.0), vec4(0.0)), x_h[2] = vec4[2](vec4(0.0), vec4(0.0));
         [[unroll]] for (uint i = 0; i < 8; i++) {
-            vec4 xv = x4(x_row + k + 4 * i);
+            vec4 xv = norm_in(x4(x_row + k + 4 * i), nw4(k + 4 * i), ss);
             dot_h[i / 4] += q[i] * xv;
             x_h[i / 4] += xv;
         }
@@ -217,11 +261,11 @@ float row_dot(uint w_row, uint x_row, uint lane, uint n_lanes) {
     for (uint c = lane; c < n_chunks; c += n_lanes) {
         uint k = c * CHUNK;
         [[unroll]] for (uint j = 0; j < CHUNK; j += 4)
-            acc += weight4(w_row + k + j) * x4(x_row + k + j);
+            acc += weight4(w_row + k + j) * norm_in(x4(x_row + k + j), nw4(k + j), ss);
     }
     float sum = hsum(acc);
     for (uint k = n_chunks * CHUNK + lane; k < p.n_in; k += n_lanes)   // plain types only
-        sum += weight1(w_row + k) * x[x_row + k];
+        sum += weight1(w_row + k) * norm_in(x[x_row + k], nw1(k), ss);
     return sum;
 #endif
 }
@@ -250,23 +294,31 @@ void main() {
     uint x_row = p.x_off + token * p.n_in;
 #if defined(ROW_PER_THREAD)
     uint row = first_row + gl_LocalInvocationID.x;
-    if (row < p.rows)
-        store(out_base + row, row_dot(w_base + row * p.n_in, x_row, 0u, 1u));
+    if (row < p.rows) {
+        float ss = 0.0;
+        float sum = row_dot(w_base + row * p.n_in, x_row, 0u, 1u, ss);
+        store(out_base + row, sum, ss);
+    }
 #elif defined(SUBGROUP_SUM)
     for (uint r = gl_SubgroupID; r < ROWS_PER_GROUP; r += gl_NumSubgroups) {
         uint row = first_row + r;
         if (row >= p.rows)
             break;                    // uniform over the subgroup
+        float ss = 0.0;
         float sum = subgroupAdd(row_dot(w_base + row * p.n_in, x_row, gl_SubgroupInvocationID,
-                                        gl_SubgroupSize));
+                                        gl_SubgroupSize, ss));
+        if (NORM_IN != 0u)
+            ss = subgroupAdd(ss);
         if (subgroupElect())
-            store(out_base + row, sum);
+            store(out_base + row, sum, ss);
     }
 #else
     uint tid = gl_LocalInvocationID.x;
     uint lane = tid % LANES;
     uint row = first_row + tid / LANES;
-    partial[tid] = row < p.rows ? row_dot(w_base + row * p.n_in, x_row, lane, LANES) : 0.0;
+    float ss = 0.0;
+    float sum = row < p.rows ? row_dot(w_base + row * p.n_in, x_row, lane, LANES, ss) : 0.0;
+    partial[tid] = vec2(sum, ss);
     barrier();
     [[unroll]] for (uint s = LANES / 2; s > 0; s >>= 1) {
         if (lane < s)
@@ -274,7 +326,7 @@ void main() {
         barrier();
     }
     if (lane == 0 && row < p.rows)
-        store(out_base + row, partial[tid]);
+        store(out_base + row, partial[tid].x, partial[tid].y);
 #endif
 }
 #endif
@@ -293,6 +345,7 @@ layout(local_size_x = THREADS) in;
 // the threads that store one row's k values in different banks.
 shared float w_tile[TILE_K][TILE_ROWS + 1];
 shared float x_tile[TILE_K][TILE_TOKENS + 1];
+shared float x_sq[TILE_K][TILE_TOKENS + 1];    // NORM_IN: x_tile's raw squares summed over the steps
 
 void load_w_tile(uint row0, uint k0, uint tid) {
     const uint chunks_per_row = TILE_K / 4;
@@ -321,7 +374,12 @@ void load_x_tile(uint token0, uint k0, uint tid) {
     for (uint i = tid; i < TILE_TOKENS * TILE_K; i += THREADS) {
         uint t = i / TILE_K, kk = i % TILE_K;
         uint token = token0 + t, k = k0 + kk;
-        x_tile[kk][t] = token < p.n_tokens && k < p.n_in ? x[p.x_off + token * p.n_in + k] : 0.0;
+        float v = token < p.n_tokens && k < p.n_in ? x[p.x_off + token * p.n_in + k] : 0.0;
+        if (NORM_IN != 0u) {
+            x_sq[kk][t] = (k0 == 0u ? 0.0 : x_sq[kk][t]) + v * v;   // a slot is always this thread's
+            v *= k < p.n_in ? nw1(k) : 0.0;
+        }
+        x_tile[kk][t] = v;
     }
 }
 
@@ -355,12 +413,19 @@ void main() {
         barrier();
     }
 
+    float ss[TILE_TOKENS / TOKEN_STEP];          // the tokens' sums of squares (NORM_IN)
+    [[unroll]] for (uint j = 0; j < TILE_TOKENS / TOKEN_STEP; j++) {
+        ss[j] = 0.0;
+        if (NORM_IN != 0u)
+            for (uint kk = 0; kk < TILE_K; kk++)
+                ss[j] += x_sq[kk][t + TOKEN_STEP * j];
+    }
     [[unroll]] for (uint i = 0; i < TILE_ROWS / ROW_STEP; i++) {
         uint row = row0 + r + ROW_STEP * i;
         [[unroll]] for (uint j = 0; j < TILE_TOKENS / TOKEN_STEP; j++) {
             uint token = token0 + t + TOKEN_STEP * j;
             if (row < p.rows && token < p.n_tokens)
-                store(p.o_off + token * p.o_stride + p.col0 + row, acc[i][j]);
+                store(p.o_off + token * p.o_stride + p.col0 + row, acc[i][j], ss[j]);
         }
     }
 }
@@ -414,17 +479,22 @@ void main() {
     [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
         [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
             acc[r][t] = 0.0;
+    float ss[LANE_TOKENS];            // each token's sum of squares (NORM_IN)
+    [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+        ss[t] = 0.0;
     Head head[LANE_ROWS];             // each row's current scales
     uint n_chunks = p.n_in / 32u;
     for (uint c = 0; c < n_chunks; c++) {
         vec4 xs[LANE_TOKENS][8];
         vec2 x_sum[LANE_TOKENS];      // the two halves' sums, for the chunks' offsets
-        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
-            [[unroll]] for (uint i = 0; i < 8; i++)
-                xs[t][i] = xq[(x_row[t] >> 2) + c * 8u + i];
+        [[unroll]] for (uint i = 0; i < 8; i++) {
+            vec4 w = nw4(c * 32u + 4u * i);       // read once for all the tokens
+            [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+                xs[t][i] = norm_in(xq[(x_row[t] >> 2) + c * 8u + i], w, ss[t]);
+        }
+        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
             x_sum[t] = vec2(hsum((xs[t][0] + xs[t][1]) + (xs[t][2] + xs[t][3])),
                             hsum((xs[t][4] + xs[t][5]) + (xs[t][6] + xs[t][7])));
-        }
         [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
             uint e = w_row[r] + c * 32u;
             if (c == 0u || (e >> 5) % HEAD_CHUNKS == 0u)
@@ -443,22 +513,30 @@ void main() {
     }
     // A tail shorter than a chunk (plain types only): 4 at a time, then one at a time.
     uint k = n_chunks * 32u;
-    for (; k + 4u <= p.n_in; k += 4u)
+    for (; k + 4u <= p.n_in; k += 4u) {
+        vec4 xv[LANE_TOKENS];
+        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+            xv[t] = norm_in(xq[(x_row[t] + k) >> 2], nw4(k), ss[t]);
         [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
             vec4 w = weight4_aligned(w_row[r] + k);     // rows start on 4 (LANE_ALIGN)
             [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
-                acc[r][t] += dot(w, xq[(x_row[t] + k) >> 2]);
+                acc[r][t] += dot(w, xv[t]);
         }
-    for (; k < p.n_in; k++)
+    }
+    for (; k < p.n_in; k++) {
+        float xv[LANE_TOKENS];
+        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+            xv[t] = norm_in(x1(x_row[t] + k), nw1(k), ss[t]);
         [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
             [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
-                acc[r][t] += weight1(w_row[r] + k) * x1(x_row[t] + k);
+                acc[r][t] += weight1(w_row[r] + k) * xv[t];
+    }
 
     [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
         uint token = token0 + t;
         [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
             if (token < p.n_tokens && row0 + r < p.rows)
-                store(p.o_off + token * p.o_stride + p.col0 + row0 + r, acc[r][t]);
+                store(p.o_off + token * p.o_stride + p.col0 + row0 + r, acc[r][t], ss[t]);
     }
 }
 #endif
