@@ -9,6 +9,9 @@
 //        slice of W into shared memory once and uses every value for TILE_TOKENS tokens.
 //        With MATMUL_ID (prompts) a group does one expert (ids and parts as in VEC) for the
 //        tokens that chose it, TILE_TOKENS at a time, so each expert is read once per tile.
+// NORM_IN (a specialization constant; not with MATMUL_ID) first RMS-norms each token, times the
+// norm weight nw: W (x / rms(x) * nw) = (W (x * nw)) / rms(x), so x is multiplied by nw where it
+// is read, the sum of its squares gathered in the same pass, and 1 / rms applied at the store.
 //! variant vec_f32 VEC WTYPE_F32
 //! variant vecsg_f32 VEC SUBGROUP_SUM WTYPE_F32
 //! variant vecrow_f32 VEC ROW_PER_THREAD WTYPE_F32
@@ -167,16 +170,18 @@
 #include "weights.glsl"
 
 #ifdef LANE
-layout(binding = 1) readonly buffer X { vec4 xq[]; };       // x_off and n_in multiples of 4
+layout(binding = 1) readonly buffer X { vec4 xq[]; };       // x_off, nw_off and n_in multiples of 4
 #else
 layout(binding = 1) readonly buffer X { float x[]; };
 #endif
 #ifdef MATMUL_ID
 layout(binding = 2) readonly buffer Ids { uint ids[]; };
-layout(binding = 3) buffer Y { float y[]; };
+#elif defined(LANE)
+layout(binding = 2) readonly buffer Nw { vec4 nwq[]; };     // x again when NORM_IN is off
 #else
-layout(binding = 2) buffer Y { float y[]; };
+layout(binding = 2) readonly buffer Nw { float nw[]; };
 #endif
+layout(binding = 3) buffer Y { float y[]; };
 
 // Offsets count elements of each buffer's type.
 layout(push_constant) uniform P {
@@ -184,11 +189,49 @@ layout(push_constant) uniform P {
     uint accumulate;
 #ifdef MATMUL_ID
     uint ids_off; uint e_start; uint e_count; uint e_total;
+#else
+    uint nw_off; float eps;
 #endif
 } p;
 
-// A result, or with `accumulate` (not for MATMUL_ID) added to what y holds: y += W x.
-void store(uint i, float v) {
+// The norm weight at input columns k.. and each token's 1 / rms from its sum of squares.
+#ifdef MATMUL_ID
+const uint NORM_IN = 0u;              // no norm weight: these never run
+vec4 nw4(uint k) { return vec4(1.0); }
+float nw1(uint k) { return 1.0; }
+float inv_rms(float ss) { return 1.0; }
+#else
+layout(constant_id = 1) const uint NORM_IN = 0u;
+#ifdef LANE
+vec4 nw4(uint k) { return nwq[(p.nw_off + k) >> 2]; }
+float nw1(uint k) { return nwq[(p.nw_off + k) >> 2][(p.nw_off + k) & 3u]; }
+#else
+vec4 nw4(uint k) { uint i = p.nw_off + k; return vec4(nw[i], nw[i + 1], nw[i + 2], nw[i + 3]); }
+float nw1(uint k) { return nw[p.nw_off + k]; }
+#endif
+float inv_rms(float ss) { return inversesqrt(ss / float(p.n_in) + p.eps); }
+#endif
+
+// x values as the product reads them: with NORM_IN times the norm weight w, and their squares
+// added to the token's sum ss.
+vec4 norm_in(vec4 v, vec4 w, inout float ss) {
+    if (NORM_IN == 0u)
+        return v;
+    ss += dot(v, v);
+    return v * w;
+}
+float norm_in(float v, float w, inout float ss) {
+    if (NORM_IN == 0u)
+        return v;
+    ss += v * v;
+    return v * w;
+}
+
+// A result, with NORM_IN times its token's 1 / rms (ss: the token's sum of squares), or with
+// `accumulate` (not for MATMUL_ID) added to what y holds: y += W x.
+void store(uint i, float v, float ss) {
+    if (NORM_IN != 0u)
+        v *= inv_rms(ss);
     y[i] = p.accumulate != 0u ? y[i] + v : v;
 }
 
@@ -218,10 +261,11 @@ layout(local_size_x = 64) in;
 #define ROWS_PER_GROUP 4
 #define LANES 32
 layout(local_size_x = LANES * ROWS_PER_GROUP) in;
-shared float partial[LANES * ROWS_PER_GROUP];
+shared vec2 partial[LANES * ROWS_PER_GROUP];     // (dot product, sum of squares)
 #endif
 
-float row_dot(uint w_row, uint x_row, uint lane, uint n_lanes) {
+// This lane's share of a row's dot product with x, and with NORM_IN of x's sum of squares (ss).
+float row_dot(uint w_row, uint x_row, uint lane, uint n_lanes, inout float ss) {
     uint n_chunks = p.n_in / CHUNK;
 #if WEIGHT_BLOCK > 1
     // Block types: a chunk's raw quants times x, its scales and offsets once per half chunk.
@@ -232,7 +276,7 @@ float row_dot(uint w_row, uint x_row, uint lane, uint n_lanes) {
         vec4 s = weight_chunk(w_row + k, q);
         vec4 dot_h[2] = vec4[2](vec4(0.0), vec4(0.0)), x_h[2] = vec4[2](vec4(0.0), vec4(0.0));
         [[unroll]] for (uint i = 0; i < 8; i++) {
-            vec4 xv = x4(x_row + k + 4 * i);
+            vec4 xv = norm_in(x4(x_row + k + 4 * i), nw4(k + 4 * i), ss);
             dot_h[i / 4] += q[i] * xv;
             x_h[i / 4] += xv;
         }
@@ -244,11 +288,11 @@ float row_dot(uint w_row, uint x_row, uint lane, uint n_lanes) {
     for (uint c = lane; c < n_chunks; c += n_lanes) {
         uint k = c * CHUNK;
         [[unroll]] for (uint j = 0; j < CHUNK; j += 4)
-            acc += weight4(w_row + k + j) * x4(x_row + k + j);
+            acc += weight4(w_row + k + j) * norm_in(x4(x_row + k + j), nw4(k + j), ss);
     }
     float sum = hsum(acc);
     for (uint k = n_chunks * CHUNK + lane; k < p.n_in; k += n_lanes)   // plain types only
-        sum += weight1(w_row + k) * x[x_row + k];
+        sum += weight1(w_row + k) * norm_in(x[x_row + k], nw1(k), ss);
     return sum;
 #endif
 }
@@ -277,23 +321,31 @@ void main() {
     uint x_row = p.x_off + token * p.n_in;
 #if defined(ROW_PER_THREAD)
     uint row = first_row + gl_LocalInvocationID.x;
-    if (row < p.rows)
-        store(out_base + row, row_dot(w_base + row * p.n_in, x_row, 0u, 1u));
+    if (row < p.rows) {
+        float ss = 0.0;
+        float sum = row_dot(w_base + row * p.n_in, x_row, 0u, 1u, ss);
+        store(out_base + row, sum, ss);
+    }
 #elif defined(SUBGROUP_SUM)
     for (uint r = gl_SubgroupID; r < ROWS_PER_GROUP; r += gl_NumSubgroups) {
         uint row = first_row + r;
         if (row >= p.rows)
             break;                    // uniform over the subgroup
+        float ss = 0.0;
         float sum = subgroupAdd(row_dot(w_base + row * p.n_in, x_row, gl_SubgroupInvocationID,
-                                        gl_SubgroupSize));
+                                        gl_SubgroupSize, ss));
+        if (NORM_IN != 0u)
+            ss = subgroupAdd(ss);
         if (subgroupElect())
-            store(out_base + row, sum);
+            store(out_base + row, sum, ss);
     }
 #else
     uint tid = gl_LocalInvocationID.x;
     uint lane = tid % LANES;
     uint row = first_row + tid / LANES;
-    partial[tid] = row < p.rows ? row_dot(w_base + row * p.n_in, x_row, lane, LANES) : 0.0;
+    float ss = 0.0;
+    float sum = row < p.rows ? row_dot(w_base + row * p.n_in, x_row, lane, LANES, ss) : 0.0;
+    partial[tid] = vec2(sum, ss);
     barrier();
     [[unroll]] for (uint s = LANES / 2; s > 0; s >>= 1) {
         if (lane < s)
@@ -301,7 +353,7 @@ void main() {
         barrier();
     }
     if (lane == 0 && row < p.rows)
-        store(out_base + row, partial[tid]);
+        store(out_base + row, partial[tid].x, partial[tid].y);
 #endif
 }
 #endif
@@ -320,6 +372,7 @@ layout(local_size_x = THREADS) in;
 // the threads that store one row's k values in different banks.
 shared float w_tile[TILE_K][TILE_ROWS + 1];
 shared float x_tile[TILE_K][TILE_TOKENS + 1];
+shared float x_sq[TILE_K][TILE_TOKENS + 1];    // NORM_IN: x_tile's raw squares summed over the steps
 
 #ifdef MATMUL_ID
 // A group does one expert for the tokens that chose it (as the LANE kernel's lane_grouped):
@@ -358,7 +411,12 @@ void load_x_tile(uint token0, uint n_here, uint k0, uint tid) {
     for (uint i = tid; i < TILE_TOKENS * TILE_K; i += THREADS) {
         uint t = i / TILE_K, kk = i % TILE_K;
         uint k = k0 + kk;
-        x_tile[kk][t] = t < n_here && k < p.n_in ? x[p.x_off + tile_token(token0, t) * p.n_in + k] : 0.0;
+        float v = t < n_here && k < p.n_in ? x[p.x_off + tile_token(token0, t) * p.n_in + k] : 0.0;
+        if (NORM_IN != 0u) {
+            x_sq[kk][t] = (k0 == 0u ? 0.0 : x_sq[kk][t]) + v * v;   // a slot is always this thread's
+            v *= k < p.n_in ? nw1(k) : 0.0;
+        }
+        x_tile[kk][t] = v;
     }
 }
 
@@ -384,12 +442,19 @@ void mat_tile(uint w_base, uint row0, uint token0, uint n_here, uint tid) {
         barrier();
     }
 
+    float ss[TILE_TOKENS / TOKEN_STEP];          // the tokens' sums of squares (NORM_IN)
+    [[unroll]] for (uint j = 0; j < TILE_TOKENS / TOKEN_STEP; j++) {
+        ss[j] = 0.0;
+        if (NORM_IN != 0u)
+            for (uint kk = 0; kk < TILE_K; kk++)
+                ss[j] += x_sq[kk][t + TOKEN_STEP * j];
+    }
     [[unroll]] for (uint i = 0; i < TILE_ROWS / ROW_STEP; i++) {
         uint row = row0 + r + ROW_STEP * i;
         [[unroll]] for (uint j = 0; j < TILE_TOKENS / TOKEN_STEP; j++) {
             uint tt = t + TOKEN_STEP * j;
             if (row < p.rows && tt < n_here)
-                store(p.o_off + tile_token(token0, tt) * p.o_stride + p.col0 + row, acc[i][j]);
+                store(p.o_off + tile_token(token0, tt) * p.o_stride + p.col0 + row, acc[i][j], ss[j]);
         }
     }
 }

@@ -1,15 +1,19 @@
-"""matmul and matmul_id against their numpy twins, for F32, F16 and BF16 weights.
+"""matmul and matmul_id against their numpy twins, for F32, F16 and BF16 weights; matmul with
+an RMS norm of x in the same dispatch (norm=) for those and the block types.
 
 Bound for both ops, per output element: |y - y_ref| <= 1e-5 * (|W| @ |x|) + 1e-6, where y_ref
 is the float64 product of the decoded weights with x. The shaders only reorder an F32 sum
 (relative error about n_in * 2^-24 of sum |w||x|), so the bound is loose for every size here."""
+import gguf
 import numpy as np
 import pytest
 
-from conftest import check_matmul, run, view_then_copy
+from conftest import at_offset, check_matmul, run, view_then_copy
+from test_quant_k import random_blocks
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.gpu.weights import Weight, decode, f32_to_bf16, upload_weight
 from vkinfer.ops.matmul import LANE_MAT_TYPES, matmul, matmul_id, matmul_id_ref, matmul_ref
+from vkinfer.ops.norm import rms_norm, rms_norm_ref
 from vkinfer.ops import copy as copy_ops
 
 DTYPES = ["f32", "f16", "bf16"]
@@ -130,6 +134,83 @@ def test_matmul_split_weight(small_bindings, rng, dtype, n_out, n_in, n):
     check_matmul(dev.read(y), w, x, matmul_ref(w, x))
 
 
+# ---- matmul(norm=): out[n] = W @ rms_norm(x[n], norm, eps) in one dispatch ----------------------
+def any_weight(rng, shape, dtype):
+    """(array to upload, its float32 values) for any weight type: legacy block types quantized
+    by gguf-py, K-quants random blocks (gguf-py cannot quantize them)."""
+    if dtype in DTYPES:
+        return random_weight(rng, shape, dtype)
+    if dtype.endswith("_k"):
+        array = random_blocks(rng, dtype, shape[:-1], shape[-1] // 256)
+    else:
+        array = gguf.quants.quantize(rng.standard_normal(shape).astype(np.float32),
+                                     gguf.GGMLQuantizationType[dtype.upper()])
+    return array, decode(array, dtype)
+
+
+def norm_inputs(rng, n, n_in):
+    """x [n, n_in] with rows from 1e-3 (where eps = 1e-5 weighs in) to 10 in size, and a norm
+    weight around 1."""
+    x = rng.standard_normal((n, n_in)) * 10.0 ** rng.uniform(-3, 1, (n, 1))
+    return x.astype(np.float32), (1 + 0.5 * rng.standard_normal(n_in)).astype(np.float32)
+
+
+# (dtype, out, in, token counts): rows ending in a tail shorter than a chunk (F32 and F16
+# through the LANE kernels' 4-wide tail, BF16 one at a time), short rows (one thread per row),
+# block types with and without offsets (q4_1, q4_k), one and many tokens.
+NORM_CASES = [("f32", 70, 4100, (1, 3, 17)), ("f16", 33, 4104, (1,)), ("bf16", 9, 201, (1, 3)),
+              ("q8_0", 50, 512, (1, 17)), ("q4_1", 37, 96, (1,)), ("q4_k", 40, 768, (1, 17)),
+              ("q6_k", 20, 512, (1,))]
+
+
+@pytest.mark.parametrize("dtype,n_out,n_in,n", [(d, o, i, n) for d, o, i, ns in NORM_CASES for n in ns])
+def test_matmul_norm(dev, rng, dtype, n_out, n_in, n, matmul_kernels):
+    """Against matmul_ref(W, x, norm), under the matmul bound over the normalized x."""
+    array, w = any_weight(rng, (n_out, n_in), dtype)
+    x, nw = norm_inputs(rng, n, n_in)
+    weight = upload_weight(dev, array, dtype)
+    y = run(dev, lambda g: matmul(g, weight, dev.upload(x), norm=dev.upload(nw)))
+    check_matmul(dev.read(y), w, rms_norm_ref(x, nw), matmul_ref(w, x, nw))
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_matmul_norm_split_weight_accumulate(small_bindings, rng, n, matmul_kernels):
+    """A weight in parts (each dispatch normalizes x again), added to what out holds; eps 1e-6."""
+    dev = small_bindings
+    array, w = random_weight(rng, (600, 1000), "f32")
+    weight = upload_weight(dev, array, "f32")
+    assert len(weight.parts) >= 2
+    x, nw = norm_inputs(rng, n, 1000)
+    before = rng.standard_normal((n, 600)).astype(np.float32)
+    out = dev.upload(before)
+    run(dev, lambda g: matmul(g, weight, dev.upload(x), out=out, accumulate=True, norm=dev.upload(nw),
+                              eps=1e-6))
+    check_matmul(dev.read(out) - before, w, rms_norm_ref(x, nw, 1e-6), matmul_ref(w, x, nw, 1e-6))
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_matmul_norm_replaces_rms_norm_then_matmul(dev, rng, n, matmul_kernels):
+    """norm= against the two dispatches it replaces, rms_norm then matmul, both within the
+    bound. The plain matmul records as before: NORM_IN (spec constant 1) off, x bound again in
+    the norm weight's place. A norm weight at an offset not a multiple of 4 takes the group
+    kernels instead of LANE."""
+    array, w = any_weight(rng, (45, 512), "q8_0")
+    weight = upload_weight(dev, array, "q8_0")
+    x, nw = norm_inputs(rng, n, 512)
+    tx = dev.upload(x)
+    for offset in (4, 5):
+        t_nw, _ = at_offset(dev, np.nan, nw, before=offset)
+        g = Graph(dev)
+        fused = matmul(g, weight, tx, norm=t_nw)
+        plain = matmul(g, weight, rms_norm(g, tx, t_nw))
+        g.run()
+        (kernel, _, _, _, _, spec), _, (_, plain_ins, _, _, _, plain_spec) = g.nodes
+        assert spec[1:] == (1,) and plain_spec[1:] == () and plain_ins[2] is plain_ins[1]
+        assert ("lane" in kernel) == (matmul_kernels == "lane" and offset == 4)
+        for y in (fused, plain):
+            check_matmul(dev.read(y), w, rms_norm_ref(x, nw), matmul_ref(w, x, nw))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ids", [[2, 0, 3, 1, 2, 7], [1], [17]])
 def test_matmul_id(dev, rng, dtype, ids, matmul_kernels):
@@ -239,4 +320,11 @@ def test_refuses_bad_arguments(dev, rng):
         matmul_id(g, Tensor(part.buf, (1, 7, 9)), x, Tensor(ids.buf, (2,), "u32", 0, (2,)))
     with pytest.raises(ValueError, match="parts cover 7 of 8"):
         matmul(g, Weight(((0, part),), (8, 9), "f32"), x)
+    with pytest.raises(ValueError, match=r"matmul: norm has shape \(8,\), expected \(9,\)"):
+        matmul(g, weight, x, norm=dev.empty((8,)))
+    with pytest.raises(ValueError, match="matmul: norm has dtype f16"):
+        matmul(g, weight, x, norm=dev.empty((9,), "f16"))
+    with pytest.raises(ValueError, match="matmul: out must not share norm's buffer"):
+        both = dev.empty((2 * 7 + 9,))
+        matmul(g, weight, x, out=Tensor(both.buf, (2, 7)), norm=Tensor(both.buf, (9,), "f32", 14))
     assert len(g) == 0

@@ -22,7 +22,7 @@ A third check runs the models' batched graphs (Mamba, Mamba-2 and ZAYA fixtures,
 lengths prefilled and decoded together over the slotted state pool, with a 1 MiB binding limit so
 that weights, logits and state are split across bindings) and compares them with each sequence
 run alone (1e-5); it checks that the fused kernels (merge_norm, router, cca_qkv, the scan with
-the dt projection) are among those recorded.
+the dt projection, matmuls with the RMS norm of their input) are among those recorded.
 
 A negative control records a real hazard (a transfer that writes a buffer right after a dispatch
 wrote it, with no barrier between) and must produce a SYNC-HAZARD message, so an empty log
@@ -106,6 +106,7 @@ def test_batched_model_steps_are_clean(tmp_path):
     assert {"merge_norm.first", "merge_norm.merge", "merge_norm.combine", "cca_qkv"} <= set(kernels), kernels
     assert any(k.startswith("router.") for k in kernels) and any(k.startswith("ssm_scan.dtproj_") for k in kernels)
     assert any(k.startswith("matmul.idlanemat_") for k in kernels), kernels     # prompts' grouped MoE
+    assert any(k.startswith("matmul.") and k.endswith("+norm") for k in kernels), kernels
     messages = log_messages(text)
     assert not messages, f"{len(messages)} validation messages:\n" + "\n".join(messages[:10])
 
@@ -256,6 +257,9 @@ def child_batched() -> dict:
                     max_error = max(max_error, float(np.max(np.abs(row - want) / np.maximum(1.0, np.abs(want)))))
             dispatches += sum(len(g) for g in m._graphs.values())
             kernels |= {node[0] for g in m._graphs.values() for node in g.nodes}
+            # matmuls with the norm of x fused in: spec constant 1 (NORM_IN) on
+            kernels |= {f"{kernel}+norm" for g in m._graphs.values() for kernel, *_, spec in g.nodes
+                        if kernel.startswith("matmul.") and spec[1:] == (1,)}
             loaded = loaded and _layer_loaded()
     return {"dispatches": dispatches, "max_error": max_error, "layer_loaded": loaded,
             "kernels": sorted(kernels)}

@@ -1,13 +1,15 @@
 """Matrix products with weights of every type (F32, F16, BF16 and the GGUF block types): y = W @ x
 for each token, W numpy-style [out, in] (GGUF ne0 = in), and the MoE gather-matmul where each
 token uses its own expert. Weights are decoded in the shader (shaders/include/weights.glsl, from
-the device layouts of vkinfer/gpu/tensor.py); sums are F32."""
+the device layouts of vkinfer/gpu/tensor.py); sums are F32. matmul can take an RMS norm of x
+(with its weight) into the same dispatch."""
 from math import ceil
 
 import numpy as np
 
 from ..gpu import Graph, Tensor, check_tensor, output, require
 from ..gpu.weights import check_weight
+from .norm import rms_norm_ref
 
 VEC_ROWS = 4                       # rows per work group of the vector kernels (ROWS_PER_GROUP)
 TILE_ROWS, TILE_TOKENS = 32, 16   # output tile of the batched kernel
@@ -56,33 +58,44 @@ def _lane(g: Graph, W, x: Tensor, n: int, batched: bool) -> bool:
             and n_in % align == 0 and all(part.offset % align == 0 for _, part in W.parts))
 
 
-def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None, accumulate: bool = False) -> Tensor:
+def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None, accumulate: bool = False,
+           norm: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """out[n] = W @ x[n] for W [out, in] (a Weight or a Tensor), x f32 [N, in]; out f32
     [N, out], contiguous (it may sit at an offset inside a bigger buffer); with `accumulate`,
-    out[n] += W @ x[n] (a residual add in the same dispatch). N = 1 runs the vector kernel,
-    N > 1 the tiled one; a split weight is one dispatch per part."""
+    out[n] += W @ x[n] (a residual add in the same dispatch). With `norm` (f32 [in], an RMS
+    norm's weight), x[n] is first normalized: out[n] = W @ rms_norm(x[n], norm, eps), in the
+    same dispatch. N = 1 runs the vector kernel, N > 1 the tiled one; a split weight is one
+    dispatch per part (each computes the norm again)."""
     W = check_weight("matmul", W, 2)
     n_out, n_in = W.shape
     n = _check_x("matmul", x, n_in)
+    if norm is not None:
+        check_tensor("matmul", "norm", norm, dtype="f32", shape=(n_in,))
     require(out is not None or not accumulate, "matmul: accumulate needs an out tensor")
     out = output(g, "matmul", out, (n, n_out))
     require(out.buf is not x.buf, "matmul: out must not share x's buffer")
-    vec, per_group, spec = _vec(g, n_in)
-    lane = _lane(g, W, x, n, batched=n > 1)
+    require(norm is None or out.buf is not norm.buf, "matmul: out must not share norm's buffer")
+    nw = x if norm is None else norm        # binding 2 either way; NORM_IN says whether it is read
+    vec, per_group, vec_spec = _vec(g, n_in)
+    lane = _lane(g, W, x, n, batched=n > 1) and nw.offset % 4 == 0
+    spec = ()
+    if norm is not None:    # spec constant 1 is NORM_IN; constant 0 counts only in the subgroup kernel
+        vec_spec, spec = (vec_spec[0] if vec_spec else 0, 1), (0, 1)
     for start, part in W.parts:
         rows = part.shape[0]
-        push = [part.offset, rows, n_in, x.offset, n, out.offset, n_out, start, int(accumulate)]
+        push = [part.offset, rows, n_in, x.offset, n, out.offset, n_out, start, int(accumulate),
+                nw.offset, float(eps)]
         if lane:
             kernel, tile_rows, tokens = (("lane", LANE_VEC_ROWS, 1) if n == 1 else
                                          ("lanemat", LANE_MAT_ROWS, LANE_TOKENS))
-            g.dispatch(f"matmul.{kernel}_{W.dtype}", [part, x], [out], push,
-                       groups=ceil(rows / (tile_rows * LANE_THREADS)) * ceil(n / tokens))
+            g.dispatch(f"matmul.{kernel}_{W.dtype}", [part, x, nw], [out], push,
+                       groups=ceil(rows / (tile_rows * LANE_THREADS)) * ceil(n / tokens), spec=spec)
         elif n == 1:
-            g.dispatch(f"matmul.{vec}_{W.dtype}", [part, x], [out], push, groups=ceil(rows / per_group),
-                       spec=spec)
+            g.dispatch(f"matmul.{vec}_{W.dtype}", [part, x, nw], [out], push,
+                       groups=ceil(rows / per_group), spec=vec_spec)
         else:
             groups = ceil(rows / TILE_ROWS) * ceil(n / TILE_TOKENS)
-            g.dispatch(f"matmul.mat_{W.dtype}", [part, x], [out], push, groups=groups)
+            g.dispatch(f"matmul.mat_{W.dtype}", [part, x, nw], [out], push, groups=groups, spec=spec)
     return out
 
 
@@ -117,7 +130,11 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
 
 
 # ---- numpy twins (weights as float32 after decoding) --------------------------------------------
-def matmul_ref(W: np.ndarray, x: np.ndarray) -> np.ndarray:
+def matmul_ref(W: np.ndarray, x: np.ndarray, norm: np.ndarray | None = None,
+               eps: float = 1e-5) -> np.ndarray:
+    """W @ x[n], or with `norm` W @ rms_norm(x[n], norm, eps)."""
+    if norm is not None:
+        x = rms_norm_ref(x, norm, eps)
     return (x.astype(np.float64) @ W.astype(np.float64).T).astype(np.float32)
 
 
