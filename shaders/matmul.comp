@@ -118,53 +118,53 @@
 //! variant idmat_q6_k MAT MATMUL_ID WTYPE_Q6_K
 //! variant lane_f32 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_F32
 //! variant lanemat_f32 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_F32
-//! variant idlanemat_f32 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_F32
+//! variant idlanemat_f32 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_F32
 //! variant idlane_f32 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_F32
 //! variant lane_f16 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_F16
 //! variant lanemat_f16 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_F16
-//! variant idlanemat_f16 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_F16
+//! variant idlanemat_f16 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_F16
 //! variant idlane_f16 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_F16
 //! variant lane_bf16 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_BF16
 //! variant idlane_bf16 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_BF16
 //! variant lane_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_0
 //! variant lanemat_q4_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_0
-//! variant idlanemat_q4_0 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q4_0
+//! variant idlanemat_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q4_0
 //! variant idlane_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_0
 //! variant lane_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_1
 //! variant lanemat_q4_1 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_1
-//! variant idlanemat_q4_1 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q4_1
+//! variant idlanemat_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q4_1
 //! variant idlane_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_1
 //! variant lane_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_0
 //! variant lanemat_q5_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_0
-//! variant idlanemat_q5_0 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q5_0
+//! variant idlanemat_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q5_0
 //! variant idlane_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_0
 //! variant lane_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_1
 //! variant lanemat_q5_1 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_1
-//! variant idlanemat_q5_1 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q5_1
+//! variant idlanemat_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q5_1
 //! variant idlane_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_1
 //! variant lane_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q8_0
 //! variant lanemat_q8_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q8_0
-//! variant idlanemat_q8_0 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q8_0
+//! variant idlanemat_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q8_0
 //! variant idlane_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q8_0
 //! variant lane_q2_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q2_K
 //! variant lanemat_q2_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q2_K
-//! variant idlanemat_q2_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q2_K
+//! variant idlanemat_q2_k LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q2_K
 //! variant idlane_q2_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q2_K
 //! variant lane_q3_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q3_K
 //! variant lanemat_q3_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q3_K
-//! variant idlanemat_q3_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q3_K
+//! variant idlanemat_q3_k LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q3_K
 //! variant idlane_q3_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q3_K
 //! variant lane_q4_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_K
 //! variant lanemat_q4_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_K
-//! variant idlanemat_q4_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q4_K
+//! variant idlanemat_q4_k LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q4_K
 //! variant idlane_q4_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_K
 //! variant lane_q5_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_K
 //! variant lanemat_q5_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_K
-//! variant idlanemat_q5_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q5_K
+//! variant idlanemat_q5_k LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q5_K
 //! variant idlane_q5_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_K
 //! variant lane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q6_K
 //! variant lanemat_q6_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q6_K
-//! variant idlanemat_q6_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID WTYPE_Q6_K
+//! variant idlanemat_q6_k LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q6_K
 //! variant idlane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q6_K
 #include "common.glsl"
 #include "weights.glsl"
@@ -530,22 +530,27 @@ float x1(uint i) { return xq[i >> 2][i & 3u]; }
 
 #if defined(MATMUL_ID) && LANE_TOKENS > 1
 // Narrower tiles for experts with few tokens in the chunk: a tile costs its width in products
-// whatever the tokens it holds.
+// whatever the tokens it holds. (Each width is inlined; 16 rows x 8 tokens with its narrower
+// tiles took LLVM 35-65 s to compile, 8 x 4 takes ~5 s.)
 #define LANE_TILE lane_tile1
 #define TILE_WIDTH 1
 #include "lane_tile.glsl"
 #undef LANE_TILE
 #undef TILE_WIDTH
+#if LANE_TOKENS > 2
 #define LANE_TILE lane_tile2
 #define TILE_WIDTH 2
 #include "lane_tile.glsl"
 #undef LANE_TILE
 #undef TILE_WIDTH
+#endif
+#if LANE_TOKENS > 4
 #define LANE_TILE lane_tile4
 #define TILE_WIDTH 4
 #include "lane_tile.glsl"
 #undef LANE_TILE
 #undef TILE_WIDTH
+#endif
 
 // Group slot < e_count: expert e_start + slot for every token whose id is that expert, in token
 // order, up to LANE_TOKENS at a time in the narrowest tile that holds them. Slot e_count, in the
@@ -577,10 +582,14 @@ void lane_grouped(uint slot, uint row0) {
             token[t] = token[n_here - 1];
         if (n_here == 1)
             lane_tile1(w_base, row0, uint[1](token[0]), 1);
+#if LANE_TOKENS > 2
         else if (n_here == 2)
             lane_tile2(w_base, row0, uint[2](token[0], token[1]), 2);
+#endif
+#if LANE_TOKENS > 4
         else if (n_here <= 4)
             lane_tile4(w_base, row0, uint[4](token[0], token[1], token[2], token[3]), n_here);
+#endif
         else
             lane_tile(w_base, row0, token, n_here);
     }

@@ -2,8 +2,9 @@
 fixtures' transformers references; slot reuse; the prefix-state cache; no growth over many
 open/eval/close cycles; a 1 MiB binding limit.
 
-Bounds: batched vs alone 1e-5 on the logits (the same kernels see more rows; each row's sums are
-its own); against transformers as tests/test_mamba.py and tests/test_zaya.py (1e-3), greedy ids
+Bounds: batched vs alone 3e-5 on the logits (each row's sums are its own, but rounded in another
+order: on a CPU device one token runs the RMS norm before the product, several rows inside it,
+ops/matmul.norm_fused); against transformers as tests/test_mamba.py and tests/test_zaya.py (1e-3), greedy ids
 identical."""
 from pathlib import Path
 
@@ -17,7 +18,7 @@ DEMO = Path(__file__).parent.parent / "vkinfer" / "data" / "demo-mamba.gguf"
 MAMBA = [("mamba-tiny-f16.gguf", "mamba-tiny.ref.npz"),
          ("mamba-tiny-q8_0.gguf", "mamba-tiny-q8_0.ref.npz"),
          ("mamba-tiny-q4_k_m.gguf", "mamba-tiny-q4_k_m.ref.npz")]
-BATCH_TOL = 1e-5
+BATCH_TOL = 3e-5
 REF_TOL = 1e-3
 LENGTHS = (None, 1, 70, 9, 33, 2, 17, 5)     # None: the reference prompt
 

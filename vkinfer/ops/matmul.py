@@ -9,7 +9,7 @@ import numpy as np
 
 from ..gpu import Graph, Tensor, check_tensor, output, require
 from ..gpu.weights import check_weight
-from .norm import rms_norm_ref
+from .norm import rms_norm, rms_norm_ref
 
 VEC_ROWS = 4                       # rows per work group of the vector kernels (ROWS_PER_GROUP)
 TILE_ROWS, TILE_TOKENS = 32, 16   # output tile of the batched kernel
@@ -38,7 +38,8 @@ def _vec(g: Graph, n_in: int, kind: str = "vec") -> tuple:
 
 
 # The LANE kernels' tiles (shaders/matmul.comp): invocations per group; rows x tokens per
-# invocation for one token (lane_*, idlane_*) and for many (lanemat_*).
+# invocation for one token (lane_*, idlane_*) and for many (lanemat_*); idlanemat_* has the
+# rows of the first and tiles of up to 4 tokens.
 LANE_THREADS, LANE_VEC_ROWS, LANE_MAT_ROWS, LANE_TOKENS = 8, 8, 16, 8
 # Alignment (in elements) the LANE kernels' wide loads need of a plain weight's rows.
 LANE_ALIGN = {"f32": 4, "f16": 8}
@@ -99,6 +100,21 @@ def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None, accumulate: bool =
     return out
 
 
+def norm_fused(g: Graph, n_tokens: int) -> bool:
+    """Whether matmul's norm prologue beats rms_norm then matmul for n_tokens: everywhere but one
+    token on a CPU device, where the LANE vector kernel would load the norm weight again for
+    every 8 rows (on llvmpipe 15-20 % slower than the separate norm; bench/RESULTS.md)."""
+    return not (g.dev.lane_matmul and n_tokens == 1)
+
+
+def norm_matmul(g: Graph, W, x: Tensor, norm_w: Tensor, eps: float, out: Tensor, scratch: Tensor) -> Tensor:
+    """out = W @ rms_norm(x, norm_w, eps): one dispatch where norm_fused says so, else the norm
+    first into scratch (x's shape)."""
+    if norm_fused(g, x.shape[0]):
+        return matmul(g, W, x, out=out, norm=norm_w, eps=eps)
+    return matmul(g, W, rms_norm(g, x, norm_w, eps, out=scratch), out=out)
+
+
 def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | None = None) -> Tensor:
     """out[n] = W_experts[expert_ids[n]] @ x[n], the ids read on the GPU; an id >= E (the
     skip slot) gives a row of zeros. W_experts [E, out, in] is one tensor or a Weight split
@@ -116,7 +132,7 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
         if _lane(g, W, x, n, batched=False):
             kernel, per_group, spec = "idlane", LANE_VEC_ROWS * LANE_THREADS, ()
     elif _lane(g, W, x, n, batched=True):
-        kernel, per_group, spec = "idlanemat", LANE_MAT_ROWS * LANE_THREADS, ()
+        kernel, per_group, spec = "idlanemat", LANE_VEC_ROWS * LANE_THREADS, ()
     else:
         kernel, per_group, spec = "idmat", TILE_ROWS, ()
     for start, part in W.parts:
