@@ -118,53 +118,41 @@
 //! variant idmat_q6_k MAT MATMUL_ID WTYPE_Q6_K
 //! variant lane_f32 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_F32
 //! variant lanemat_f32 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_F32
-//! variant idlanemat_f32 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_F32
 //! variant idlane_f32 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_F32
 //! variant lane_f16 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_F16
 //! variant lanemat_f16 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_F16
-//! variant idlanemat_f16 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_F16
 //! variant idlane_f16 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_F16
 //! variant lane_bf16 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_BF16
 //! variant idlane_bf16 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_BF16
 //! variant lane_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_0
 //! variant lanemat_q4_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_0
-//! variant idlanemat_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q4_0
 //! variant idlane_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_0
 //! variant lane_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_1
 //! variant lanemat_q4_1 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_1
-//! variant idlanemat_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q4_1
 //! variant idlane_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_1
 //! variant lane_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_0
 //! variant lanemat_q5_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_0
-//! variant idlanemat_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q5_0
 //! variant idlane_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_0
 //! variant lane_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_1
 //! variant lanemat_q5_1 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_1
-//! variant idlanemat_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q5_1
 //! variant idlane_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_1
 //! variant lane_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q8_0
 //! variant lanemat_q8_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q8_0
-//! variant idlanemat_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q8_0
 //! variant idlane_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q8_0
 //! variant lane_q2_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q2_K
 //! variant lanemat_q2_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q2_K
-//! variant idlanemat_q2_k LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q2_K
 //! variant idlane_q2_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q2_K
 //! variant lane_q3_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q3_K
 //! variant lanemat_q3_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q3_K
-//! variant idlanemat_q3_k LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q3_K
 //! variant idlane_q3_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q3_K
 //! variant lane_q4_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_K
 //! variant lanemat_q4_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_K
-//! variant idlanemat_q4_k LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q4_K
 //! variant idlane_q4_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_K
 //! variant lane_q5_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_K
 //! variant lanemat_q5_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_K
-//! variant idlanemat_q5_k LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q5_K
 //! variant idlane_q5_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_K
 //! variant lane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q6_K
 //! variant lanemat_q6_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q6_K
-//! variant idlanemat_q6_k LANE LANE_ROWS=8 LANE_TOKENS=4 MATMUL_ID WTYPE_Q6_K
 //! variant idlane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q6_K
 #include "common.glsl"
 #include "weights.glsl"
@@ -375,7 +363,7 @@ shared float x_tile[TILE_K][TILE_TOKENS + 1];
 shared float x_sq[TILE_K][TILE_TOKENS + 1];    // NORM_IN: x_tile's raw squares summed over the steps
 
 #ifdef MATMUL_ID
-// A group does one expert for the tokens that chose it (as the LANE kernel's lane_grouped):
+// A group does one expert for the tokens that chose it:
 // thread 0 lists the next TILE_TOKENS of them.
 shared uint tile_tokens[TILE_TOKENS];
 shared uint tile_count;
@@ -513,97 +501,91 @@ void main() {
 // weights come 32 at a time in wide loads as raw quants (chunk_quants), their scales from each
 // row's Head, reloaded once per HEAD_CHUNKS chunks, their offsets and mins applied through the
 // sums of x; x comes in vec4s, and each chunk of x serves LANE_ROWS rows, each chunk of weights
-// LANE_TOKENS tokens. With MATMUL_ID and one token (decode) a group does one token, its expert
-// read as in VEC; with MATMUL_ID and LANE_TOKENS > 1 (prompts) a group does one expert for the
-// tokens that chose it (lane_grouped below), so each expert's weights are decoded once per
-// LANE_TOKENS of its tokens rather than once per token.
+// LANE_TOKENS tokens. With MATMUL_ID (one token per group) the token's expert is read as in VEC.
+// (A group per expert taking its tokens a tile at a time, as MAT does, was slower on llvmpipe.)
 #define LANE_THREADS 8
 layout(local_size_x = LANE_THREADS) in;
 
 float x1(uint i) { return xq[i >> 2][i & 3u]; }
 
-#define LANE_TILE lane_tile
-#define TILE_WIDTH LANE_TOKENS
-#include "lane_tile.glsl"
-#undef LANE_TILE
-#undef TILE_WIDTH
+// Rows row0 .. row0 + LANE_ROWS of the weight at w_base times the tokens token[0 .. n_here);
+// entries past n_here repeat a real token and are not stored.
+void lane_tile(uint w_base, uint row0, uint token[LANE_TOKENS], uint n_here) {
+    uint w_row[LANE_ROWS];            // rows past the end repeat the last row, never written
+    [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
+        w_row[r] = w_base + min(row0 + r, p.rows - 1) * p.n_in;
+    uint x_row[LANE_TOKENS];          // in floats
+    [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+        x_row[t] = p.x_off + token[t] * p.n_in;
 
-#if defined(MATMUL_ID) && LANE_TOKENS > 1
-// Narrower tiles for experts with few tokens in the chunk: a tile costs its width in products
-// whatever the tokens it holds. (Each width is inlined; 16 rows x 8 tokens with its narrower
-// tiles took LLVM 35-65 s to compile, 8 x 4 takes ~5 s.)
-#define LANE_TILE lane_tile1
-#define TILE_WIDTH 1
-#include "lane_tile.glsl"
-#undef LANE_TILE
-#undef TILE_WIDTH
-#if LANE_TOKENS > 2
-#define LANE_TILE lane_tile2
-#define TILE_WIDTH 2
-#include "lane_tile.glsl"
-#undef LANE_TILE
-#undef TILE_WIDTH
-#endif
-#if LANE_TOKENS > 4
-#define LANE_TILE lane_tile4
-#define TILE_WIDTH 4
-#include "lane_tile.glsl"
-#undef LANE_TILE
-#undef TILE_WIDTH
-#endif
-
-// Group slot < e_count: expert e_start + slot for every token whose id is that expert, in token
-// order, up to LANE_TOKENS at a time in the narrowest tile that holds them. Slot e_count, in the
-// part with e_start == 0 only: zeros for the tokens whose id is the skip slot (>= e_total).
-void lane_grouped(uint slot, uint row0) {
-    bool skip = slot == p.e_count;
-    if (slot > p.e_count || (skip && p.e_start != 0))
-        return;
-    uint expert = p.e_start + slot;
-    uint w_base = p.w_off + slot * p.rows * p.n_in;
-    uint next = 0;
-    for (;;) {
-        uint token[LANE_TOKENS];
-        uint n_here = 0;
-        for (; next < p.n_tokens && n_here < LANE_TOKENS; next++) {
-            uint id = ids[p.ids_off + next];
-            if (skip ? id >= p.e_total : id == expert)
-                token[n_here++] = next;
+    float acc[LANE_ROWS][LANE_TOKENS];
+    [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
+        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+            acc[r][t] = 0.0;
+    float ss[LANE_TOKENS];            // each token's sum of squares (NORM_IN)
+    [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+        ss[t] = 0.0;
+    Head head[LANE_ROWS];             // each row's current scales
+    uint n_chunks = p.n_in / 32u;
+    for (uint c = 0; c < n_chunks; c++) {
+        vec4 xs[LANE_TOKENS][8];
+        vec2 x_sum[LANE_TOKENS];      // the two halves' sums, for the chunks' offsets
+        [[unroll]] for (uint i = 0; i < 8; i++) {
+            vec4 w = nw4(c * 32u + 4u * i);       // read once for all the tokens
+            [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+                xs[t][i] = norm_in(xq[(x_row[t] >> 2) + c * 8u + i], w, ss[t]);
         }
-        if (n_here == 0)
-            return;
-        if (skip) {
-            for (uint t = 0; t < n_here; t++)
-                for (uint r = 0; r < LANE_ROWS && row0 + r < p.rows; r++)
-                    y[p.o_off + token[t] * p.o_stride + p.col0 + row0 + r] = 0.0;
-            continue;
+        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+            x_sum[t] = vec2(hsum((xs[t][0] + xs[t][1]) + (xs[t][2] + xs[t][3])),
+                            hsum((xs[t][4] + xs[t][5]) + (xs[t][6] + xs[t][7])));
+        [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
+            uint e = w_row[r] + c * 32u;
+            if (c == 0u || (e >> 5) % HEAD_CHUNKS == 0u)
+                head[r] = load_head(e);
+            vec4 q[8];
+            vec4 s = chunk_quants(e, head[r], q);
+            [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
+                vec4 lo = q[0] * xs[t][0], hi = q[4] * xs[t][4];
+                [[unroll]] for (uint i = 1; i < 4; i++) {
+                    lo += q[i] * xs[t][i];
+                    hi += q[4 + i] * xs[t][4 + i];
+                }
+                acc[r][t] += s.x * hsum(lo) + s.y * hsum(hi) - dot(s.zw, x_sum[t]);
+            }
         }
-        for (uint t = n_here; t < LANE_TOKENS; t++)
-            token[t] = token[n_here - 1];
-        if (n_here == 1)
-            lane_tile1(w_base, row0, uint[1](token[0]), 1);
-#if LANE_TOKENS > 2
-        else if (n_here == 2)
-            lane_tile2(w_base, row0, uint[2](token[0], token[1]), 2);
-#endif
-#if LANE_TOKENS > 4
-        else if (n_here <= 4)
-            lane_tile4(w_base, row0, uint[4](token[0], token[1], token[2], token[3]), n_here);
-#endif
-        else
-            lane_tile(w_base, row0, token, n_here);
     }
+    // A tail shorter than a chunk (plain types only): 4 at a time, then one at a time.
+    uint k = n_chunks * 32u;
+    for (; k + 4u <= p.n_in; k += 4u) {
+        vec4 xv[LANE_TOKENS];
+        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+            xv[t] = norm_in(xq[(x_row[t] + k) >> 2], nw4(k), ss[t]);
+        [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
+            vec4 w = weight4_aligned(w_row[r] + k);     // rows start on 4 (LANE_ALIGN)
+            [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+                acc[r][t] += dot(w, xv[t]);
+        }
+    }
+    for (; k < p.n_in; k++) {
+        float xv[LANE_TOKENS];
+        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+            xv[t] = norm_in(x1(x_row[t] + k), nw1(k), ss[t]);
+        [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
+            [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+                acc[r][t] += weight1(w_row[r] + k) * xv[t];
+    }
+
+    [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+        [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
+            if (t < n_here && row0 + r < p.rows)
+                store(p.o_off + token[t] * p.o_stride + p.col0 + row0 + r, acc[r][t], ss[t]);
 }
-#endif
 
 void main() {
     const uint rows_per_group = LANE_THREADS * LANE_ROWS;
     uint row_groups = (p.rows + rows_per_group - 1) / rows_per_group;
     uint g = group_index();
     uint row0 = (g % row_groups) * rows_per_group + gl_LocalInvocationID.x * LANE_ROWS;
-#if defined(MATMUL_ID) && LANE_TOKENS > 1
-    lane_grouped(g / row_groups, row0);
-#else
     uint token0 = (g / row_groups) * LANE_TOKENS;
     if (token0 >= p.n_tokens)
         return;                       // the grid may round up; uniform over the group
@@ -625,6 +607,5 @@ void main() {
     [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
         token[t] = min(token0 + t, p.n_tokens - 1);
     lane_tile(w_base, row0, token, min(LANE_TOKENS, p.n_tokens - token0));
-#endif
 }
 #endif

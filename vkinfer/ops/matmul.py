@@ -38,8 +38,7 @@ def _vec(g: Graph, n_in: int, kind: str = "vec") -> tuple:
 
 
 # The LANE kernels' tiles (shaders/matmul.comp): invocations per group; rows x tokens per
-# invocation for one token (lane_*, idlane_*) and for many (lanemat_*); idlanemat_* has the
-# rows of the first and tiles of up to 4 tokens.
+# invocation for one token (lane_*, idlane_*) and for many (lanemat_*).
 LANE_THREADS, LANE_VEC_ROWS, LANE_MAT_ROWS, LANE_TOKENS = 8, 8, 16, 8
 # Alignment (in elements) the LANE kernels' wide loads need of a plain weight's rows.
 LANE_ALIGN = {"f32": 4, "f16": 8}
@@ -118,28 +117,29 @@ def norm_matmul(g: Graph, W, x: Tensor, norm_w: Tensor, eps: float, out: Tensor,
 def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | None = None) -> Tensor:
     """out[n] = W_experts[expert_ids[n]] @ x[n], the ids read on the GPU; an id >= E (the
     skip slot) gives a row of zeros. W_experts [E, out, in] is one tensor or a Weight split
-    by experts; expert_ids u32 [N] (it may live in a host buffer). One token runs the vector
-    kernel; more run the grouped kernels, a work group per expert (and one for the skip slot)
-    and tile of rows, taking the tokens that chose its expert a tile at a time, so a prompt
-    chunk reads each chosen expert once per tile of its tokens instead of once per token."""
+    by experts; expert_ids u32 [N] (it may live in a host buffer). On a GPU one token runs the
+    vector kernel and more the grouped one (idmat): a work group per expert (and one for the
+    skip slot) and tile of rows takes the tokens that chose its expert a tile at a time, so a
+    prompt chunk reads each chosen expert once per tile of its tokens, not once per token. On a
+    CPU device every token has its own groups (idlane): a grouped LANE kernel measured slower
+    on llvmpipe (ZAYA1-8B pp64 5.7 -> 3.3-4.2 t/s; bench/RESULTS.md)."""
     W = check_weight("matmul_id", W_experts, 3)
     n_experts, n_out, n_in = W.shape
     n = _check_x("matmul_id", x, n_in)
     check_tensor("matmul_id", "expert_ids", expert_ids, dtype="u32", shape=(n,))
     out = output(g, "matmul_id", out, (n, n_out))
-    if n == 1:
+    grouped = False
+    if _lane(g, W, x, n, batched=False):
+        kernel, per_group, spec = "idlane", LANE_VEC_ROWS * LANE_THREADS, ()
+    elif n == 1:
         kernel, per_group, spec = _vec(g, n_in, "id")
-        if _lane(g, W, x, n, batched=False):
-            kernel, per_group, spec = "idlane", LANE_VEC_ROWS * LANE_THREADS, ()
-    elif _lane(g, W, x, n, batched=True):
-        kernel, per_group, spec = "idlanemat", LANE_VEC_ROWS * LANE_THREADS, ()
     else:
-        kernel, per_group, spec = "idmat", TILE_ROWS, ()
+        kernel, per_group, spec, grouped = "idmat", TILE_ROWS, (), True
     for start, part in W.parts:
         e_count = part.shape[0]
         push = [part.offset, n_out, n_in, x.offset, n, out.offset, n_out, 0, 0,
                 expert_ids.offset, start, e_count, n_experts]
-        slots = n if n == 1 else e_count + 1          # grouped: each expert, then the skip slot
+        slots = e_count + 1 if grouped else n          # grouped: each expert, then the skip slot
         g.dispatch(f"matmul.{kernel}_{W.dtype}", [part, x, expert_ids], [out], push,
                    groups=slots * ceil(n_out / per_group), spec=spec)
     return out
