@@ -1,6 +1,6 @@
 """Element-wise ops on contiguous F32 tensors: add, mul (b broadcast along rows), scale,
-silu, softplus, gelu (erf), swiglu (of two tensors, or of each row's halves); the twin of ZAYA's per-channel residual scaling (h + b) * w
-(the model's runs inside norm.merge_norm)."""
+silu, softplus, gelu (erf), swiglu (of two tensors, or of each row's halves); the twin of
+ZAYA's per-channel residual scaling (h + b) * w (the model's runs inside norm.merge_norm)."""
 from math import ceil, erf
 
 import numpy as np
