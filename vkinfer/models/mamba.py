@@ -113,10 +113,13 @@ class Mamba:
                                   w[b + "ssm_conv1d.bias"], out=s["x1"], silu=True, slots=slots,
                                   n_seq=B, slot_lo=lo)
             dbc = mm.matmul(g, w[b + "ssm_x.weight"], x1, out=s["dbc"])
-            # the dt projection inside the scan where its weight is one part of whole blocks
+            # The dt projection inside the scan for one token per sequence, where its weight is
+            # one part of whole blocks. In a prompt each channel would read its W_dt row again
+            # for every token, serially: on llvmpipe the scan took 2.3x the separate matmul and
+            # scan together (bench/RESULTS.md).
             w_dt = as_weight(w[b + "ssm_dt.weight"])
-            fused = len(w_dt.parts) == 1 and (w_dt.dtype not in BLOCK_TYPES
-                                              or dtr % BLOCK_TYPES[w_dt.dtype][0] == 0)
+            fused = T == B and len(w_dt.parts) == 1 and (w_dt.dtype not in BLOCK_TYPES
+                                                         or dtr % BLOCK_TYPES[w_dt.dtype][0] == 0)
             dt_in = dbc.slice(1, 0, dtr)       # one token: a contiguous view; more: copied if needed
             if not dt_in.contiguous and (p.dt_b_c_rms or not fused):
                 dt_in = copy_ops.copy(g, dt_in, out=s["dt_in"])
