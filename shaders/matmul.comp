@@ -118,41 +118,53 @@
 //! variant idmat_q6_k MAT MATMUL_ID WTYPE_Q6_K
 //! variant lane_f32 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_F32
 //! variant lanemat_f32 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_F32
+//! variant idlanemat_f32 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_F32
 //! variant idlane_f32 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_F32
 //! variant lane_f16 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_F16
 //! variant lanemat_f16 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_F16
+//! variant idlanemat_f16 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_F16
 //! variant idlane_f16 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_F16
 //! variant lane_bf16 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_BF16
 //! variant idlane_bf16 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_BF16
 //! variant lane_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_0
 //! variant lanemat_q4_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_0
+//! variant idlanemat_q4_0 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_Q4_0
 //! variant idlane_q4_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_0
 //! variant lane_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_1
 //! variant lanemat_q4_1 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_1
+//! variant idlanemat_q4_1 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_Q4_1
 //! variant idlane_q4_1 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_1
 //! variant lane_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_0
 //! variant lanemat_q5_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_0
+//! variant idlanemat_q5_0 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_Q5_0
 //! variant idlane_q5_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_0
 //! variant lane_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_1
 //! variant lanemat_q5_1 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_1
+//! variant idlanemat_q5_1 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_Q5_1
 //! variant idlane_q5_1 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_1
 //! variant lane_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q8_0
 //! variant lanemat_q8_0 LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q8_0
+//! variant idlanemat_q8_0 LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_Q8_0
 //! variant idlane_q8_0 LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q8_0
 //! variant lane_q2_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q2_K
 //! variant lanemat_q2_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q2_K
+//! variant idlanemat_q2_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_Q2_K
 //! variant idlane_q2_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q2_K
 //! variant lane_q3_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q3_K
 //! variant lanemat_q3_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q3_K
+//! variant idlanemat_q3_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_Q3_K
 //! variant idlane_q3_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q3_K
 //! variant lane_q4_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q4_K
 //! variant lanemat_q4_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q4_K
+//! variant idlanemat_q4_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_Q4_K
 //! variant idlane_q4_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q4_K
 //! variant lane_q5_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q5_K
 //! variant lanemat_q5_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q5_K
+//! variant idlanemat_q5_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_Q5_K
 //! variant idlane_q5_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q5_K
 //! variant lane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 WTYPE_Q6_K
 //! variant lanemat_q6_k LANE LANE_ROWS=16 LANE_TOKENS=8 WTYPE_Q6_K
+//! variant idlanemat_q6_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_Q6_K
 //! variant idlane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q6_K
 #include "common.glsl"
 #include "weights.glsl"
@@ -501,8 +513,9 @@ void main() {
 // weights come 32 at a time in wide loads as raw quants (chunk_quants), their scales from each
 // row's Head, reloaded once per HEAD_CHUNKS chunks, their offsets and mins applied through the
 // sums of x; x comes in vec4s, and each chunk of x serves LANE_ROWS rows, each chunk of weights
-// LANE_TOKENS tokens. With MATMUL_ID (one token per group) the token's expert is read as in VEC.
-// (A group per expert taking its tokens a tile at a time, as MAT does, was slower on llvmpipe.)
+// LANE_TOKENS tokens. With MATMUL_ID (one token per group) the token's expert is read as in VEC;
+// with EXPERT_TILES a group takes one tile of tokens of one expert from a table moe.tiles wrote
+// (a group listing its expert's tokens itself, as MAT does, was slower on llvmpipe).
 #define LANE_THREADS 8
 layout(local_size_x = LANE_THREADS) in;
 
@@ -585,6 +598,30 @@ void main() {
     const uint rows_per_group = LANE_THREADS * LANE_ROWS;
     uint row_groups = (p.rows + rows_per_group - 1) / rows_per_group;
     uint g = group_index();
+#ifdef EXPERT_TILES
+    // The group's tile of the table moe.tiles wrote (bound as ids): its slot, its token count
+    // and its tokens. The table's tiles (ops.moe.n_tiles) vary fastest: llvmpipe gives each
+    // thread a contiguous run of groups, and the filled tiles come first.
+    uint n_tiles = (p.n_tokens + LANE_TOKENS - 1) / LANE_TOKENS + p.e_total + 1u;
+    uint row0 = (g / n_tiles) * rows_per_group + gl_LocalInvocationID.x * LANE_ROWS;
+    uint tile_at = p.ids_off + (g % n_tiles) * (2u + LANE_TOKENS);
+    uint expert = ids[tile_at], n_here = ids[tile_at + 1u];
+    if (n_here == 0u)
+        return;                       // past the last tile; uniform over the group
+    if (expert >= p.e_total) {        // the skip slot: rows of zeros
+        if (p.e_start == 0)
+            for (uint t = 0; t < n_here; t++)
+                for (uint r = 0; r < LANE_ROWS && row0 + r < p.rows; r++)
+                    y[p.o_off + ids[tile_at + 2u + t] * p.o_stride + p.col0 + row0 + r] = 0.0;
+        return;
+    }
+    if (expert < p.e_start || expert >= p.e_start + p.e_count)
+        return;                       // another part holds this expert
+    uint token[LANE_TOKENS];
+    [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+        token[t] = ids[tile_at + 2u + t];
+    lane_tile(p.w_off + (expert - p.e_start) * p.rows * p.n_in, row0, token, n_here);
+#else
     uint row0 = (g % row_groups) * rows_per_group + gl_LocalInvocationID.x * LANE_ROWS;
     uint token0 = (g / row_groups) * LANE_TOKENS;
     if (token0 >= p.n_tokens)
@@ -607,5 +644,6 @@ void main() {
     [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
         token[t] = min(token0 + t, p.n_tokens - 1);
     lane_tile(w_base, row0, token, min(LANE_TOKENS, p.n_tokens - token0));
+#endif
 }
 #endif

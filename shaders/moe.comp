@@ -5,7 +5,54 @@
 // probs[t, E] (`identity`). One invocation per element, so o may be h itself.
 //! variant zero
 //! variant identity SKIP_IDENTITY
+//! variant tiles EXPERT_TILES
+// `tiles`: a prompt chunk's tokens grouped by expert for matmul_id's grouped LANE kernel: tile k
+// of the table is (slot, n, token_0 .. token_{TILE_TOKENS-1}), the slots in order (expert 0 ..
+// E - 1, then the skip slot E for any id >= E), each slot's tokens in order TILE_TOKENS at a time,
+// a short tile padded with its last token; tiles past the last are (NO_TILE, 0, ...). One
+// invocation: llvmpipe runs shared memory and barriers as coroutines, and the table is small.
 #include "common.glsl"
+#ifdef EXPERT_TILES
+#define TILE_TOKENS 8u
+#define TILE_WORDS (2u + TILE_TOKENS)
+#define NO_TILE 0xFFFFFFFFu
+layout(local_size_x = 1) in;
+layout(binding = 0) readonly buffer Ids { uint expert_ids[]; };
+layout(binding = 1) writeonly buffer Tiles { uint tiles[]; };
+layout(push_constant) uniform P { uint n; uint experts; uint id_off; uint o_off; uint n_tiles; } p;
+
+void main() {
+    uint k = 0;
+    for (uint slot = 0; slot <= p.experts; slot++) {
+        uint fill = 0, last = 0;
+        for (uint t = 0; t < p.n; t++) {
+            if (min(expert_ids[p.id_off + t], p.experts) != slot)
+                continue;
+            tiles[p.o_off + k * TILE_WORDS + 2u + fill] = t;
+            last = t;
+            if (++fill == TILE_TOKENS) {
+                tiles[p.o_off + k * TILE_WORDS] = slot;
+                tiles[p.o_off + k * TILE_WORDS + 1u] = fill;
+                k++;
+                fill = 0;
+            }
+        }
+        if (fill > 0) {
+            tiles[p.o_off + k * TILE_WORDS] = slot;
+            tiles[p.o_off + k * TILE_WORDS + 1u] = fill;
+            for (uint f = fill; f < TILE_TOKENS; f++)
+                tiles[p.o_off + k * TILE_WORDS + 2u + f] = last;
+            k++;
+        }
+    }
+    for (; k < p.n_tiles; k++) {
+        tiles[p.o_off + k * TILE_WORDS] = NO_TILE;
+        tiles[p.o_off + k * TILE_WORDS + 1u] = 0u;
+        for (uint f = 0; f < TILE_TOKENS; f++)
+            tiles[p.o_off + k * TILE_WORDS + 2u + f] = 0u;
+    }
+}
+#else
 layout(local_size_x = 256) in;
 
 layout(binding = 0) readonly buffer H { float h[]; };
@@ -41,3 +88,4 @@ void main() {
     }
     o[p.o_off + i] = y;
 }
+#endif

@@ -12,7 +12,9 @@ from conftest import at_offset, check_matmul, run, view_then_copy
 from test_quant_k import random_blocks
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.gpu.weights import Weight, decode, f32_to_bf16, upload_weight
-from vkinfer.ops.matmul import LANE_MAT_TYPES, matmul, matmul_id, matmul_id_ref, matmul_ref, norm_matmul
+from vkinfer.ops import moe
+from vkinfer.ops.matmul import (LANE_MAT_TYPES, lane_grouped, matmul, matmul_id, matmul_id_ref, matmul_ref,
+                               norm_matmul)
 from vkinfer.ops.norm import rms_norm, rms_norm_ref
 from vkinfer.ops import copy as copy_ops
 
@@ -253,10 +255,16 @@ def test_matmul_id_grouped_by_expert(dev, rng, dtype, matmul_kernels):
     x = rng.standard_normal((len(ids), n_in)).astype(np.float32)
     out = dev.upload(np.full((len(ids), n_out), np.nan, np.float32))
     g = Graph(dev, "grouped")
-    matmul_id(g, upload_weight(dev, array, dtype), dev.upload(x), dev.upload(ids), out=out)
+    tids = dev.upload(ids)
+    grouped = lane_grouped(g, len(ids), n_experts)
+    assert grouped == (matmul_kernels == "lane")
+    tiles = moe.expert_tiles(g, tids, n_experts) if grouped else None
+    matmul_id(g, upload_weight(dev, array, dtype), dev.upload(x), tids, out=out, tiles=tiles)
     g.run()
-    kernel = "idlane" if matmul_kernels == "lane" else "idmat"      # one token per group on CPUs
-    assert [node[0] for node in g.nodes] == [f"matmul.{kernel}_{dtype}"]
+    # CPUs: a group per tile of one expert's tokens (idlanemat), where the type has the LANE
+    # prompt kernel, else one token per group; GPUs: a group per expert (idmat)
+    kernel = {"lane": "idlanemat" if dtype in LANE_MAT_TYPES else "idlane"}.get(matmul_kernels, "idmat")
+    assert [node[0] for node in g.nodes] == ["moe.tiles"] * grouped + [f"matmul.{kernel}_{dtype}"]
     check_matmul(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
     assert np.all(dev.read(out)[ids >= n_experts] == 0.0)
 

@@ -1,7 +1,9 @@
-"""The top-1 MoE output op (vkinfer.ops.moe.moe_combine) against its numpy twin.
+"""The top-1 MoE output op (vkinfer.ops.moe.moe_combine), the router and the expert tile table
+(moe.expert_tiles) against their numpy twins.
 
-Bound: exact (one F32 product per element, the same rounding as numpy's float32 product), in
-both skip behaviours, including expert ids past the skip slot."""
+Bound: exact for moe_combine (one F32 product per element, the same rounding as numpy's float32
+product), in both skip behaviours, including expert ids past the skip slot; exact for the tile
+table (integers)."""
 import numpy as np
 import pytest
 from conftest import run, view_then_copy
@@ -64,6 +66,36 @@ def test_large_grid(dev, rng):
     assert T * n > 65535 * moe.WG
     out = run(dev, lambda g: moe.moe_combine(g, dev.upload(h), dev.upload(probs), dev.upload(ids)))
     np.testing.assert_array_equal(dev.read(out), moe.moe_combine_ref(h, probs, ids))
+
+
+@pytest.mark.parametrize("T,E", [(1, 1), (7, 5), (45, 5), (200, 16), (64, 16)])
+def test_expert_tiles(dev, rng, T, E):
+    """Tokens grouped by expert, 8 to a tile: unused experts, experts with more than one tile,
+    the skip slot (ids E and beyond), every word written (the output starts as 0xDEADBEEF)."""
+    ids = rng.integers(0, E + 3, T).astype(np.uint32)
+    ids[:min(T, 12)] = ([0] * 9 + [E, E + 2, 0])[:min(T, 12)]
+    out = dev.upload(np.full((moe.n_tiles(T, E), moe.TILE_WORDS), 0xDEADBEEF, np.uint32))
+    run(dev, lambda g: moe.expert_tiles(g, dev.upload(ids), E, out=out))
+    want = moe.expert_tiles_ref(ids, E)
+    np.testing.assert_array_equal(dev.read(out), want)
+    # the twin: every token once, in its slot's tiles, in order
+    used = want[want[:, 1] > 0]
+    tokens = np.concatenate([tile[2:2 + n] for tile, n in zip(used, used[:, 1])])
+    assert sorted(tokens.tolist()) == list(range(T))
+    assert all((np.minimum(ids[tile[2:2 + n]], E) == tile[0]).all() for tile, n in zip(used, used[:, 1]))
+    assert (used[:, 1] <= moe.TILE_TOKENS).all() and (want[len(used):, 0] == moe.NO_TILE).all()
+
+
+def test_expert_tiles_at_offsets(dev, rng):
+    """ids in a host buffer at an offset, the table at an offset inside a bigger buffer."""
+    T, E = 19, 3
+    ids = rng.integers(0, E + 1, T).astype(np.uint32)
+    host = dev.upload(np.concatenate([np.full(5, 7, np.uint32), ids]), kind="host")
+    big = dev.upload(np.full((moe.n_tiles(T, E) + 2, moe.TILE_WORDS), 0xDEADBEEF, np.uint32))
+    run(dev, lambda g: moe.expert_tiles(g, Tensor(host.buf, (T,), "u32", 5), E, out=big.slice(0, 1, 1 + moe.n_tiles(T, E))))
+    got = dev.read(big)
+    np.testing.assert_array_equal(got[1:-1], moe.expert_tiles_ref(ids, E))
+    assert (got[0] == 0xDEADBEEF).all() and (got[-1] == 0xDEADBEEF).all()
 
 
 def test_refuses_non_contiguous_then_copies(dev, rng):

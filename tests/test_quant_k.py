@@ -22,6 +22,7 @@ from vkinfer.gpu.weights import decode, upload_weight
 from vkinfer.ops.get_rows import get_rows, get_rows_ref
 from vkinfer.ops.matmul import matmul, matmul_id, matmul_id_ref, matmul_ref
 from vkinfer.ops import copy as copy_ops
+from vkinfer.ops import moe
 
 K_TYPES = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
 # Byte offsets of the fp16 fields (d, dmin) in each block.
@@ -119,6 +120,26 @@ def test_matmul_split_weight(small_bindings, rng, dtype, n):
     ids = np.array([1499, 0, 700, 1234], np.uint32)
     rows = run(dev, lambda g: get_rows(g, weight, dev.upload(ids)))
     assert np.array_equal(dev.read(rows), pool_w[index[ids]])
+
+
+@pytest.mark.parametrize("dtype", ["q4_k", "q6_k"])
+def test_matmul_id_tiles(dev, rng, dtype):
+    """The CPU kernel taking tiles of one expert's tokens (moe.expert_tiles): 41 tokens over
+    [4, 70, 512] experts, expert 2 unused, expert 1 with 19 (three tiles), skip slots 4 and 9."""
+    raw = random_blocks(rng, dtype, (4, 70), 2)
+    w = decode(raw, dtype)
+    ids = rng.permutation(np.array([1] * 19 + [0] * 10 + [3] * 7 + [4] * 3 + [9] * 2, np.uint32))
+    x = rng.standard_normal((len(ids), w.shape[2])).astype(np.float32)
+    out = dev.upload(np.full((len(ids), w.shape[1]), np.nan, np.float32))
+    g = Graph(dev, "tiles")
+    tids = dev.upload(ids)
+    matmul_id(g, upload_weight(dev, raw, dtype), dev.upload(x), tids, out=out, tiles=moe.expert_tiles(g, tids, 4))
+    g.run()
+    assert [node[0] for node in g.nodes] == ["moe.tiles", f"matmul.idlanemat_{dtype}"]
+    got = dev.read(out)
+    scale = np.einsum("noi,ni->no", np.abs(w[np.minimum(ids, 3)]).astype(np.float64), np.abs(x))
+    check(got, matmul_id_ref(w, x, ids), scale, dtype)
+    assert np.all(got[ids >= 4] == 0.0)
 
 
 @pytest.mark.parametrize("dtype", K_TYPES)

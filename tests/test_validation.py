@@ -22,7 +22,8 @@ A third check runs the models' batched graphs (Mamba, Mamba-2 and ZAYA fixtures,
 lengths prefilled and decoded together over the slotted state pool, with a 1 MiB binding limit so
 that weights, logits and state are split across bindings) and compares them with each sequence
 run alone (1e-5); it checks that the fused kernels (merge_norm, router, cca_qkv, the scan with
-the dt projection, matmuls with the RMS norm of their input) are among those recorded.
+the dt projection, matmuls with the RMS norm of their input, the CPU kernel taking tiles of one
+expert's tokens) are among those recorded.
 
 A negative control records a real hazard (a transfer that writes a buffer right after a dispatch
 wrote it, with no barrier between) and must produce a SYNC-HAZARD message, so an empty log
@@ -106,6 +107,7 @@ def test_batched_model_steps_are_clean(tmp_path):
     assert {"merge_norm.first", "merge_norm.merge", "merge_norm.combine", "cca_qkv"} <= set(kernels), kernels
     assert any(k.startswith("router.") for k in kernels) and any(k.startswith("ssm_scan.dtproj_") for k in kernels)
     assert any(k.startswith("matmul.") and k.endswith("+norm") for k in kernels), kernels
+    assert "moe.tiles" in kernels and any(k.startswith("matmul.idlanemat_") for k in kernels), kernels
     messages = log_messages(text)
     assert not messages, f"{len(messages)} validation messages:\n" + "\n".join(messages[:10])
 
@@ -260,6 +262,18 @@ def child_batched() -> dict:
             kernels |= {f"{kernel}+norm" for g in m._graphs.values() for kernel, *_, spec in g.nodes
                         if kernel.startswith("matmul.") and spec[1:] == (1,)}
             loaded = loaded and _layer_loaded()
+    # A 16-token chunk of the ZAYA fixture (4 experts): on a CPU device matmul_id takes tiles of
+    # one expert's tokens (moe.expert_tiles, idlanemat); against the same prompt in chunks of 8.
+    long = list(range(5, 21))
+    logits = []
+    for n_batch in (8, 16):
+        with load(zaya, n_ctx=32, n_batch=n_batch) as m:
+            with m.session() as s:
+                logits.append(s.eval(long))
+            dispatches += sum(len(g) for g in m._graphs.values())
+            kernels |= {node[0] for g in m._graphs.values() for node in g.nodes}
+            loaded = loaded and _layer_loaded()
+    max_error = max(max_error, float(np.max(np.abs(logits[1] - logits[0]) / np.maximum(1.0, np.abs(logits[0])))))
     return {"dispatches": dispatches, "max_error": max_error, "layer_loaded": loaded,
             "kernels": sorted(kernels)}
 

@@ -206,6 +206,8 @@ class Zaya:
         self.scratch = {k: dev.empty(shape, "f32", name=k) for k, shape in shapes.items()}
         # The chosen slot of every token in every MoE block (read back only by log_skips).
         self.experts = dev.empty((max(len(self.moe_blocks), 1), B), "u32", name="experts")
+        # Their tokens grouped by expert, for a chunk where matmul_id's CPU kernel wants that.
+        self.expert_tiles = dev.empty((moe.n_tiles(B, E), moe.TILE_WORDS), "u32", name="expert_tiles")
 
     def _prepare_weights(self, file_name: str):
         """Per-block weights in the form the graph uses, made once at load time."""
@@ -402,10 +404,13 @@ class Zaya:
 
     def _experts(self, g, b, x, experts, probs, s, out, r):
         """The chosen expert's SwiGLU MLP into out, then the combine (or its hand-over)."""
-        w = self.w
-        gate_up = mm.matmul_id(g, w[b + "ffn_gate_up_exps.weight"], x, experts, out=s["gate_up"])
+        w, T, E = self.w, x.shape[0], self.p.n_expert
+        tiles = None
+        if mm.lane_grouped(g, T, E):
+            tiles = moe.expert_tiles(g, experts, E, out=self.expert_tiles.slice(0, 0, moe.n_tiles(T, E)))
+        gate_up = mm.matmul_id(g, w[b + "ffn_gate_up_exps.weight"], x, experts, out=s["gate_up"], tiles=tiles)
         act = ew.swiglu_rows(g, gate_up, out=s["act"])
-        mm.matmul_id(g, w[b + "ffn_down_exps.weight"], act, experts, out=out)
+        mm.matmul_id(g, w[b + "ffn_down_exps.weight"], act, experts, out=out, tiles=tiles)
         if self.skip_mode != "identity":       # the next merge_norm weights out by probs
             return r, {"probs": probs, "expert_ids": experts}
         moe.moe_combine(g, out, probs, experts, skip="identity", x=x, out=out)

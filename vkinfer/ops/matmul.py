@@ -9,6 +9,7 @@ import numpy as np
 
 from ..gpu import Graph, Tensor, check_tensor, output, require
 from ..gpu.weights import check_weight
+from . import moe
 from .norm import rms_norm, rms_norm_ref
 
 VEC_ROWS = 4                       # rows per work group of the vector kernels (ROWS_PER_GROUP)
@@ -114,35 +115,46 @@ def norm_matmul(g: Graph, W, x: Tensor, norm_w: Tensor, eps: float, out: Tensor,
     return matmul(g, W, rms_norm(g, x, norm_w, eps, out=scratch), out=out)
 
 
-def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | None = None) -> Tensor:
+def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | None = None,
+              tiles: Tensor | None = None) -> Tensor:
     """out[n] = W_experts[expert_ids[n]] @ x[n], the ids read on the GPU; an id >= E (the
     skip slot) gives a row of zeros. W_experts [E, out, in] is one tensor or a Weight split
     by experts; expert_ids u32 [N] (it may live in a host buffer). On a GPU one token runs the
     vector kernel and more the grouped one (idmat): a work group per expert (and one for the
     skip slot) and tile of rows takes the tokens that chose its expert a tile at a time, so a
     prompt chunk reads each chosen expert once per tile of its tokens, not once per token. On a
-    CPU device every token has its own groups (idlane): a grouped LANE kernel measured slower
-    on llvmpipe (ZAYA1-8B pp64 5.7 -> 3.3-4.2 t/s; bench/RESULTS.md)."""
+    CPU device every token has its own groups (idlane), unless `tiles` (moe.expert_tiles of
+    these ids, where lane_grouped says so) gives each group one expert's tile of 8 tokens
+    (idlanemat): grouping pays on llvmpipe only from about 4 tokens per expert (bench/RESULTS.md)."""
     W = check_weight("matmul_id", W_experts, 3)
     n_experts, n_out, n_in = W.shape
     n = _check_x("matmul_id", x, n_in)
     check_tensor("matmul_id", "expert_ids", expert_ids, dtype="u32", shape=(n,))
     out = output(g, "matmul_id", out, (n, n_out))
-    grouped = False
+    ids, slots = expert_ids, n       # slots: work groups per tile of rows of a part
     if _lane(g, W, x, n, batched=False):
-        kernel, per_group, spec = "idlane", LANE_VEC_ROWS * LANE_THREADS, ()
+        if tiles is not None and W.dtype in LANE_MAT_TYPES:
+            check_tensor("matmul_id", "tiles", tiles, dtype="u32", shape=(moe.n_tiles(n, n_experts), moe.TILE_WORDS))
+            kernel, per_group, spec, ids, slots = "idlanemat", LANE_MAT_ROWS * LANE_THREADS, (), tiles, tiles.shape[0]
+        else:
+            kernel, per_group, spec = "idlane", LANE_VEC_ROWS * LANE_THREADS, ()
     elif n == 1:
         kernel, per_group, spec = _vec(g, n_in, "id")
     else:
-        kernel, per_group, spec, grouped = "idmat", TILE_ROWS, (), True
+        kernel, per_group, spec, slots = "idmat", TILE_ROWS, (), None   # the part's experts, the skip slot
     for start, part in W.parts:
         e_count = part.shape[0]
         push = [part.offset, n_out, n_in, x.offset, n, out.offset, n_out, 0, 0,
-                expert_ids.offset, start, e_count, n_experts]
-        slots = e_count + 1 if grouped else n          # grouped: each expert, then the skip slot
-        g.dispatch(f"matmul.{kernel}_{W.dtype}", [part, x, expert_ids], [out], push,
-                   groups=slots * ceil(n_out / per_group), spec=spec)
+                ids.offset, start, e_count, n_experts]
+        g.dispatch(f"matmul.{kernel}_{W.dtype}", [part, x, ids], [out], push,
+                   groups=(e_count + 1 if slots is None else slots) * ceil(n_out / per_group), spec=spec)
     return out
+
+
+def lane_grouped(g: Graph, n_tokens: int, n_experts: int) -> bool:
+    """Whether matmul_id on this device wants moe.expert_tiles for n_tokens over n_experts: on a
+    CPU device from 4 tokens per expert on average (fewer ran slower than a group per token)."""
+    return g.dev.lane_matmul and n_tokens >= 4 * n_experts
 
 
 # ---- numpy twins (weights as float32 after decoding) --------------------------------------------

@@ -106,3 +106,43 @@ def moe_combine_ref(h, probs, expert_ids, skip="zero", x=None):
     skipped = slots == E
     out[skipped] = x[skipped] * prob[skipped] if skip == "identity" else 0.0
     return out.astype(np.float32)
+
+
+# ---- a prompt chunk's tokens grouped by expert (matmul_id's grouped LANE kernel) ----------------
+TILE_TOKENS = 8          # shaders/moe.comp and the idlanemat kernels' LANE_TOKENS
+TILE_WORDS = 2 + TILE_TOKENS
+NO_TILE = 0xFFFFFFFF
+
+
+def n_tiles(n_tokens: int, n_experts: int) -> int:
+    """Tiles a table of n_tokens over n_experts experts and the skip slot can need: every slot
+    leaves at most one short tile."""
+    return ceil(n_tokens / TILE_TOKENS) + n_experts + 1
+
+
+def expert_tiles(g: Graph, expert_ids: Tensor, n_experts: int, out: Tensor | None = None) -> Tensor:
+    """The tokens of expert_ids u32 [T] grouped by expert, TILE_TOKENS at a time: u32
+    [n_tiles(T, E), TILE_WORDS], tile k = (slot, n, tokens...), the slots in order (experts 0 ..
+    E - 1, then E for every id >= E, the skip slot), a short tile padded with its last token,
+    unused tiles (NO_TILE, 0, 0...). One dispatch of one invocation (shaders/moe.comp)."""
+    op = "expert_tiles"
+    check_tensor(op, "expert_ids", expert_ids, dtype="u32")
+    require(expert_ids.ndim == 1 and expert_ids.shape[0] >= 1, f"{op}: expert_ids has shape {expert_ids.shape}")
+    require(n_experts >= 1, f"{op}: n_experts = {n_experts}")
+    T = expert_ids.shape[0]
+    out = output(g, op, out, (n_tiles(T, n_experts), TILE_WORDS), "u32")
+    g.dispatch("moe.tiles", [expert_ids], [out], [T, n_experts, expert_ids.offset, out.offset, out.shape[0]])
+    return out
+
+
+def expert_tiles_ref(expert_ids, n_experts: int) -> np.ndarray:
+    slots = np.minimum(np.asarray(expert_ids, np.int64), n_experts)
+    table = [[NO_TILE, 0] + [0] * TILE_TOKENS for _ in range(n_tiles(len(slots), n_experts))]
+    k = 0
+    for slot in range(n_experts + 1):
+        tokens = np.flatnonzero(slots == slot).tolist()
+        for at in range(0, len(tokens), TILE_TOKENS):
+            part = tokens[at:at + TILE_TOKENS]
+            table[k] = [slot, len(part)] + part + [part[-1]] * (TILE_TOKENS - len(part))
+            k += 1
+    return np.array(table, np.uint32)
