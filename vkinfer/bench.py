@@ -330,12 +330,16 @@ def _replay_seconds(g: Graph, reps: int) -> float:
 
 
 def _weight_bytes(node) -> int:
-    """Weight bytes a matmul dispatch reads at least once (0 for other kernels)."""
+    """Weight bytes a matmul dispatch reads at least once (0 for other kernels); for the
+    grouped MoE kernels (idmat, idlanemat), which read each chosen expert once, as if every
+    token chose another expert while there are experts."""
     kernel, ins, _, push, _, _ = node
     if kernel.startswith(("matmul.vec", "matmul.mat", "matmul.lane")):   # not matmul.id*
         return ins[0].nbytes
     if kernel.startswith("matmul.id"):
-        return ins[0].nbytes // max(int(push[11]), 1) * int(push[4])    # an expert per token
+        n_tokens, e_count = int(push[4]), max(int(push[11]), 1)
+        grouped = kernel.startswith(("matmul.idmat", "matmul.idlanemat"))
+        return ins[0].nbytes // e_count * (min(n_tokens, e_count) if grouped else n_tokens)
     return 0
 
 
