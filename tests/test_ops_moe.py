@@ -68,7 +68,7 @@ def test_large_grid(dev, rng):
     np.testing.assert_array_equal(dev.read(out), moe.moe_combine_ref(h, probs, ids))
 
 
-@pytest.mark.parametrize("T,E", [(1, 1), (7, 5), (45, 5), (200, 16), (64, 16)])
+@pytest.mark.parametrize("T,E", [(1, 1), (7, 5), (45, 5), (200, 16), (64, 16), (4099, 16), (8192, 1023)])
 def test_expert_tiles(dev, rng, T, E):
     """Tokens grouped by expert, 8 to a tile: unused experts, experts with more than one tile,
     the skip slot (ids E and beyond), every word written (the output starts as 0xDEADBEEF)."""
@@ -124,6 +124,13 @@ def test_argument_errors(dev):
         moe.moe_combine(g, h, probs, dev.empty((3,)))
     with pytest.raises(ValueError, match="moe_combine: x has shape"):
         moe.moe_combine(g, h, probs, ids, skip="identity", x=dev.empty((3, 7)))
+    with pytest.raises(ValueError, match="expert_tiles: n_experts = 1024; at most 1023"):
+        moe.expert_tiles(g, ids, 1024)
+    with pytest.raises(ValueError, match="expert_tiles: 8193 tokens; at most 8192"):
+        moe.expert_tiles(g, dev.empty((8193,), "u32"), 16)
+    with pytest.raises(ValueError, match="expert_tiles: out has shape"):
+        moe.expert_tiles(g, ids, 4, out=dev.empty((3, moe.TILE_WORDS), "u32"))
+    assert len(g) == 0
 
 
 # ---- the fused router -------------------------------------------------------------------------------

@@ -153,8 +153,10 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
 
 def lane_grouped(g: Graph, n_tokens: int, n_experts: int) -> bool:
     """Whether matmul_id on this device wants moe.expert_tiles for n_tokens over n_experts: on a
-    CPU device from 4 tokens per expert on average (fewer ran slower than a group per token)."""
-    return g.dev.lane_matmul and n_tokens >= 4 * n_experts
+    CPU device from 4 tokens per expert on average (fewer ran slower than a group per token), up
+    to the table's bounds."""
+    return (g.dev.lane_matmul and 4 * n_experts <= n_tokens <= moe.MAX_TILED_TOKENS
+            and n_experts < moe.MAX_SLOTS)
 
 
 # ---- numpy twins (weights as float32 after decoding) --------------------------------------------

@@ -1,7 +1,8 @@
 """ZAYA's top-1 MoE: the router after its down projection (bias, EDA, norm, MLP, softmax and
 the biased top-1 in one kernel), and the output (zaya1.md §3.3 steps 7-8): the chosen expert's
 output scaled by its router probability, with the skip slot's behaviour, all read on the GPU
-(no host round trip for the expert choice)."""
+(no host round trip for the expert choice); and a prompt chunk's tokens grouped by expert for
+matmul_id's CPU kernel (expert_tiles)."""
 from math import ceil, erf
 
 import numpy as np
@@ -112,6 +113,9 @@ def moe_combine_ref(h, probs, expert_ids, skip="zero", x=None):
 TILE_TOKENS = 8          # shaders/moe.comp and the idlanemat kernels' LANE_TOKENS
 TILE_WORDS = 2 + TILE_TOKENS
 NO_TILE = 0xFFFFFFFF
+# The table's one invocation runs about 3.1 T + 19 S loop iterations for T tokens over S slots,
+# and llvmpipe ends an invocation silently after 65535; S is also its shared arrays' size.
+MAX_TILED_TOKENS, MAX_SLOTS = 8192, 1024
 
 
 def n_tiles(n_tokens: int, n_experts: int) -> int:
@@ -128,8 +132,9 @@ def expert_tiles(g: Graph, expert_ids: Tensor, n_experts: int, out: Tensor | Non
     op = "expert_tiles"
     check_tensor(op, "expert_ids", expert_ids, dtype="u32")
     require(expert_ids.ndim == 1 and expert_ids.shape[0] >= 1, f"{op}: expert_ids has shape {expert_ids.shape}")
-    require(n_experts >= 1, f"{op}: n_experts = {n_experts}")
     T = expert_ids.shape[0]
+    require(1 <= n_experts < MAX_SLOTS, f"{op}: n_experts = {n_experts}; at most {MAX_SLOTS - 1}")
+    require(T <= MAX_TILED_TOKENS, f"{op}: {T} tokens; at most {MAX_TILED_TOKENS}")
     out = output(g, op, out, (n_tiles(T, n_experts), TILE_WORDS), "u32")
     g.dispatch("moe.tiles", [expert_ids], [out], [T, n_experts, expert_ids.offset, out.offset, out.shape[0]])
     return out
