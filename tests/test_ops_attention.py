@@ -127,6 +127,20 @@ def test_store_and_attend(dev, rng, cache_dtype, hq, hkv, dh, dv, tokens, n_past
     _check(dev.read(out), at.attention_ref(q, want_k, want_v, n_past, scale), 2e-6)
 
 
+@pytest.mark.parametrize("dh,dv,cache_dtype", [(128, 128, "f32"), (256, 256, "f32"), (128, 128, "f16"), (64, 128, "f32")])
+def test_attend_at_the_cpu_key_limit(dev, rng, dh, dv, cache_dtype):
+    """As many keys as cpu_max_keys allows: right on llvmpipe too (which ends an invocation after
+    65535 loop iterations; measured cut-offs 10496, 6400, 12544 keys for the first three)."""
+    n_ctx = at.cpu_max_keys(dh, dv, cache_dtype)
+    q = rng.standard_normal((1, 2, dh)).astype(np.float32)
+    k_cache = rng.standard_normal((n_ctx, 1, dh)).astype(NP_DTYPE[cache_dtype])
+    v_cache = rng.standard_normal((n_ctx, 1, dv)).astype(NP_DTYPE[cache_dtype])
+    last = dev.upload(np.array([n_ctx - 1], np.uint32))
+    out = run(dev, lambda g: at.attention(g, dev.upload(q), dev.upload(k_cache), dev.upload(v_cache), last,
+                                          1 / np.sqrt(dh)))
+    _check(dev.read(out), at.attention_ref(q, k_cache, v_cache, n_ctx - 1, 1 / np.sqrt(dh)), 2e-6)
+
+
 def test_store_drops_rows_past_the_context(dev, rng):
     """n_past + T > n_ctx: only the rows that fit are written; the buffer around is intact."""
     q, k, v, k_cache, v_cache = _kv_case(rng, 10, 2, 1, 16, 16, 4)

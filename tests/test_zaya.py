@@ -20,6 +20,7 @@ import pytest
 
 from vkinfer.engine import Model
 from vkinfer.models.zaya import ZayaNumpy
+from vkinfer.ops import attention as at
 from conftest import skip_bias_for_half
 
 REF_TOL = 1e-3
@@ -152,6 +153,23 @@ def test_bad_options_are_refused(zaya_path):
         Model(zaya_path, n_ctx=16, quiet=True, kv_type="q8")
     with pytest.raises(VkInferError, match="mamba models take no option 'kv_type'"):
         Model(Path(__file__).parent / "fixtures" / "mamba-tiny-q8_0.gguf", n_ctx=16, quiet=True, kv_type="f16")
+
+
+def test_context_past_llvmpipe_loop_limit_is_refused(zaya_path, dev):
+    """On a CPU device a context longer than the attention kernel gets right there (llvmpipe
+    ends an invocation after 65535 loop iterations) is refused before anything is uploaded;
+    the longest one loads."""
+    from vkinfer import VkInferError
+    from vkinfer.gguf import open_gguf
+    if not dev.lane_matmul:
+        pytest.skip("only CPU devices have the limit")
+    p = open_gguf(zaya_path).params
+    for kv_type in ("f32", "f16"):
+        limit = at.cpu_max_keys(p.head_dim, p.value_dim, kv_type)
+        with pytest.raises(VkInferError, match=rf"context {limit + 1} is more than {limit}, .* use -c {limit} or less"):
+            Model(zaya_path, n_ctx=limit + 1, quiet=True, kv_type=kv_type)
+    with Model(zaya_path, n_ctx=limit, quiet=True, kv_type="f16") as m:
+        assert m.n_ctx == limit
 
 
 # ---- contiguity (issue 5 item 2) -----------------------------------------------------------------

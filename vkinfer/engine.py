@@ -224,6 +224,12 @@ class Model:
         self.dev = Device(device)
         self._closed = False
         try:
+            max_context = getattr(arches[self.arch], "max_context", None)
+            limit = max_context(self.dev, self.file, **options) if max_context else None
+            if limit is not None and self.n_ctx > limit:
+                raise VkInferError(f"{self.file.path.name}: context {self.n_ctx} is more than {limit}, the longest "
+                                   f"this model's attention gets right on {self.dev.name} (it stops a shader "
+                                   f"after 65535 loop iterations); use -c {limit} or less, or a GPU")
             check_fits(self.dev, self.file, self.n_ctx, self.n_batch, self.n_seq, **options)
             t0 = time.perf_counter()
             tensors = upload_tensors(self.dev, self.file, quiet)

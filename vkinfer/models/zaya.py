@@ -168,6 +168,12 @@ class Zaya:
         v2_width = f.tensors["blk.0.cca_val_proj2.weight"].shape[0]
         return 4 * n_cca * (p.n_qk * conv_width + v2_width), kv
 
+    @staticmethod
+    def max_context(dev, f, kv_type: str = "f32", **options) -> int | None:
+        """The longest context the attention kernel serves right on this device (None: no limit
+        short of memory): a CPU device's llvmpipe cuts long loops (ops.attention.cpu_max_keys)."""
+        return att.cpu_max_keys(f.params.head_dim, f.params.value_dim, kv_type) if dev.lane_matmul else None
+
     def __init__(self, dev, f, weights: dict, n_ctx: int, max_rows: int, skip_mode: str = "zero",
                  kv_type: str = "f32"):
         if skip_mode not in SKIP_MODES:
