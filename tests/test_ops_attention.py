@@ -127,7 +127,8 @@ def test_store_and_attend(dev, rng, cache_dtype, hq, hkv, dh, dv, tokens, n_past
     _check(dev.read(out), at.attention_ref(q, want_k, want_v, n_past, scale), 2e-6)
 
 
-@pytest.mark.parametrize("dh,dv,cache_dtype", [(128, 128, "f32"), (256, 256, "f32"), (128, 128, "f16"), (64, 128, "f32")])
+@pytest.mark.parametrize("dh,dv,cache_dtype", [(128, 128, "f32"), (256, 256, "f32"), (128, 128, "f16"),
+                                               (64, 96, "f32"), (128, 2, "f32")])
 def test_attend_at_the_cpu_key_limit(dev, rng, dh, dv, cache_dtype):
     """As many keys as cpu_max_keys allows: right on llvmpipe too (which ends an invocation after
     65535 loop iterations; measured cut-offs 10496, 6400, 12544 keys for the first three)."""

@@ -21,10 +21,11 @@ LLVMPIPE_LOOP_LIMIT = 65535   # loop iterations after which llvmpipe silently en
 def cpu_max_keys(dh: int, dv: int, cache_dtype: str) -> int:
     """The most keys attend gets right on a CPU device (llvmpipe), which ends an invocation
     silently after LLVMPIPE_LOOP_LIMIT loop iterations in all (Mesa 22.3). Each tile of
-    ATTEND_WG keys costs about dh (f16 cache: dh / 2) iterations for the scores, dv for the
-    values, 2 * ATTEND_WG for the softmax and 16 more; fitted to the cut-offs measured on
-    lavapipe for dh = dv = 64, 128, 256 and an f16 cache (bench/RESULTS.md), a tile short."""
-    per_tile = (dh if cache_dtype == "f32" else dh // 2) + dv + 2 * ATTEND_WG + 16
+    ATTEND_WG keys costs about dh (f16 cache: dh / 2) iterations for the scores, dv rounded up
+    to ATTEND_WG for the values (each invocation's share of the tile), 2 * ATTEND_WG for the
+    softmax and 16 more; fitted to the cut-offs measured on lavapipe for dh = dv = 64, 128, 256
+    and an f16 cache (bench/RESULTS.md), a tile short."""
+    per_tile = (dh if cache_dtype == "f32" else dh // 2) + ceil(dv / ATTEND_WG) * ATTEND_WG + 2 * ATTEND_WG + 16
     return ((LLVMPIPE_LOOP_LIMIT - 64) // per_tile - 1) * ATTEND_WG
 
 _turns_tables = weakref.WeakKeyDictionary()   # Device -> {(n_rot, theta): Tensor}
