@@ -114,7 +114,7 @@ def matmul_kernels(request, dev, monkeypatch):
     (with the tiled kernel for N > 1), which GPUs run."""
     if request.param == "subgroup" and not dev.subgroup_arithmetic:
         pytest.skip("the device has no subgroup arithmetic")
-    monkeypatch.setattr(dev, "lane_matmul", request.param == "lane")
+    monkeypatch.setattr(dev, "lane_kernels", request.param == "lane")
     monkeypatch.setattr(dev, "subgroup_arithmetic", request.param == "subgroup")
     return request.param
 

@@ -8,7 +8,8 @@ Bounds (max |got - want| / max(1, |want|) unless said otherwise):
   pos * freq would be off by ~1e-2 at position 10^5.
 * kv_store: exact for F32 caches; F16 caches hold the halves numpy's float16 rounds to
   (packHalf2x16 rounds to nearest even on lavapipe; Vulkan leaves the rounding mode open).
-* attention: 2e-6 for logits of order one (unit-normal q and k, scale 1/sqrt(dh), at most a
+* attention (both kernels: attend_rows, which CPU devices run, and attend, which GPUs run): 2e-6
+  for logits of order one (unit-normal q and k, scale 1/sqrt(dh), at most a
   few hundred keys), against a float64 softmax over the same cache contents (for F16 caches the
   same halves). The error grows with the logits: ~2.5e-7 per unit of the largest logit (1.1e-5
   measured with logits near 40), as any F32 dot product feeding an exp.
@@ -22,6 +23,21 @@ from vkinfer.ops import attention as at
 from vkinfer.ops import copy as copy_ops
 
 NP_DTYPE = {"f32": np.float32, "f16": np.float16}
+
+
+@pytest.fixture(params=["rows", "tile"])
+def attention_kernels(request, dev, monkeypatch):
+    """Runs a test with each attention kernel: attend_rows (CPU devices, where rows_kernel says)
+    and attend (GPUs, and CPU devices without subgroup vote and ballot)."""
+    if request.param == "rows" and not (dev.subgroup_arithmetic and dev.subgroup_vote_ballot):
+        pytest.skip("the device has no subgroup vote, ballot and arithmetic")
+    monkeypatch.setattr(dev, "lane_kernels", request.param == "rows")
+    return request.param
+
+
+def attention_kernel(g):
+    """The kernel of the last attention dispatch recorded in g."""
+    return [node[0] for node in g.nodes if node[0].startswith("attention.attend")][-1]
 
 
 def _check(got, want, bound, scale=None):
@@ -106,20 +122,27 @@ def _kv_case(rng, n_ctx, hq, hkv, dh, dv, tokens):
 
 
 @pytest.mark.parametrize("cache_dtype", ["f32", "f16"])
-@pytest.mark.parametrize("hq,hkv,dh,dv", [(4, 2, 16, 16), (8, 2, 128, 128), (3, 3, 16, 128), (6, 1, 128, 2)])
+@pytest.mark.parametrize("hq,hkv,dh,dv", [(4, 2, 16, 16), (8, 2, 128, 128), (3, 3, 16, 128), (10, 2, 24, 16),
+                                         (6, 1, 128, 2)])
 @pytest.mark.parametrize("tokens,n_past", [(1, 0), (1, 130), (7, 90), (7, 0)])
-def test_store_and_attend(dev, rng, cache_dtype, hq, hkv, dh, dv, tokens, n_past):
+def test_store_and_attend(dev, rng, attention_kernels, cache_dtype, hq, hkv, dh, dv, tokens, n_past):
     n_ctx = 141
     q, k, v, k_cache, v_cache = _kv_case(rng, n_ctx, hq, hkv, dh, dv, tokens)
     k_cache, v_cache = k_cache.astype(NP_DTYPE[cache_dtype]), v_cache.astype(NP_DTYPE[cache_dtype])
-    tk, tv = at_offset(dev, k_cache, offset=4), at_offset(dev, v_cache, offset=2)
+    tk, tv = at_offset(dev, k_cache, offset=8), at_offset(dev, v_cache, offset=16)   # whole loads
     t_past = at_offset(dev, np.arange(n_past, n_past + tokens, dtype=np.uint32), offset=3, kind="host")
     scale = 1 / np.sqrt(dh)
+    graphs = []
 
     def build(g):
+        graphs.append(g)
         at.kv_store(g, at_offset(dev, k), at_offset(dev, v, offset=1), tk, tv, t_past)
         return at.attention(g, at_offset(dev, q, offset=5), tk, tv, t_past, scale)
     out = run(dev, build)
+    rows = attention_kernels == "rows" and dv != 2       # dv 2 is not a whole load
+    assert rows == at.rows_kernel(dev, dh, dv, cache_dtype, (tk.offset, tv.offset))
+    assert not at.rows_kernel(dev, dh, dv, cache_dtype, (tk.offset, 2))
+    assert attention_kernel(graphs[0]) == f"attention.attend{'_rows' if rows else ''}_{cache_dtype}"
 
     want_k, want_v = at.kv_store_ref(k.astype(k_cache.dtype), v.astype(v_cache.dtype),
                                      k_cache, v_cache, n_past)
@@ -127,12 +150,68 @@ def test_store_and_attend(dev, rng, cache_dtype, hq, hkv, dh, dv, tokens, n_past
     _check(dev.read(out), at.attention_ref(q, want_k, want_v, n_past, scale), 2e-6)
 
 
+@pytest.mark.parametrize("cache_dtype", ["f32", "f16"])
+def test_slotted_store_and_attend(dev, rng, attention_kernels, cache_dtype):
+    """Tokens of several slots in one chunk, in any order, some in slots outside the pool part
+    (their cache rows and outputs untouched), so that subgroups mix slots and positions."""
+    n_slots, n_ctx, hq, hkv, dh, dv = 3, 40, 8, 2, 24, 16
+    slot_lo = 2                                   # the part holds slots 2, 3, 4
+    slots = np.array([3, 3, 3, 3, 2, 4, 4, 9, 3, 2, 0, 3, 3, 4, 4, 4, 4, 2, 3, 3], np.uint32)
+    positions = np.zeros(len(slots), np.uint32)
+    for s in np.unique(slots):                   # each slot's tokens at consecutive positions
+        rows = np.flatnonzero(slots == s)
+        positions[rows] = 11 * (s % 3) + np.arange(len(rows))
+    tokens = len(slots)
+    q = rng.standard_normal((tokens, hq, dh)).astype(np.float32)
+    k = rng.standard_normal((tokens, hkv, dh)).astype(np.float32)
+    v = rng.standard_normal((tokens, hkv, dv)).astype(np.float32)
+    k_pool = rng.standard_normal((n_slots, n_ctx, hkv, dh)).astype(NP_DTYPE[cache_dtype])
+    v_pool = rng.standard_normal((n_slots, n_ctx, hkv, dv)).astype(NP_DTYPE[cache_dtype])
+    tk, tv = dev.upload(k_pool), dev.upload(v_pool)
+    t_slots, t_pos = dev.upload(slots, kind="host"), dev.upload(positions, kind="host")
+    out = dev.upload(np.full((tokens, hq, dv), 7.5, np.float32))
+    run(dev, lambda g: (at.kv_store(g, dev.upload(k), dev.upload(v), tk, tv, t_pos, t_slots, slot_lo),
+                        at.attention(g, dev.upload(q), tk, tv, t_pos, 0.3, out, t_slots, slot_lo)))
+    got_k, got_v, got = dev.read(tk), dev.read(tv), dev.read(out)
+    want_k, want_v = k_pool.copy(), v_pool.copy()
+    for t, (s, pos) in enumerate(zip(slots, positions)):
+        if slot_lo <= s < slot_lo + n_slots:
+            want_k[s - slot_lo, pos], want_v[s - slot_lo, pos] = k[t], v[t]
+    assert np.array_equal(got_k, want_k) and np.array_equal(got_v, want_v)
+    for t, (s, pos) in enumerate(zip(slots, positions)):
+        if slot_lo <= s < slot_lo + n_slots:
+            want = at.attention_ref(q[t:t + 1], want_k[s - slot_lo], want_v[s - slot_lo], pos, 0.3)
+            _check(got[t:t + 1], want, 2e-6)
+        else:
+            assert np.all(got[t] == 7.5), f"row {t} of slot {s}, outside the part, was written"
+
+
 @pytest.mark.parametrize("dh,dv,cache_dtype", [(128, 128, "f32"), (256, 256, "f32"), (128, 128, "f16"),
                                                (64, 96, "f32"), (128, 2, "f32")])
-def test_attend_at_the_cpu_key_limit(dev, rng, dh, dv, cache_dtype):
-    """As many keys as cpu_max_keys allows: right on llvmpipe too (which ends an invocation after
-    65535 loop iterations; measured cut-offs 10496, 6400, 12544 keys for the first three)."""
-    n_ctx = at.cpu_max_keys(dh, dv, cache_dtype)
+def test_attend_at_the_cpu_key_limit(dev, rng, monkeypatch, dh, dv, cache_dtype):
+    """The tile kernel on a CPU device (one without subgroup vote and ballot): as many keys as
+    cpu_tile_max_keys allows are right on llvmpipe too (which ends an invocation after 65535
+    loop iterations; measured cut-offs 10496, 6400, 12544 keys for the first three)."""
+    monkeypatch.setattr(dev, "lane_kernels", True)
+    monkeypatch.setattr(dev, "subgroup_vote_ballot", False)
+    n_ctx = at.cpu_tile_max_keys(dh, dv, cache_dtype)
+    assert at.max_keys(dev, dh, dv, cache_dtype) == n_ctx
+    _attend_last_of(dev, rng, n_ctx, dh, dv, cache_dtype)
+
+
+@pytest.mark.parametrize("cache_dtype", ["f32", "f16"])
+def test_attend_rows_at_its_key_limit(dev, rng, cache_dtype):
+    """attend_rows loops once per ROWS_KEYS keys: right at max_keys (261884 keys, 25 times the
+    tile kernel's bound for ZAYA1's heads), with small heads to keep the caches small."""
+    if not at.rows_kernel(dev, 16, 16, cache_dtype):
+        pytest.skip("the device runs the tile kernel")
+    n_ctx = at.max_keys(dev, 16, 16, cache_dtype)
+    assert n_ctx == at.max_keys(dev, 128, 128, cache_dtype) > 25 * at.cpu_tile_max_keys(128, 128, "f32")
+    _attend_last_of(dev, rng, n_ctx, 16, 16, cache_dtype)
+
+
+def _attend_last_of(dev, rng, n_ctx, dh, dv, cache_dtype):
+    """One token at position n_ctx - 1 (two query heads of one kv head) against its twin."""
     q = rng.standard_normal((1, 2, dh)).astype(np.float32)
     k_cache = rng.standard_normal((n_ctx, 1, dh)).astype(NP_DTYPE[cache_dtype])
     v_cache = rng.standard_normal((n_ctx, 1, dv)).astype(NP_DTYPE[cache_dtype])
@@ -156,7 +235,7 @@ def test_store_drops_rows_past_the_context(dev, rng):
 
 
 @pytest.mark.parametrize("cache_dtype", ["f32", "f16"])
-def test_chunked_equals_one_shot(dev, rng, cache_dtype):
+def test_chunked_equals_one_shot(dev, rng, attention_kernels, cache_dtype):
     """A 20-token sequence at once, and as a 13-token prefill plus 7 replays of one recorded
     decode graph (n_past and the token's q/k/v written between replays): same outputs."""
     n_ctx, hq, hkv, dh, dv, n = 32, 8, 2, 128, 128, 20
@@ -196,9 +275,9 @@ def test_chunked_equals_one_shot(dev, rng, cache_dtype):
     _check(chunked, at.attention_ref(q, full_k, full_v, 0, scale), 2e-6)
 
 
-def test_attention_large_grid(dev, rng):
-    """65537 query heads of one token: more than 65535 work groups."""
-    q, _, _, k_cache, v_cache = _kv_case(rng, 3, 65537, 1, 4, 4, 1)
+def test_attention_large_grid(dev, rng, attention_kernels):
+    """65537 query heads of one token, each its own kv head: more than 65535 work groups."""
+    q, _, _, k_cache, v_cache = _kv_case(rng, 3, 65537, 65537, 16, 16, 1)
     t_past = dev.upload(np.array([2], np.uint32))        # the position of the one token
     out = run(dev, lambda g: at.attention(g, dev.upload(q), dev.upload(k_cache), dev.upload(v_cache),
                                           t_past, 0.5))

@@ -77,7 +77,7 @@ def test_matmul_lane(dev, rng, monkeypatch, dtype, n_out, n_in, n):
     and tokens that do and do not fill their tiles (64 rows x 1 token, 128 x 8), rows with a
     tail shorter than a chunk of 32; weight, x and out at offsets the kernels take (multiples
     of 8, 4 and any)."""
-    monkeypatch.setattr(dev, "lane_matmul", True)
+    monkeypatch.setattr(dev, "lane_kernels", True)
     kernels = matmul_at_offsets(dev, rng, dtype, n_out, n_in, n, w_off=8, x_off=4, o_off=3)
     assert all(("lane" in k) == (n == 1 or dtype in LANE_MAT_TYPES) for k in kernels)
 
@@ -107,7 +107,7 @@ def test_matmul_accumulate(dev, rng, dtype, n, matmul_kernels):
 @pytest.mark.parametrize("x_offset,n_in,w_offset", [(1, 64, 0), (0, 66, 0), (0, 64, 2)])
 def test_matmul_lane_falls_back_when_unaligned(dev, rng, monkeypatch, x_offset, n_in, w_offset):
     """x not in whole vec4s, or F16 rows not on 8-element boundaries: the group kernels run."""
-    monkeypatch.setattr(dev, "lane_matmul", True)
+    monkeypatch.setattr(dev, "lane_kernels", True)
     kernels = matmul_at_offsets(dev, rng, "f16", 5, n_in, 3, w_off=w_offset, x_off=x_offset, o_off=0)
     assert not any("lane" in k for k in kernels)
 

@@ -108,6 +108,7 @@ def test_batched_model_steps_are_clean(tmp_path):
     assert any(k.startswith("router.") for k in kernels) and any(k.startswith("ssm_scan.dtproj_") for k in kernels)
     assert any(k.startswith("matmul.") and k.endswith("+norm") for k in kernels), kernels
     assert "moe.tiles" in kernels and any(k.startswith("matmul.idlanemat_") for k in kernels), kernels
+    assert "attention.attend_rows_f32" in kernels, kernels
     messages = log_messages(text)
     assert not messages, f"{len(messages)} validation messages:\n" + "\n".join(messages[:10])
 

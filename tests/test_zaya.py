@@ -155,21 +155,27 @@ def test_bad_options_are_refused(zaya_path):
         Model(Path(__file__).parent / "fixtures" / "mamba-tiny-q8_0.gguf", n_ctx=16, quiet=True, kv_type="f16")
 
 
-def test_context_past_llvmpipe_loop_limit_is_refused(zaya_path, dev):
+@pytest.mark.parametrize("subgroups", [True, False])
+def test_context_past_llvmpipe_loop_limit_is_refused(zaya_path, dev, monkeypatch, subgroups):
     """On a CPU device a context longer than the attention kernel gets right there (llvmpipe
-    ends an invocation after 65535 loop iterations) is refused before anything is uploaded;
-    the longest one loads."""
+    ends an invocation after 65535 loop iterations) is refused before anything is uploaded:
+    attend_rows' bound, and without subgroups (VKINFER_NO_SUBGROUPS) the tile kernel's, of
+    which the longest loads."""
     from vkinfer import VkInferError
     from vkinfer.gguf import open_gguf
-    if not dev.lane_matmul:
+    if not dev.lane_kernels:
         pytest.skip("only CPU devices have the limit")
+    if not subgroups:
+        monkeypatch.setenv("VKINFER_NO_SUBGROUPS", "1")
     p = open_gguf(zaya_path).params
     for kv_type in ("f32", "f16"):
-        limit = at.cpu_max_keys(p.head_dim, p.value_dim, kv_type)
+        limit = (at.max_keys(dev, p.head_dim, p.value_dim, kv_type) if subgroups
+                 else at.cpu_tile_max_keys(p.head_dim, p.value_dim, kv_type))
         with pytest.raises(VkInferError, match=rf"context {limit + 1} is more than {limit}, .* use -c {limit} or less"):
             Model(zaya_path, n_ctx=limit + 1, quiet=True, kv_type=kv_type)
-    with Model(zaya_path, n_ctx=limit, quiet=True, kv_type="f16") as m:
-        assert m.n_ctx == limit
+    if not subgroups:
+        with Model(zaya_path, n_ctx=limit, quiet=True, kv_type="f16") as m:
+            assert m.n_ctx == limit
 
 
 # ---- contiguity (issue 5 item 2) -----------------------------------------------------------------

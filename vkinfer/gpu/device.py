@@ -15,7 +15,7 @@ from .tensor import (BLOCK_TYPES, SUPERBLOCKS, Buffer, Tensor, from_device_layou
 from .vulkan_info import DeviceInfo, query_devices
 
 log = logging.getLogger("vkinfer")
-SUBGROUP_FEATURE_ARITHMETIC = 0x4
+SUBGROUP_FEATURE_VOTE, SUBGROUP_FEATURE_ARITHMETIC, SUBGROUP_FEATURE_BALLOT = 0x2, 0x4, 0x8
 STAGING_BYTES = int(os.environ.get("VKINFER_STAGING_MB", "16")) << 20
 
 
@@ -63,9 +63,13 @@ class Device:
         # VKINFER_NO_SUBGROUPS=1 turns them off (tests cover both paths).
         self.subgroup_arithmetic = bool(self.info.subgroup_operations & SUBGROUP_FEATURE_ARITHMETIC) \
             and not os.environ.get("VKINFER_NO_SUBGROUPS")
+        vote_ballot = SUBGROUP_FEATURE_VOTE | SUBGROUP_FEATURE_BALLOT
+        self.subgroup_vote_ballot = self.info.subgroup_operations & vote_ballot == vote_ballot \
+            and not os.environ.get("VKINFER_NO_SUBGROUPS")
         # On a CPU device (lavapipe) the matmuls run the LANE kernels (a tile of rows and tokens
-        # per invocation, wide loads), on other devices the team/tiled ones (shaders/matmul.comp).
-        self.lane_matmul = self.info.device_type == "cpu"
+        # per invocation, wide loads), on other devices the team/tiled ones (shaders/matmul.comp);
+        # attention runs attend_rows there, attend elsewhere (shaders/attention.comp).
+        self.lane_kernels = self.info.device_type == "cpu"
         # vkinfer's kp patch also lets a dispatch set its grid, so one algorithm (one pipeline,
         # compiled once: ~0.16 s for a prompt kernel on lavapipe) serves every batch shape.
         self.grid_per_dispatch = hasattr(kp.Algorithm, "set_workgroup")

@@ -171,8 +171,8 @@ class Zaya:
     @staticmethod
     def max_context(dev, f, kv_type: str = "f32", **options) -> int | None:
         """The longest context the attention kernel serves right on this device (None: no limit
-        short of memory): a CPU device's llvmpipe cuts long loops (ops.attention.cpu_max_keys)."""
-        return att.cpu_max_keys(f.params.head_dim, f.params.value_dim, kv_type) if dev.lane_matmul else None
+        short of memory): a CPU device's llvmpipe cuts long loops (ops.attention.max_keys)."""
+        return att.max_keys(dev, f.params.head_dim, f.params.value_dim, kv_type)
 
     def __init__(self, dev, f, weights: dict, n_ctx: int, max_rows: int, skip_mode: str = "zero",
                  kv_type: str = "f32"):

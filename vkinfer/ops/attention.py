@@ -15,18 +15,42 @@ from . import slot_push, slotted_state
 WG = 256                  # store and RoPE work-group size (one invocation per element / pair)
 MAX_HEAD_DIM = 256        # attend keeps q and each invocation's share of the output on chip
 ATTEND_WG = 64            # attend's work group: a tile of keys
+ROWS_WG = 16              # attend_rows' work group: (token, head) rows of one kv head
+ROWS_KEYS = 4             # attend_rows' block of keys: a loop iteration
 LLVMPIPE_LOOP_LIMIT = 65535   # loop iterations after which llvmpipe silently ends an invocation
 
 
-def cpu_max_keys(dh: int, dv: int, cache_dtype: str) -> int:
-    """The most keys attend gets right on a CPU device (llvmpipe), which ends an invocation
-    silently after LLVMPIPE_LOOP_LIMIT loop iterations in all (Mesa 22.3). Each tile of
-    ATTEND_WG keys costs about dh (f16 cache: dh / 2) iterations for the scores, dv rounded up
-    to ATTEND_WG for the values (each invocation's share of the tile), 2 * ATTEND_WG for the
-    softmax and 16 more; fitted to the cut-offs measured on lavapipe for dh = dv = 64, 128, 256
-    and an f16 cache (bench/RESULTS.md), a tile short."""
+def rows_kernel(dev, dh: int, dv: int, cache_dtype: str, cache_offsets=(0, 0)) -> bool:
+    """Whether attention runs attend_rows (one invocation per query row, wide cache loads): on
+    CPU devices with subgroup vote, ballot and arithmetic, for head sizes and cache offsets that
+    are whole loads (4 floats, 8 halves). Elsewhere it runs attend (a work group per row, its
+    keys spread over the group), which GPUs run better."""
+    per_load = 8 if cache_dtype == "f16" else 4
+    return (dev.lane_kernels and dev.subgroup_arithmetic and dev.subgroup_vote_ballot
+            and dh % per_load == 0 and dv % per_load == 0 and all(o % per_load == 0 for o in cache_offsets))
+
+
+def max_keys(dev, dh: int, dv: int, cache_dtype: str) -> int | None:
+    """The most keys attention gets right on this device, None for no limit short of memory. On
+    a CPU device llvmpipe silently ends an invocation after LLVMPIPE_LOOP_LIMIT loop iterations
+    in all (Mesa 22.3): attend_rows loops once per ROWS_KEYS keys, attend as cpu_tile_max_keys
+    says."""
+    if not dev.lane_kernels:
+        return None
+    if rows_kernel(dev, dh, dv, cache_dtype):
+        return (LLVMPIPE_LOOP_LIMIT - 64) * ROWS_KEYS
+    return cpu_tile_max_keys(dh, dv, cache_dtype)
+
+
+def cpu_tile_max_keys(dh: int, dv: int, cache_dtype: str) -> int:
+    """The most keys attend gets right on llvmpipe. Each tile of ATTEND_WG keys costs about dh
+    (f16 cache: dh / 2) iterations for the scores, dv rounded up to ATTEND_WG for the values
+    (each invocation's share of the tile), 2 * ATTEND_WG for the softmax and 16 more; fitted
+    to the cut-offs measured on lavapipe for dh = dv = 64, 128, 256 and an f16 cache
+    (bench/RESULTS.md), a tile short."""
     per_tile = (dh if cache_dtype == "f32" else dh // 2) + ceil(dv / ATTEND_WG) * ATTEND_WG + 2 * ATTEND_WG + 16
     return ((LLVMPIPE_LOOP_LIMIT - 64) // per_tile - 1) * ATTEND_WG
+
 
 _turns_tables = weakref.WeakKeyDictionary()   # Device -> {(n_rot, theta): Tensor}
 
@@ -154,7 +178,8 @@ def attention(g: Graph, q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: 
               out: Tensor | None = None, slots: Tensor | None = None, slot_lo: int = 0) -> Tensor:
     """Causal GQA attention: token t of q [T, Hq, Dh] attends to rows 0 .. positions[t] of its
     slot's cache; query head h reads kv head h // (Hq / Hkv). softmax(scale * q.k) in F32.
-    Returns [T, Hq, Dv]. Record kv_store for the same tokens before it."""
+    Returns [T, Hq, Dv]. Record kv_store for the same tokens before it. On a CPU device the
+    keys must stay within max_keys."""
     _heads_tensor("attention", "q", q)
     tokens, hq, dh = q.shape
     k_cache, v_cache = _check_cache("attention", k_cache, v_cache)
@@ -167,9 +192,14 @@ def attention(g: Graph, q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: 
     require(k_cache.shape[3] == dh, f"attention: q {q.shape} and k_cache {k_cache.shape} differ in head size")
     out = output(g, "attention", out, (tokens, hq, dv))
     slot_t, slot_words = slot_push(g, "attention", slots, tokens, 1, k_cache, slot_lo)
-    g.dispatch(f"attention.attend_{k_cache.dtype}", [q, k_cache, v_cache, positions, slot_t], [out],
-               [tokens, hq, hkv, dh, dv, n_ctx, q.offset, k_cache.offset, v_cache.offset,
-                positions.offset, out.offset, float(scale), *slot_words], groups=tokens * hq)
+    push = [tokens, hq, hkv, dh, dv, n_ctx, q.offset, k_cache.offset, v_cache.offset,
+            positions.offset, out.offset, float(scale), *slot_words]
+    buffers = [q, k_cache, v_cache, positions, slot_t]
+    if rows_kernel(g.dev, dh, dv, k_cache.dtype, (k_cache.offset, v_cache.offset)):
+        g.dispatch(f"attention.attend_rows_{k_cache.dtype}", buffers, [out], push,
+                   groups=hkv * ceil(tokens * (hq // hkv) / ROWS_WG), spec=(dh, dv))
+    else:
+        g.dispatch(f"attention.attend_{k_cache.dtype}", buffers, [out], push, groups=tokens * hq)
     return out
 
 

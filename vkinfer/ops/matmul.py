@@ -54,7 +54,7 @@ def _lane(g: Graph, W, x: Tensor, n: int, batched: bool) -> bool:
     type in LANE_MAT_TYPES."""
     n_in = W.shape[-1]
     align = LANE_ALIGN.get(W.dtype, 1)
-    return (g.dev.lane_matmul and x.offset % 4 == 0 and (n == 1 or n_in % 4 == 0)
+    return (g.dev.lane_kernels and x.offset % 4 == 0 and (n == 1 or n_in % 4 == 0)
             and (not batched or W.dtype in LANE_MAT_TYPES)
             and n_in % align == 0 and all(part.offset % align == 0 for _, part in W.parts))
 
@@ -104,7 +104,7 @@ def norm_fused(g: Graph, n_tokens: int) -> bool:
     """Whether matmul's norm prologue beats rms_norm then matmul for n_tokens: everywhere but one
     token on a CPU device, where the LANE vector kernel would load the norm weight again for
     every 8 rows (on llvmpipe 15-20 % slower than the separate norm; bench/RESULTS.md)."""
-    return not (g.dev.lane_matmul and n_tokens == 1)
+    return not (g.dev.lane_kernels and n_tokens == 1)
 
 
 def norm_matmul(g: Graph, W, x: Tensor, norm_w: Tensor, eps: float, out: Tensor, scratch: Tensor) -> Tensor:
@@ -155,7 +155,7 @@ def lane_grouped(g: Graph, n_tokens: int, n_experts: int) -> bool:
     """Whether matmul_id on this device wants moe.expert_tiles for n_tokens over n_experts: on a
     CPU device from 4 tokens per expert on average (fewer ran slower than a group per token), up
     to the table's bounds."""
-    return (g.dev.lane_matmul and 4 * n_experts <= n_tokens <= moe.MAX_TILED_TOKENS
+    return (g.dev.lane_kernels and 4 * n_experts <= n_tokens <= moe.MAX_TILED_TOKENS
             and n_experts < moe.MAX_SLOTS)
 
 
