@@ -1,6 +1,6 @@
 #version 450
 // ZAYA1 CCA from the raw projections to attention-ready q, k and v (zaya1.md §3.2 steps 2-7), in
-// one dispatch: one work group per (head, sequence), looping over the sequence's T tokens.
+// one dispatch: one work group per (head, sequence, block of TB tokens).
 //
 // c [rows, n_c] holds each row's q||k (n_qk = (H + Hkv) * dh columns), then v1 (this token's
 // value half, v1w columns), then W2 x (v2w columns: val_proj2 of this token's input, the next
@@ -12,10 +12,15 @@
 // words), plus the q/k mean, then the L2 head norm (sqrt(dh) / ||.||, times
 // k_scale for kv heads), then partial NEOX RoPE at the row's position, into q [rows, H, dh] or
 // k [rows, Hkv, dh]. Work group g = H + Hkv writes v [rows, v1w + v2w] = [v1 | the previous
-// row's W2 x] (the first row takes vstate's) and keeps the last row's W2 x in vstate. Each state
-// column is read and written by one invocation, after its last read.
+// row's W2 x] (the first row takes vstate's) and keeps the last row's W2 x in vstate.
+// The token blocks run in parallel: only the first block's tokens (0 .. TB - 1, and S <= TB)
+// read the states, and the first block writes them, each state column by the invocation that
+// read it, after its last read. A block's TB tokens share each load of wt, and llvmpipe pays
+// per load (and ends an invocation after 65535 loop iterations, which the old loop over all T
+// tokens hit from about 230 tokens a chunk).
 #include "common.glsl"
 #define WG 64
+#define TB 4                            // tokens per work group: a vec4 of each value
 #define MAX_DH 256
 #define MAX_K2 4
 #define NORM_EPS 1e-12
@@ -47,10 +52,10 @@ layout(push_constant) uniform P {
     uint n_slots; uint cs_off; uint vs_off; uint q_off; uint k_off; uint v_off;
 } p;
 
-shared float dwin[MAX_DH * MAX_K2];     // depthwise outputs of the K2 samples the token needs,
-                                        // [channel][tap] as wt's rows
-shared float val[MAX_DH];               // the head vector before the norm
-shared float partial[WG];
+shared vec4 dwin[MAX_DH * MAX_K2];      // depthwise outputs of the K2 samples each token needs,
+                                        // [channel][tap] as wt's rows, of the block's TB tokens
+shared vec4 val[MAX_DH];                // the head vectors before the norm
+shared vec4 partial[WG];
 
 uint c_base, cs_base, S;
 
@@ -60,9 +65,12 @@ float window(uint ch, uint j) {
 }
 
 void main() {
-    uint g = gl_WorkGroupID.x, seq = gl_WorkGroupID.y, t = gl_LocalInvocationID.x;
+    uint g = gl_WorkGroupID.x, seq = gl_WorkGroupID.y, n0 = gl_WorkGroupID.z * TB;
+    uint t = gl_LocalInvocationID.x;
     uint slot = slot_in_part(slots[p.slots_off + seq * p.slots_step], p.slot_lo, p.n_slots);
-    if (slot == NO_SLOT) return;        // uniform over the work group
+    if (slot == NO_SLOT || n0 >= p.T) return;    // uniform over the work group
+    uint n_tok = min(TB, p.T - n0);
+    bool first_block = n0 == 0;
     uint n_qk = (p.H + p.Hkv) * p.dh;
     S = p.K1 - 1 + p.K2 - 1;
     c_base = p.c_off + seq * p.T * p.n_c;
@@ -71,97 +79,107 @@ void main() {
 
     if (g == p.H + p.Hkv) {             // the values
         uint vs_base = p.vs_off + slot * p.v2w, vw = p.v1w + p.v2w;
-        for (uint n = 0; n < p.T; n++) {
+        for (uint n = n0; n < n0 + n_tok; n++) {
             uint at = c_base + n * p.n_c + n_qk, o = p.v_off + (row0 + n) * vw;
             for (uint i = t; i < p.v1w; i += WG) v[o + i] = c[at + i];
             for (uint i = t; i < p.v2w; i += WG)
                 v[o + p.v1w + i] = n == 0 ? vstate[vs_base + i] : c[at - p.n_c + p.v1w + i];
         }
-        for (uint i = t; i < p.v2w; i += WG)
-            vstate[vs_base + i] = c[c_base + (p.T - 1) * p.n_c + n_qk + p.v1w + i];
+        if (first_block)
+            for (uint i = t; i < p.v2w; i += WG)
+                vstate[vs_base + i] = c[c_base + (p.T - 1) * p.n_c + n_qk + p.v1w + i];
         return;
     }
 
     uint ch0 = g * p.dh, per_kv = p.H / p.Hkv;
     bool wide = p.wg_off % 4 == 0 && p.dh % 4 == 0;
     bool is_q = g < p.H;
-    for (uint n = 0; n < p.T; n++) {
-        uint row = row0 + n, at = c_base + n * p.n_c;
-        // depthwise conv outputs n .. n + K2 - 1 of the head's channels
-        for (uint i = t; i < p.dh; i += WG) {
-            uint ch = ch0 + i;
-            float bias = p.has_dw_bias != 0u ? b_dw[p.bdw_off + ch] : 0.0;
-            for (uint k2 = 0; k2 < p.K2; k2++) {
-                float acc = bias;
-                for (uint k1 = 0; k1 < p.K1; k1++)
-                    acc += window(ch, n + k2 + k1) * w_dw[p.wdw_off + ch * p.K1 + k1];
-                dwin[i * p.K2 + k2] = acc;
+    // depthwise conv outputs n .. n + K2 - 1 of the head's channels for the block's tokens n
+    // (a short last block repeats its last token and stores nothing of the copies)
+    for (uint i = t; i < p.dh; i += WG) {
+        uint ch = ch0 + i;
+        float bias = p.has_dw_bias != 0u ? b_dw[p.bdw_off + ch] : 0.0;
+        for (uint k2 = 0; k2 < p.K2; k2++) {
+            vec4 acc = vec4(bias);
+            for (uint k1 = 0; k1 < p.K1; k1++) {
+                float w = w_dw[p.wdw_off + ch * p.K1 + k1];
+                [[unroll]] for (uint b = 0; b < TB; b++) acc[b] += window(ch, n0 + min(b, n_tok - 1) + k2 + k1) * w;
             }
+            dwin[i * p.K2 + k2] = acc;
         }
-        barrier();
-        // grouped conv: 4 neighbouring outputs per invocation where wt's rows are whole vec4s
-        // (llvmpipe pays per load, not per byte), one otherwise
-        uint w0 = p.wg_off + g * p.dh * p.K2 * p.dh;
-        if (wide) {
-            for (uint o = 4 * t; o < p.dh; o += 4 * WG) {
-                vec4 acc = vec4(0.0);
-                for (uint j = 0; j < p.dh * p.K2; j++) acc += wt4[(w0 + j * p.dh + o) / 4] * dwin[j];
-                for (uint e = 0; e < 4; e++) val[o + e] = acc[e];
+    }
+    barrier();
+    // grouped conv: 4 neighbouring outputs per invocation where wt's rows are whole vec4s, one
+    // otherwise
+    uint w0 = p.wg_off + g * p.dh * p.K2 * p.dh;
+    if (wide) {
+        for (uint o = 4 * t; o < p.dh; o += 4 * WG) {
+            vec4 acc[TB];
+            [[unroll]] for (uint b = 0; b < TB; b++) acc[b] = vec4(0.0);
+            for (uint j = 0; j < p.dh * p.K2; j++) {
+                vec4 w = wt4[(w0 + j * p.dh + o) / 4], d = dwin[j];
+                [[unroll]] for (uint b = 0; b < TB; b++) acc[b] += w * d[b];
             }
-        } else {
-            for (uint o = t; o < p.dh; o += WG) {
-                float acc = 0.0;
-                for (uint j = 0; j < p.dh * p.K2; j++) acc += wt[w0 + j * p.dh + o] * dwin[j];
-                val[o] = acc;
-            }
+            [[unroll]] for (uint e = 0; e < 4; e++) val[o + e] = vec4(acc[0][e], acc[1][e], acc[2][e], acc[3][e]);
         }
-        barrier();
-        // + bias and the mean, and the sum of squares
-        float sum = 0.0;
+    } else {
         for (uint o = t; o < p.dh; o += WG) {
-            uint ch = ch0 + o;
-            float acc = val[o] + b_grp[p.bg_off + ch];
-            float mean;
+            vec4 acc = vec4(0.0);
+            for (uint j = 0; j < p.dh * p.K2; j++) acc += wt[w0 + j * p.dh + o] * dwin[j];
+            val[o] = acc;
+        }
+    }
+    barrier();
+    // + bias and the mean, and the sums of squares
+    vec4 sum = vec4(0.0);
+    for (uint o = t; o < p.dh; o += WG) {
+        uint ch = ch0 + o;
+        vec4 mean;
+        [[unroll]] for (uint b = 0; b < TB; b++) {
+            uint at = c_base + (n0 + min(b, n_tok - 1)) * p.n_c;
             if (is_q) {
-                mean = 0.5 * (c[at + ch] + c[at + p.H * p.dh + (g / per_kv) * p.dh + o]);
+                mean[b] = 0.5 * (c[at + ch] + c[at + p.H * p.dh + (g / per_kv) * p.dh + o]);
             } else {
                 uint j = g - p.H;
                 float qs = 0.0;
                 for (uint h = j * per_kv; h < (j + 1) * per_kv; h++) qs += c[at + h * p.dh + o];
-                mean = 0.5 * (qs / float(per_kv) + c[at + ch]);
+                mean[b] = 0.5 * (qs / float(per_kv) + c[at + ch]);
             }
-            float y = acc + mean;
-            val[o] = y;
-            sum += y * y;
         }
-        partial[t] = sum;
+        vec4 y = val[o] + b_grp[p.bg_off + ch] + mean;
+        val[o] = y;
+        sum += y * y;
+    }
+    partial[t] = sum;
+    barrier();
+    [[unroll]] for (uint half_ = WG / 2; half_ > 0; half_ >>= 1) {
+        if (t < half_) partial[t] += partial[t + half_];
         barrier();
-        [[unroll]] for (uint half_ = WG / 2; half_ > 0; half_ >>= 1) {
-            if (t < half_) partial[t] += partial[t + half_];
-            barrier();
-        }
-        float factor = p.scale / max(sqrt(partial[0]), NORM_EPS);
-        if (!is_q) factor *= k_scale[p.ks_off + g - p.H];
-        // RoPE of the normalised head
+    }
+    vec4 factor = p.scale / max(sqrt(partial[0]), NORM_EPS);
+    if (!is_q) factor *= k_scale[p.ks_off + g - p.H];
+    // RoPE of the normalised heads
+    for (uint b = 0; b < n_tok; b++) {
+        uint row = row0 + n0 + b;
         uint pos = positions[p.pos_off + row];
         uint out_at = is_q ? p.q_off + (row * p.H + g) * p.dh : p.k_off + (row * p.Hkv + g - p.H) * p.dh;
         for (uint o = t; o < p.dh; o += WG) {
-            float a = val[o] * factor;
+            float a = val[o][b] * factor[b];
             if (o < p.half_rot) {
                 float angle = rope_angle(pos, p.tab_off + 3 * o);
                 float cs = cos(angle), sn = sin(angle);
-                float b = val[o + p.half_rot] * factor;
-                float ra = a * cs - b * sn, rb = b * cs + a * sn;
+                float bb = val[o + p.half_rot][b] * factor[b];
+                float ra = a * cs - bb * sn, rb = bb * cs + a * sn;
                 if (is_q) { q[out_at + o] = ra; q[out_at + o + p.half_rot] = rb; }
                 else { k[out_at + o] = ra; k[out_at + o + p.half_rot] = rb; }
             } else if (o >= 2 * p.half_rot) {
                 if (is_q) q[out_at + o] = a; else k[out_at + o] = a;
             }
         }
-        barrier();                      // dwin, val and partial are reused by the next token
     }
     // new state = window[T .. T + S - 1]; increasing j reads cstate[T + j] before it is written
-    for (uint i = t; i < p.dh; i += WG)
-        for (uint j = 0; j < S; j++)
-            cstate[cs_base + (ch0 + i) * S + j] = window(ch0 + i, p.T + j);
+    if (first_block)
+        for (uint i = t; i < p.dh; i += WG)
+            for (uint j = 0; j < S; j++)
+                cstate[cs_base + (ch0 + i) * S + j] = window(ch0 + i, p.T + j);
 }

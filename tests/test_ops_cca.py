@@ -9,11 +9,13 @@ from conftest import run
 @pytest.mark.parametrize("H,Hkv,dh,n_rot,K1,K2,T,n_seq", [
     (2, 1, 8, 4, 2, 2, 1, 1), (2, 1, 8, 8, 2, 2, 3, 1), (4, 2, 130, 64, 2, 2, 2, 2),
     (8, 2, 128, 64, 2, 2, 1, 3), (3, 3, 36, 10, 3, 3, 4, 1), (8, 2, 128, 64, 2, 2, 5, 2),
-    (2, 1, 9, 4, 2, 3, 3, 1)])
+    (2, 1, 9, 4, 2, 3, 3, 1), (3, 3, 36, 10, 3, 3, 9, 2), (8, 2, 128, 64, 2, 2, 13, 1),
+    (4, 2, 16, 8, 2, 2, 1500, 1)])
 def test_cca_qkv(dev, rng, H, Hkv, dh, n_rot, K1, K2, T, n_seq):
     """Against the unfused twins (ssm_conv, conv1d_grouped, qk_mean, head_norm, rope_neox and
     the value shift), sequences in slots of a pool (one slot unused, untouched), at positions
-    past 2^12; q, k, v and both states. Bound 2e-5 relative to max(1, |want|): F32 sums of up to
+    past 2^12; q, k, v and both states. T spans several blocks of TOKENS_PER_GROUP, with a short
+    last one, and 1500 tokens (the kernel that looped over them lost its tail on llvmpipe). Bound 2e-5 relative to max(1, |want|): F32 sums of up to
     2 * 130 products of O(1) terms before a norm."""
     from vkinfer.ops.cca import cca_qkv, cca_qkv_ref, repack_grouped
     C, S, v1w, v2w = (H + Hkv) * dh, K1 - 1 + K2 - 1, 3 + dh // 2, 5 + dh // 2

@@ -2,7 +2,7 @@
 the convs with their state, the q/k "means", the head norms, RoPE and the delayed values in one
 dispatch. qk_mean_ref is the means' twin: the raw projections c = q||k of a token feed both the
 causal convolution and these means, which are added to the convolution's output y."""
-from math import sqrt
+from math import ceil, sqrt
 
 import numpy as np
 
@@ -23,6 +23,7 @@ def qk_mean_ref(c, y, n_head: int, n_head_kv: int, head_dim: int) -> tuple:
 
 # ---- the fused CCA: convs, means, head norms, RoPE and the values in one dispatch ----------------
 MAX_HEAD_DIM, MAX_GROUPED_TAPS = 256, 4      # shaders/cca_qkv.comp's shared arrays
+TOKENS_PER_GROUP = 4                          # cca_qkv's TB: the state reads must fit in one block
 
 
 def repack_grouped(w_grp: np.ndarray, groups: int) -> np.ndarray:
@@ -62,6 +63,8 @@ def cca_qkv(g: Graph, c: Tensor, cstate: Tensor, vstate: Tensor, w_dw: Tensor, b
     require(w_dw.ndim == 2 and w_dw.shape[0] == C, f"{op}: w_dw must be [{C}, K1], got {w_dw.shape}")
     K1 = w_dw.shape[1]
     S = K1 - 1 + K2 - 1
+    require(K1 >= 1 and S <= TOKENS_PER_GROUP,
+            f"{op}: {K1} depthwise and {K2} grouped taps need {S} state columns, more than {TOKENS_PER_GROUP}")
     check_tensor(op, "c", c, dtype="f32")
     require(c.ndim == 2 and c.shape[1] > C + v1_width >= C, f"{op}: c {c.shape} has no q||k, v1, W2 x columns")
     n_c = c.shape[1]
@@ -69,6 +72,8 @@ def cca_qkv(g: Graph, c: Tensor, cstate: Tensor, vstate: Tensor, w_dw: Tensor, b
     rows = c.shape[0]
     require(n_seq >= 1 and rows % n_seq == 0, f"{op}: {rows} rows are not {n_seq} sequences of equal length")
     T = rows // n_seq
+    require(n_seq <= 65535 and T <= 65535 * TOKENS_PER_GROUP,
+            f"{op}: {n_seq} sequences of {T} rows is over the grid's 65535 groups a side")
     cpart, vpart = slotted_state(op, "cstate", cstate, 2), slotted_state(op, "vstate", vstate, 2)
     require(cpart.dtype == "f32" and cpart.shape[1:] == (C, S),
             f"{op}: cstate must be [{C}, {S}] per slot, got {cstate.shape}")
@@ -91,7 +96,7 @@ def cca_qkv(g: Graph, c: Tensor, cstate: Tensor, vstate: Tensor, w_dw: Tensor, b
                 float(sqrt(dh)), c.offset, w_dw.offset, b_t.offset, w_grp.offset, b_grp.offset,
                 k_scale.offset, positions.offset, table.offset, *slot_words,
                 cpart.offset, vpart.offset, q.offset, k.offset, v.offset],
-               groups=(H + Hkv + 1, n_seq, 1))
+               groups=(H + Hkv + 1, n_seq, ceil(T / TOKENS_PER_GROUP)))
     return q, k, v
 
 
