@@ -17,7 +17,7 @@
 // read the states, and the first block writes them, each state column by the invocation that
 // read it, after its last read. A block's TB tokens share each load of wt, and llvmpipe pays
 // per load (and ends an invocation after 65535 loop iterations, which the old loop over all T
-// tokens hit from about 230 tokens a chunk).
+// tokens hit from token 215 of a ZAYA1 chunk).
 #include "common.glsl"
 #define WG 64
 #define TB 4                            // tokens per work group: a vec4 of each value
