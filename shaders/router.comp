@@ -1,6 +1,6 @@
 #version 450
-// ZAYA's MoE router after its down projection (zaya1.md §3.3 steps 1-6), one work group per token
-// row, everything in shared memory: r = r_in + b_in (+ r_prev * eda, the EDA state of the
+// ZAYA's MoE router after its down projection (zaya1.md §3.3 steps 1-6), one work group per TB
+// token rows (which share each weight load: llvmpipe pays per load), everything in shared memory: r = r_in + b_in (+ r_prev * eda, the EDA state of the
 // previous MoE block); z = rms_norm(r) * nw; z = gelu(W1 z + b1); z = gelu(W2 z + b2);
 // probs = softmax(W4 z); id = argmax(probs + biases) (ties to the lower slot). W1 [R, R],
 // W2 [R, R] and W4 [E + 1, R] are stacked in that order in one weight (binding 0) of the type
@@ -23,7 +23,9 @@
 #define W_BINDING 0
 #include "weights.glsl"
 #define WG 64
-#define MAX_R 1024                      // router width and slot count the shared arrays hold
+#define TB 4                            // token rows per work group: a vec4 of each value
+#define MAX_R 512                       // router width and slot count the shared arrays hold
+#define MAX_R4 (MAX_R / 4)
 #define NEG_BIG -3.0e38
 layout(local_size_x = WG) in;
 
@@ -45,35 +47,42 @@ layout(push_constant) uniform P {
     uint biases_off; uint r_off; uint p_off; uint id_off;
 } p;
 
-shared float za[MAX_R];
-shared float zb[MAX_R];
-shared float partial[WG];
+shared vec4 za[TB * MAX_R4];            // row b's vector at za[b * MAX_R4 ..], 4 to an entry
+shared vec4 zb[TB * MAX_R4];
+shared vec4 partial[WG];
 
-// Row j of the matrix starting at element e0 (rows of p.width) times src.
-float dot_row(uint e0, uint j, bool from_a) {
+// Row j of the matrix starting at element e0 (rows of p.width) times the n rows' vectors in za
+// (from_a) or zb: component b is row b's product.
+vec4 dot_rows(uint e0, uint j, bool from_a, uint n) {
     uint e = e0 + j * p.width;
-    float acc = 0.0;
-    for (uint k = 0; k < p.width; k += 4) {
-        vec4 v = from_a ? vec4(za[k], za[k + 1], za[k + 2], za[k + 3])
-                        : vec4(zb[k], zb[k + 1], zb[k + 2], zb[k + 3]);
-        acc += dot(weight4(e + k), v);
+    vec4 acc = vec4(0.0);
+    for (uint k = 0; k < p.width / 4; k++) {
+        vec4 w = weight4(e + 4 * k);
+        [[unroll]] for (uint b = 0; b < TB; b++)
+            if (b < n) acc[b] += dot(w, from_a ? za[b * MAX_R4 + k] : zb[b * MAX_R4 + k]);
     }
     return acc;
 }
 
 void main() {
-    uint row = group_index();
-    if (row >= p.rows) return;          // uniform over the work group: the grid may overshoot
+    uint row0 = group_index() * TB;
+    if (row0 >= p.rows) return;         // uniform over the work group: the grid may overshoot
+    uint n = min(TB, p.rows - row0);
     uint t = gl_LocalInvocationID.x;
-    uint R = p.width, at = row * R;
+    uint R = p.width;
 
-    float sum = 0.0;
+    vec4 sum = vec4(0.0);
     for (uint c = t; c < R; c += WG) {
-        float v = r[p.r_off + at + c] + b_in[p.b_in_off + c];
-        if (p.has_eda != 0u) v += r_prev[p.prev_off + at + c] * eda[p.eda_off + c];
-        r[p.r_off + at + c] = v;
-        za[c] = v;
-        sum += v * v;
+        [[unroll]] for (uint b = 0; b < TB; b++) {
+            if (b < n) {
+                uint at = (row0 + b) * R + c;
+                float v = r[p.r_off + at] + b_in[p.b_in_off + c];
+                if (p.has_eda != 0u) v += r_prev[p.prev_off + at] * eda[p.eda_off + c];
+                r[p.r_off + at] = v;
+                za[b * MAX_R4 + c / 4][c % 4] = v;
+                sum[b] += v * v;
+            }
+        }
     }
     partial[t] = sum;
     barrier();
@@ -81,24 +90,43 @@ void main() {
         if (t < half_) partial[t] += partial[t + half_];
         barrier();
     }
-    float inv_rms = inversesqrt(partial[0] / float(R) + p.eps);
-    for (uint c = t; c < R; c += WG) za[c] *= inv_rms * nw[p.nw_off + c];
+    vec4 inv_rms = inversesqrt(partial[0] / float(R) + p.eps);
+    for (uint c = t; c < R; c += WG) {
+        float w = nw[p.nw_off + c];
+        [[unroll]] for (uint b = 0; b < TB; b++)
+            if (b < n) za[b * MAX_R4 + c / 4][c % 4] *= inv_rms[b] * w;
+    }
     barrier();
-    for (uint j = t; j < R; j += WG) zb[j] = gelu_erf(dot_row(p.w_off, j, true) + b1[p.b1_off + j]);
+    for (uint j = t; j < R; j += WG) {
+        vec4 y = dot_rows(p.w_off, j, true, n);
+        float bias = b1[p.b1_off + j];
+        [[unroll]] for (uint b = 0; b < TB; b++)
+            if (b < n) zb[b * MAX_R4 + j / 4][j % 4] = gelu_erf(y[b] + bias);
+    }
     barrier();
-    for (uint j = t; j < R; j += WG) za[j] = gelu_erf(dot_row(p.w_off + R * R, j, false) + b2[p.b2_off + j]);
+    for (uint j = t; j < R; j += WG) {
+        vec4 y = dot_rows(p.w_off + R * R, j, false, n);
+        float bias = b2[p.b2_off + j];
+        [[unroll]] for (uint b = 0; b < TB; b++)
+            if (b < n) za[b * MAX_R4 + j / 4][j % 4] = gelu_erf(y[b] + bias);
+    }
     barrier();
-    for (uint j = t; j < p.n_slots; j += WG) zb[j] = dot_row(p.w_off + 2 * R * R, j, true);
+    for (uint j = t; j < p.n_slots; j += WG) {
+        vec4 y = dot_rows(p.w_off + 2 * R * R, j, true, n);
+        [[unroll]] for (uint b = 0; b < TB; b++)
+            if (b < n) zb[b * MAX_R4 + j / 4][j % 4] = y[b];
+    }
     barrier();
-    if (t == 0) {                       // E + 1 slots: a few, one invocation is enough
+    if (t < n) {                        // E + 1 slots: a few, one invocation per row is enough
+        uint row = row0 + t, z0 = t * MAX_R4;
         float m = NEG_BIG;
-        for (uint j = 0; j < p.n_slots; j++) m = max(m, zb[j]);
+        for (uint j = 0; j < p.n_slots; j++) m = max(m, zb[z0 + j / 4][j % 4]);
         float s = 0.0;
-        for (uint j = 0; j < p.n_slots; j++) s += exp(zb[j] - m);
+        for (uint j = 0; j < p.n_slots; j++) s += exp(zb[z0 + j / 4][j % 4] - m);
         float inv_sum = 1.0 / s, best = NEG_BIG;
         uint best_j = 0;
         for (uint j = 0; j < p.n_slots; j++) {
-            float prob = exp(zb[j] - m) * inv_sum;
+            float prob = exp(zb[z0 + j / 4][j % 4] - m) * inv_sum;
             probs[p.p_off + row * p.n_slots + j] = prob;
             float biased = prob + biases[p.biases_off + j];
             if (j == 0 || biased > best) {

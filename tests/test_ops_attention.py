@@ -197,6 +197,9 @@ def test_attend_at_the_cpu_key_limit(dev, rng, monkeypatch, dh, dv, cache_dtype)
     n_ctx = at.cpu_tile_max_keys(dh, dv, cache_dtype)
     assert at.max_keys(dev, dh, dv, cache_dtype) == n_ctx
     _attend_last_of(dev, rng, n_ctx, dh, dv, cache_dtype)
+    longer = (dev.empty((n_ctx + 1, 1, dh), cache_dtype), dev.empty((n_ctx + 1, 1, dv), cache_dtype))
+    with pytest.raises(ValueError, match=rf"attention: caches of {n_ctx + 1} rows, .* at most {n_ctx} keys"):
+        at.attention(Graph(dev, "refused"), dev.empty((1, 2, dh)), *longer, dev.empty((1,), "u32"), 0.1)
 
 
 @pytest.mark.parametrize("cache_dtype", ["f32", "f16"])

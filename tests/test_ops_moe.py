@@ -154,11 +154,14 @@ def _router_weights(rng, dtype, rows, R):
 
 
 @pytest.mark.parametrize("dtype,T,R,E", [("f32", 3, 36, 2), ("f32", 1, 260, 16), ("q8_0", 2, 96, 6),
-                                         ("q4_k", 2, 256, 16), ("q6_k", 1, 512, 33)])
+                                         ("q4_k", 2, 256, 16), ("q6_k", 1, 512, 33), ("f32", 6, 36, 2),
+                                         ("q4_k", 13, 256, 16), ("q6_k", 5, 512, 511)])
 @pytest.mark.parametrize("with_eda", [False, True])
 def test_router(dev, rng, dtype, T, R, E, with_eda):
     """The fused router against its twin: r (bias and EDA) in place, probs, and the chosen slot
-    wherever the best biased probability leads the second by more than the error bound."""
+    wherever the best biased probability leads the second by more than the error bound. Rows go
+    ROUTER_ROWS to a work group: T = 5, 6 and 13 end in a short block; 512 slots fill the kernel's
+    shared arrays."""
     from vkinfer.gpu.weights import upload_weight
     raw, W = _router_weights(rng, dtype, 2 * R + E + 1, R)
     r = rng.standard_normal((T, R)).astype(np.float32)

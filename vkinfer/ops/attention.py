@@ -30,14 +30,14 @@ def rows_kernel(dev, dh: int, dv: int, cache_dtype: str, cache_offsets=(0, 0)) -
             and dh % per_load == 0 and dv % per_load == 0 and all(o % per_load == 0 for o in cache_offsets))
 
 
-def max_keys(dev, dh: int, dv: int, cache_dtype: str) -> int | None:
+def max_keys(dev, dh: int, dv: int, cache_dtype: str, cache_offsets=(0, 0)) -> int | None:
     """The most keys attention gets right on this device, None for no limit short of memory. On
     a CPU device llvmpipe silently ends an invocation after LLVMPIPE_LOOP_LIMIT loop iterations
     in all (Mesa 22.3): attend_rows loops once per ROWS_KEYS keys, attend as cpu_tile_max_keys
     says."""
     if not dev.lane_kernels:
         return None
-    if rows_kernel(dev, dh, dv, cache_dtype):
+    if rows_kernel(dev, dh, dv, cache_dtype, cache_offsets):
         return (LLVMPIPE_LOOP_LIMIT - 64) * ROWS_KEYS
     return cpu_tile_max_keys(dh, dv, cache_dtype)
 
@@ -178,8 +178,8 @@ def attention(g: Graph, q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: 
               out: Tensor | None = None, slots: Tensor | None = None, slot_lo: int = 0) -> Tensor:
     """Causal GQA attention: token t of q [T, Hq, Dh] attends to rows 0 .. positions[t] of its
     slot's cache; query head h reads kv head h // (Hq / Hkv). softmax(scale * q.k) in F32.
-    Returns [T, Hq, Dv]. Record kv_store for the same tokens before it. On a CPU device the
-    keys must stay within max_keys."""
+    Returns [T, Hq, Dv]. Record kv_store for the same tokens before it. Caches longer than
+    max_keys are refused."""
     _heads_tensor("attention", "q", q)
     tokens, hq, dh = q.shape
     k_cache, v_cache = _check_cache("attention", k_cache, v_cache)
@@ -190,12 +190,16 @@ def attention(g: Graph, q: Tensor, k_cache: Tensor, v_cache: Tensor, positions: 
             f"attention: head sizes {dh}/{dv} exceed the shader's {MAX_HEAD_DIM}")
     require(k_cache.dtype == "f32" or dh % 2 == 0, f"attention: an f16 cache needs an even head size, not {dh}")
     require(k_cache.shape[3] == dh, f"attention: q {q.shape} and k_cache {k_cache.shape} differ in head size")
+    offsets = (k_cache.offset, v_cache.offset)
+    limit = max_keys(g.dev, dh, dv, k_cache.dtype, offsets)
+    require(limit is None or n_ctx <= limit,
+            f"attention: caches of {n_ctx} rows, but this kernel gets at most {limit} keys right on {g.dev.name}")
     out = output(g, "attention", out, (tokens, hq, dv))
     slot_t, slot_words = slot_push(g, "attention", slots, tokens, 1, k_cache, slot_lo)
     push = [tokens, hq, hkv, dh, dv, n_ctx, q.offset, k_cache.offset, v_cache.offset,
             positions.offset, out.offset, float(scale), *slot_words]
     buffers = [q, k_cache, v_cache, positions, slot_t]
-    if rows_kernel(g.dev, dh, dv, k_cache.dtype, (k_cache.offset, v_cache.offset)):
+    if rows_kernel(g.dev, dh, dv, k_cache.dtype, offsets):
         g.dispatch(f"attention.attend_rows_{k_cache.dtype}", buffers, [out], push,
                    groups=hkv * ceil(tokens * (hq // hkv) / ROWS_WG), spec=(dh, dv))
     else:

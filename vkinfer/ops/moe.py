@@ -10,7 +10,8 @@ import numpy as np
 from ..gpu import Graph, Tensor, check_tensor, output, require
 from ..gpu.weights import as_weight
 
-ROUTER_MAX = 1024        # router width and slot count shaders/router.comp holds in shared memory
+ROUTER_MAX = 512         # router width and slot count shaders/router.comp holds in shared memory
+ROUTER_ROWS = 4          # token rows per router work group
 
 
 def router(g: Graph, r: Tensor, b_in: Tensor, prev: Tensor | None, eda: Tensor | None,
@@ -46,7 +47,7 @@ def router(g: Graph, r: Tensor, b_in: Tensor, prev: Tensor | None, eda: Tensor |
     g.dispatch(f"router.{W.dtype}", [w, b_in, p_t, e_t, norm_w, b1, b2, biases], [r, probs, expert_ids],
                [T, R, n_slots, int(prev is not None), float(eps), w.offset, b_in.offset, p_t.offset,
                 e_t.offset, norm_w.offset, b1.offset, b2.offset, biases.offset, r.offset,
-                probs.offset, expert_ids.offset], groups=T)
+                probs.offset, expert_ids.offset], groups=ceil(T / ROUTER_ROWS))
     return probs, expert_ids
 
 
