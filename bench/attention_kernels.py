@@ -8,18 +8,13 @@ default). Checks both against the float64 twin.
 """
 import argparse
 import statistics
-import time
 
 import numpy as np
 
 from vkinfer.gpu import Device, Graph
 from vkinfer.ops import attention as at
 
-
-def timed(g: Graph) -> tuple:
-    c0, t0 = time.process_time(), time.perf_counter()
-    g.run()
-    return time.process_time() - c0, time.perf_counter() - t0
+from matmul_id_tiles import timed
 
 
 def main():
