@@ -23,6 +23,7 @@
 #define TB 4                            // tokens per work group: a vec4 of each value
 #define MAX_DH 256
 #define MAX_K2 4
+#define MAX_DH_K2 512                   // head_dim * grouped taps
 #define NORM_EPS 1e-12
 layout(local_size_x = WG) in;
 
@@ -52,8 +53,9 @@ layout(push_constant) uniform P {
     uint n_slots; uint cs_off; uint vs_off; uint q_off; uint k_off; uint v_off;
 } p;
 
-shared vec4 dwin[MAX_DH * MAX_K2];      // depthwise outputs of the K2 samples each token needs,
+shared vec4 dwin[MAX_DH_K2];            // depthwise outputs of the K2 samples each token needs,
                                         // [channel][tap] as wt's rows, of the block's TB tokens
+                                        // (13 KB in all, in Vulkan's 16 KB minimum)
 shared vec4 val[MAX_DH];                // the head vectors before the norm
 shared vec4 partial[WG];
 

@@ -24,7 +24,8 @@
 #include "weights.glsl"
 #define WG 64
 #define TB 4                            // token rows per work group: a vec4 of each value
-#define MAX_R 512                       // router width and slot count the shared arrays hold
+#define MAX_R 256                       // router width and slot count the shared arrays hold
+                                        // (with TB: 9 KB, in Vulkan's 16 KB minimum)
 #define MAX_R4 (MAX_R / 4)
 #define NEG_BIG -3.0e38
 layout(local_size_x = WG) in;

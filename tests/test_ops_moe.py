@@ -153,15 +153,15 @@ def _router_weights(rng, dtype, rows, R):
     return raw, decode(raw, dtype).reshape(rows, R)
 
 
-@pytest.mark.parametrize("dtype,T,R,E", [("f32", 3, 36, 2), ("f32", 1, 260, 16), ("q8_0", 2, 96, 6),
-                                         ("q4_k", 2, 256, 16), ("q6_k", 1, 512, 33), ("f32", 6, 36, 2),
-                                         ("q4_k", 13, 256, 16), ("q6_k", 5, 512, 511)])
+@pytest.mark.parametrize("dtype,T,R,E", [("f32", 3, 36, 2), ("f32", 1, 252, 16), ("q8_0", 2, 96, 6),
+                                         ("q4_k", 2, 256, 16), ("q6_k", 1, 256, 33), ("f32", 6, 36, 2),
+                                         ("q4_k", 13, 256, 16), ("q6_k", 5, 256, 255)])
 @pytest.mark.parametrize("with_eda", [False, True])
 def test_router(dev, rng, dtype, T, R, E, with_eda):
     """The fused router against its twin: r (bias and EDA) in place, probs, and the chosen slot
     wherever the best biased probability leads the second by more than the error bound. Rows go
-    ROUTER_ROWS to a work group: T = 5, 6 and 13 end in a short block; 512 slots fill the kernel's
-    shared arrays."""
+    ROUTER_ROWS to a work group: T = 5, 6 and 13 end in a short block; 256 slots and width 256
+    fill the kernel's shared arrays (ROUTER_MAX)."""
     from vkinfer.gpu.weights import upload_weight
     raw, W = _router_weights(rng, dtype, 2 * R + E + 1, R)
     r = rng.standard_normal((T, R)).astype(np.float32)
@@ -195,4 +195,9 @@ def test_router_refuses_split_or_wide(dev, rng):
                    dev.upload(np.zeros(3, np.float32)))
     with pytest.raises(ValueError, match="prev and eda"):
         moe.router(g, dev.upload(np.zeros((1, 8), np.float32)), vec, None, vec, vec, w, vec, vec,
+                   dev.upload(np.zeros(3, np.float32)))
+    wide = moe.ROUTER_MAX + 4
+    w_wide, v_wide = dev.empty((2 * wide + 3, wide)), dev.empty((wide,))
+    with pytest.raises(ValueError, match=f"router width {wide} and 3 slots must be at most {moe.ROUTER_MAX}"):
+        moe.router(g, dev.empty((1, wide)), v_wide, None, None, v_wide, w_wide, v_wide, v_wide,
                    dev.upload(np.zeros(3, np.float32)))

@@ -22,7 +22,7 @@ def qk_mean_ref(c, y, n_head: int, n_head_kv: int, head_dim: int) -> tuple:
 
 
 # ---- the fused CCA: convs, means, head norms, RoPE and the values in one dispatch ----------------
-MAX_HEAD_DIM, MAX_GROUPED_TAPS = 256, 4      # shaders/cca_qkv.comp's shared arrays
+MAX_HEAD_DIM, MAX_GROUPED_TAPS, MAX_DIM_TAPS = 256, 4, 512   # shaders/cca_qkv.comp's shared arrays
 TOKENS_PER_GROUP = 4                          # cca_qkv's TB: the state reads must fit in one block
 
 
@@ -56,8 +56,9 @@ def cca_qkv(g: Graph, c: Tensor, cstate: Tensor, vstate: Tensor, w_dw: Tensor, b
     dh = w_grp.shape[2]
     C, K2 = (H + Hkv) * dh, w_grp.shape[1] // dh
     require(H >= 1 and Hkv >= 1 and H % Hkv == 0, f"{op}: {H} query heads are not a multiple of {Hkv} kv heads")
-    require(dh <= MAX_HEAD_DIM and 1 <= K2 <= MAX_GROUPED_TAPS,
-            f"{op}: head_dim {dh} over {MAX_HEAD_DIM} or grouped taps {K2} over {MAX_GROUPED_TAPS}")
+    require(dh <= MAX_HEAD_DIM and 1 <= K2 <= MAX_GROUPED_TAPS and dh * K2 <= MAX_DIM_TAPS,
+            f"{op}: head_dim {dh} over {MAX_HEAD_DIM}, grouped taps {K2} over {MAX_GROUPED_TAPS}, or "
+            f"head_dim x taps {dh * K2} over {MAX_DIM_TAPS}")
     require(n_rot > 0 and n_rot % 2 == 0 and n_rot <= dh, f"{op}: n_rot={n_rot} must be even, within 1..{dh}")
     check_tensor(op, "w_dw", w_dw, dtype="f32")
     require(w_dw.ndim == 2 and w_dw.shape[0] == C, f"{op}: w_dw must be [{C}, K1], got {w_dw.shape}")

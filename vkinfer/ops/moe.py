@@ -10,7 +10,7 @@ import numpy as np
 from ..gpu import Graph, Tensor, check_tensor, output, require
 from ..gpu.weights import as_weight
 
-ROUTER_MAX = 512         # router width and slot count shaders/router.comp holds in shared memory
+ROUTER_MAX = 256         # router width and slot count shaders/router.comp holds in shared memory
 ROUTER_ROWS = 4          # token rows per router work group
 
 
