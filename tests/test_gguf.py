@@ -220,6 +220,8 @@ def test_zaya_impossible_values(tmp_path, zaya_path):
         ("zaya.rope.dimension_count", u32(7), "dimension_count = 7 must be even"),
         ("zaya.expert_used_count", u32(5), "expert_used_count = 5 is more than expert_count = 4"),
         ("zaya.attention.head_count_kv", u32(3), "head_count 4 is not a multiple of head_count_kv 3"),
+        ("zaya.attention.key_length", u32(512), "kernels hold head sizes up to 256.*key_length 512"),
+        ("zaya.ssm.conv_kernel", u32(5), "conv taps up to 6.* 5 depthwise and 2 grouped taps"),
     ]:
         api_error(tmp_path, z.set_kv(key, value), pattern)
 

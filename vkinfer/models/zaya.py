@@ -151,6 +151,16 @@ class Zaya:
         if p.n_expert_used > p.n_expert:
             raise GGUFError(f"{name}: zaya.expert_used_count = {p.n_expert_used} is more than "
                             f"expert_count = {p.n_expert}")
+        grouped = f.tensors.get("blk.0.cca_conv_grp.weight")
+        taps = grouped.shape[-1] if grouped is not None and len(grouped.shape) == 3 else 1
+        if (p.head_dim > cca.MAX_HEAD_DIM or taps > cca.MAX_GROUPED_TAPS
+                or p.head_dim * taps > cca.MAX_DIM_TAPS or p.d_conv - 1 + taps - 1 > cca.TOKENS_PER_GROUP
+                or max(p.head_dim, p.value_dim) > att.MAX_HEAD_DIM):
+            raise GGUFError(f"{name}: vkinfer's CCA and attention kernels hold head sizes up to "
+                            f"{cca.MAX_HEAD_DIM}, head size x grouped conv taps up to {cca.MAX_DIM_TAPS} "
+                            f"and depthwise + grouped conv taps up to {cca.TOKENS_PER_GROUP + 2}; this model has "
+                            f"attention.key_length {p.head_dim}, value_length {p.value_dim}, "
+                            f"{p.d_conv} depthwise and {taps} grouped taps")
         vocab = f.value("zaya.vocab_size", "int", None)
         if vocab is not None and vocab < f.n_vocab:
             raise GGUFError(f"{name}: zaya.vocab_size = {vocab} but token_embd.weight has "
