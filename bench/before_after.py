@@ -6,7 +6,8 @@ so that the ratio survives a shared, noisy machine.
 Each checkout runs from its own tree (PYTHONPATH) with its own compiled SPIR-V (build it there
 first with build_shaders.py). For every model and round it runs `vkinfer bench MODEL -p 0 -n N
 --roofline --profile -o json` in one tree, then the other, and prints a markdown table: decode
-t/s, roofline share, dispatches per decode step, and the after/before ratio of the best rounds;
+t/s, roofline share (both trees against the best ruler any run measured: an older tree's
+ruler may be weaker), dispatches per decode step, and the after/before ratio of the best rounds;
 with --pp, prompt t/s of a P-token prompt as well."""
 import argparse
 import json
@@ -42,6 +43,8 @@ def bench(tree: Path, model: str, args, prompt: int) -> dict:
     row = {"tps": d["results"][0]["avg_ts"], "loadavg": d["loadavg"][0][0]}
     if not prompt:
         row["pct"] = d["roofline"]["achieved_pct"]
+        row["ruler"] = d["roofline"]["bandwidth_gbps"]
+        row["bytes"] = d["roofline"]["decode_bytes"]["total"]
         row["dispatches"] = d["profiles"][0]["dispatches"] if d.get("profiles") else None
     return row
 
@@ -73,7 +76,11 @@ def main():
             best = {k: max(v, key=lambda r: r["tps"]) for k, v in runs.items()}
             b, a = best["before"], best["after"]
             test = f"pp{prompt}" if prompt else f"tg{args.n}"
-            roof = f"{b['pct']:.1f} % → {a['pct']:.1f} %" if not prompt else ""
+            roof = ""
+            if not prompt:     # both against the best ruler of the rounds: the trees' rulers may differ
+                ruler = max(r["ruler"] for v in runs.values() for r in v)
+                b_pct, a_pct = (100 * r["tps"] * r["bytes"] / 1e9 / ruler for r in (b, a))
+                roof = f"{b_pct:.1f} % → {a_pct:.1f} % of {ruler:.2f} GB/s"
             disp = f"{b['dispatches']} → {a['dispatches']}" if not prompt else ""
             print(f"| {Path(model).name} | {test} | {b['tps']:.2f} | {a['tps']:.2f} | {a['tps'] / b['tps']:.2f}x "
                   f"| {roof} | {disp} |", flush=True)

@@ -12,11 +12,11 @@ micro-batch sizes give a row for every combination, in llama-bench's order; the 
 markdown table, CSV, JSON or JSON lines (llama-bench's -o md|csv|json|jsonl).
 
 The roofline: `stream_read` sums a buffer larger than the last-level cache (256 MiB) with
-uvec4 loads, which gives the device's read bandwidth; a decode step must read every weight it
-uses (the tied output head in full, one embedding row, one expert per MoE layer), the
-recurrent state (read and written) and the KV cache; bandwidth / those bytes is the ideal
-decode speed. Python overhead is the part of each decode eval() not spent inside the graph's
-run() (kp's Sequence.eval()).
+uvec4 loads in both its access patterns, and the faster gives the device's read bandwidth; a
+decode step must read every weight it uses (the tied output head in full, one embedding row, one
+expert per MoE layer), the recurrent state (read and written) and the KV cache; bandwidth /
+those bytes is the ideal decode speed. Python overhead is the part of each decode eval() not
+spent inside the graph's run() (kp's Sequence.eval()).
 """
 import os
 import platform
@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__
 from .gpu import Device, Graph
-from .ops.stream_read import stream_read
+from .ops.stream_read import PATTERNS, stream_read
 
 BACKEND = "Vulkan (kp)"
 RULER_BYTES = 256 << 20          # at least; on a CPU device at least twice the host's largest cache
@@ -247,7 +247,7 @@ def ruler_bytes(dev) -> int:
 def measure_bandwidth(device=None, total_bytes: int | None = None, reps: int = 3) -> dict:
     """Read bandwidth of the device: stream_read over `total_bytes` (default ruler_bytes())
     split into buffers of at most one binding, the best median over a few per-invocation read
-    counts. Runs on its own Device, closed afterwards, so the ruler's memory is freed."""
+    counts and both access patterns. Runs on its own Device, closed afterwards, so the ruler's memory is freed."""
     dev = Device(device)
     try:
         total_bytes = total_bytes or ruler_bytes(dev)
@@ -261,13 +261,14 @@ def measure_bandwidth(device=None, total_bytes: int | None = None, reps: int = 3
             left -= n * 4
         nbytes = sum(t.nbytes for t in srcs)
         best = {}
-        for per_thread in RULER_PER_THREAD:
-            g = Graph(dev, f"stream-read-{per_thread}")
-            for t in srcs:
-                stream_read(g, t, per_thread)
-            gbps = nbytes / statistics.median(_replay_times(g, reps)) / 1e9
-            if gbps > best.get("gbps", 0):
-                best = {"gbps": gbps, "per_thread": per_thread}
+        for pattern in PATTERNS:
+            for per_thread in RULER_PER_THREAD:
+                g = Graph(dev, f"stream-read-{pattern}-{per_thread}")
+                for t in srcs:
+                    stream_read(g, t, per_thread, pattern=pattern)
+                gbps = nbytes / statistics.median(_replay_times(g, reps)) / 1e9
+                if gbps > best.get("gbps", 0):
+                    best = {"gbps": gbps, "per_thread": per_thread, "pattern": pattern}
         return {**best, "bytes": nbytes, "buffers": len(srcs)}
     finally:
         dev.close()
@@ -508,8 +509,8 @@ def notes(out: dict) -> str:
     if roof:
         need = roof["decode_bytes"]
         before, after = roof["rulers"][0], roof["rulers"][-1]
-        lines.append(f"roofline: read bandwidth {roof['bandwidth_gbps']:.2f} GB/s (stream_read over "
-                     f"{format_size(before['bytes'])}: {before['gbps']:.2f} before the tests, "
+        lines.append(f"roofline: read bandwidth {roof['bandwidth_gbps']:.2f} GB/s (stream_read, "
+                     f"{before['pattern']} reads over {format_size(before['bytes'])}: {before['gbps']:.2f} before the tests, "
                      f"{after['gbps']:.2f} after)")
         lines.append(f"    decode step reads {need['total'] / 1e6:.1f} MB (weights {need['weights'] / 1e6:.1f}, "
                      f"state {need['state'] / 1e6:.2f}, KV cache {need['kv'] / 1e6:.2f}): ideal "
