@@ -4,7 +4,8 @@ Each check runs in a subprocess, because the layer has to be enabled (through th
 before kp creates its Vulkan instance. The subprocess is this file run as a script: it records
 one graph of 60 dispatches that each read the previous result (elementwise ops, rms_norm,
 strided copies, concat; ping-pong buffers so buffers just read are written again, in-place ops,
-and a buffer rewritten right after its last reader by a dispatch that depends on nothing),
+and a buffer rewritten right after its last reader by a dispatch that depends on nothing; then
+the bandwidth ruler in both its access patterns over what the chain wrote, exact),
 runs it twice with a new input in between, and checks both results against the numpy twins
 (bound 1e-5 relative to max(1, |want|): 60 F32 ops of the kind bounded to 2e-6 each in their
 own tests). The test fails on any message in the layer's log.
@@ -201,12 +202,19 @@ def child_chain(fallback: bool) -> dict:
 
     g = Graph(dev, "validation-chain")
     result = _chain(g, GpuOps(), tx, tw, tb, bias, ping, pong, spare)
+    # The bandwidth ruler in both access patterns over the activations the chain just wrote.
+    from vkinfer.ops import stream_read as sr
+    words = Tensor(acts.buf, (4 * 190,), "u32", 12)
+    ruler_sums = [sr.stream_read(g, words, 3, pattern=pattern) for pattern in sr.PATTERNS]
     max_error = 0.0
     for _ in range(2):
         g.run()
         want = _chain(None, NumpyOps(), x, w, b, b, None, None, None)
         got = dev.read(result)
         max_error = max(max_error, float(np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want)))))
+        want_sums = sr.stream_read_ref(dev.read(acts).view(np.uint32)[12:12 + 4 * 190], 3)
+        if not all(np.array_equal(dev.read(t), want_sums) for t in ruler_sums):
+            max_error = float("inf")
         x = rng.standard_normal((ROWS, COLS)).astype(np.float32)
         dev.write(tx, x)
     report = {"dispatches": len(g), "max_error": max_error, "kp_barrier_fix": dev.kp_barrier_fix,
