@@ -84,7 +84,7 @@ def compile_one(glslc: str, spirv_val: str, src: Path, stem: str, defines: list[
     if res.returncode != 0:
         tmp.unlink(missing_ok=True)
         return format_errors(res.stderr, stem)
-    val = subprocess.run([spirv_val, f"--target-env", TARGET, str(tmp)], capture_output=True, text=True)
+    val = subprocess.run([spirv_val, "--target-env", TARGET, str(tmp)], capture_output=True, text=True)
     if val.returncode != 0:
         tmp.unlink(missing_ok=True)
         return f"{src.relative_to(ROOT)}:1: spirv-val rejected variant {stem}: {val.stdout}{val.stderr}".strip()
