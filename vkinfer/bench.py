@@ -247,7 +247,8 @@ def ruler_bytes(dev) -> int:
 def measure_bandwidth(device=None, total_bytes: int | None = None, reps: int = 3) -> dict:
     """Read bandwidth of the device: stream_read over `total_bytes` (default ruler_bytes())
     split into buffers of at most one binding, the best median over a few per-invocation read
-    counts and both access patterns. Runs on its own Device, closed afterwards, so the ruler's memory is freed."""
+    counts and both access patterns. Runs on its own Device, closed afterwards, so the ruler's
+    memory is freed."""
     dev = Device(device)
     try:
         total_bytes = total_bytes or ruler_bytes(dev)
@@ -510,8 +511,8 @@ def notes(out: dict) -> str:
         need = roof["decode_bytes"]
         before, after = roof["rulers"][0], roof["rulers"][-1]
         lines.append(f"roofline: read bandwidth {roof['bandwidth_gbps']:.2f} GB/s (stream_read, "
-                     f"{before['pattern']} reads over {format_size(before['bytes'])}: {before['gbps']:.2f} before the tests, "
-                     f"{after['gbps']:.2f} after)")
+                     f"{before['pattern']} reads over {format_size(before['bytes'])}: "
+                     f"{before['gbps']:.2f} before the tests, {after['gbps']:.2f} after)")
         lines.append(f"    decode step reads {need['total'] / 1e6:.1f} MB (weights {need['weights'] / 1e6:.1f}, "
                      f"state {need['state'] / 1e6:.2f}, KV cache {need['kv'] / 1e6:.2f}): ideal "
                      f"{roof['ideal_tps']:.2f} t/s")
