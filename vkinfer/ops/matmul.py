@@ -59,6 +59,11 @@ def _lane(g: Graph, W, x: Tensor, n: int, batched: bool) -> bool:
             and n_in % align == 0 and all(part.offset % align == 0 for _, part in W.parts))
 
 
+def _lane_spec(g: Graph, norm: bool) -> tuple:
+    """The LANE kernels' specialization constants: (unused, NORM_IN, X_SHARE)."""
+    return (0, int(norm), g.dev.lane_x_share)
+
+
 def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None, accumulate: bool = False,
            norm: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """out[n] = W @ x[n] for W [out, in] (a Weight or a Tensor), x f32 [N, in]; out f32
@@ -90,7 +95,8 @@ def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None, accumulate: bool =
             kernel, tile_rows, tokens = (("lane", LANE_VEC_ROWS, 1) if n == 1 else
                                          ("lanemat", LANE_MAT_ROWS, LANE_TOKENS))
             g.dispatch(f"matmul.{kernel}_{W.dtype}", [part, x, nw], [out], push,
-                       groups=ceil(rows / (tile_rows * LANE_THREADS)) * ceil(n / tokens), spec=spec)
+                       groups=ceil(rows / (tile_rows * LANE_THREADS)) * ceil(n / tokens),
+                       spec=_lane_spec(g, norm is not None))
         elif n == 1:
             g.dispatch(f"matmul.{vec}_{W.dtype}", [part, x, nw], [out], push,
                        groups=ceil(rows / per_group), spec=vec_spec)
@@ -135,9 +141,10 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
     if _lane(g, W, x, n, batched=False):
         if tiles is not None and W.dtype in LANE_MAT_TYPES:
             check_tensor("matmul_id", "tiles", tiles, dtype="u32", shape=(moe.n_tiles(n, n_experts), moe.TILE_WORDS))
-            kernel, per_group, spec, ids, slots = "idlanemat", LANE_MAT_ROWS * LANE_THREADS, (), tiles, tiles.shape[0]
+            kernel, per_group, ids, slots = "idlanemat", LANE_MAT_ROWS * LANE_THREADS, tiles, tiles.shape[0]
         else:
-            kernel, per_group, spec = "idlane", LANE_VEC_ROWS * LANE_THREADS, ()
+            kernel, per_group = "idlane", LANE_VEC_ROWS * LANE_THREADS
+        spec = _lane_spec(g, False)
     elif n == 1:
         kernel, per_group, spec = _vec(g, n_in, "id")
     else:
