@@ -14,10 +14,16 @@
 // `dtproj_<type>` (Mamba-1) also takes the dt projection: dt_in = W_dt[c] . dt[t, 0..dt_rank-1]
 // (dt then holds x_proj's dt_rank columns), W_dt [Dn, dt_rank] of the variant's weight type
 // (shaders/include/weights.glsl; rows of whole blocks), before the bias and softplus.
+// SHARE_LOADS (the `lane_` variants, for CPU devices; they need subgroup shuffles): B and C,
+// and dt_proj's input, are the same for every channel of a token, but llvmpipe loads even an
+// address all SIMD lanes share once per lane (see X_SHARE in matmul.comp), so each of SHARE
+// neighbouring invocations (specialization constant 2, the subgroup size) loads a part and
+// shuffles hand them round. The host picks these only where B and C are uniform over the group.
 //! variant plain
 //! variant gate HAS_GATE
 //! variant gate_dt HAS_GATE DT_BIAS
 //! variant heads HEADS DT_BIAS
+//! variant lane_heads HEADS DT_BIAS SHARE_LOADS
 //! variant dtproj_f32 HAS_GATE DT_BIAS DT_PROJ WTYPE_F32
 //! variant dtproj_f16 HAS_GATE DT_BIAS DT_PROJ WTYPE_F16
 //! variant dtproj_bf16 HAS_GATE DT_BIAS DT_PROJ WTYPE_BF16
@@ -31,12 +37,39 @@
 //! variant dtproj_q4_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q4_K
 //! variant dtproj_q5_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q5_K
 //! variant dtproj_q6_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q6_K
+//! variant lane_dtproj_f32 HAS_GATE DT_BIAS DT_PROJ WTYPE_F32 SHARE_LOADS
+//! variant lane_dtproj_f16 HAS_GATE DT_BIAS DT_PROJ WTYPE_F16 SHARE_LOADS
+//! variant lane_dtproj_bf16 HAS_GATE DT_BIAS DT_PROJ WTYPE_BF16 SHARE_LOADS
+//! variant lane_dtproj_q4_0 HAS_GATE DT_BIAS DT_PROJ WTYPE_Q4_0 SHARE_LOADS
+//! variant lane_dtproj_q4_1 HAS_GATE DT_BIAS DT_PROJ WTYPE_Q4_1 SHARE_LOADS
+//! variant lane_dtproj_q5_0 HAS_GATE DT_BIAS DT_PROJ WTYPE_Q5_0 SHARE_LOADS
+//! variant lane_dtproj_q5_1 HAS_GATE DT_BIAS DT_PROJ WTYPE_Q5_1 SHARE_LOADS
+//! variant lane_dtproj_q8_0 HAS_GATE DT_BIAS DT_PROJ WTYPE_Q8_0 SHARE_LOADS
+//! variant lane_dtproj_q2_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q2_K SHARE_LOADS
+//! variant lane_dtproj_q3_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q3_K SHARE_LOADS
+//! variant lane_dtproj_q4_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q4_K SHARE_LOADS
+//! variant lane_dtproj_q5_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q5_K SHARE_LOADS
+//! variant lane_dtproj_q6_k HAS_GATE DT_BIAS DT_PROJ WTYPE_Q6_K SHARE_LOADS
 #include "common.glsl"
 #include "activations.glsl"
 layout(local_size_x = 64) in;
 layout(constant_id = 0) const uint N = 16;
 layout(constant_id = 1) const bool WIDE = false;
 #define N4 ((N + 3) / 4)
+#ifdef SHARE_LOADS
+#extension GL_KHR_shader_subgroup_shuffle : require
+layout(constant_id = 2) const uint SHARE = 1;
+#define SHARE_ID (gl_SubgroupInvocationID % SHARE)    // this invocation's place in its SHARE
+// The value `mine` of invocation i of this invocation's SHARE.
+vec4 from_lane(vec4 mine, uint i) {
+    return SHARE == 1u ? mine : subgroupShuffle(mine, gl_SubgroupInvocationID - SHARE_ID + i);
+}
+#else
+const uint SHARE = 1;
+vec4 from_lane(vec4 mine, uint i) { return mine; }
+#define SHARE_ID 0u
+#endif
+#define BC_LOADS ((2 * N4 + SHARE - 1) / SHARE)   // vec4s of B and C each invocation loads
 
 layout(binding = 0) readonly buffer X { float x[]; };
 layout(binding = 1) readonly buffer Dt { float dt[]; };
@@ -95,7 +128,10 @@ void main() {
     uint c = GLOBAL_INDEX;
     uint seq = gl_WorkGroupID.z;
     uint slot = slot_in_part(slots[p.slots_off + seq * p.slots_step], p.slot_lo, p.n_slots);
-    if (c >= p.Dn || slot == NO_SLOT) return;
+    if (c - gl_LocalInvocationID.x >= p.Dn || slot == NO_SLOT) return;   // uniform over the group
+    // Channels past the end run (for the shuffles) on the last channel, and store nothing.
+    bool live = c < p.Dn;
+    c = min(c, p.Dn - 1);
     uint state_base = p.state_off + slot * p.Dn * N;
     uint row0 = seq * p.T;
     float s[N4 * 4];
@@ -133,8 +169,19 @@ void main() {
         float dtv = 0.0;
         uint w_at = p.w_off + c * p.dt_rank, dt_at = p.dt_off + t * p.dt_rs;
         uint r = 0;
-        if (WIDE && dt_at % 4 == 0)       // x_proj's row in vec4s too (see WIDE above)
-            for (; r + 4 <= p.dt_rank; r += 4) dtv += dot(weight4(w_at + r), dt4[(dt_at + r) / 4]);
+        if (WIDE && dt_at % 4 == 0) {     // x_proj's row in vec4s too (see WIDE above), SHARE at a time
+            bool aligned = w_at % 4 == 0;     // this channel's row starts on 4: one wide load
+            for (; r + 4 <= p.dt_rank; r += 4 * SHARE) {
+                uint mine_at = r + 4 * SHARE_ID;
+                vec4 mine = mine_at + 4 <= p.dt_rank ? dt4[(dt_at + mine_at) / 4] : vec4(0.0);
+                [[unroll]] for (uint i = 0; i < SHARE; i++) {
+                    vec4 dt_part = from_lane(mine, i);
+                    if (r + 4 * i + 4 <= p.dt_rank)
+                        dtv += dot(aligned ? weight4_aligned(w_at + r + 4 * i) : weight4(w_at + r + 4 * i), dt_part);
+                }
+            }
+            r = p.dt_rank / 4 * 4;
+        }
         for (; r + 4 <= p.dt_rank; r += 4)
             dtv += dot(weight4(w_at + r), vec4(dt[dt_at + r], dt[dt_at + r + 1], dt[dt_at + r + 2],
                                                dt[dt_at + r + 3]));
@@ -152,8 +199,14 @@ void main() {
         float y = 0.0;
         uint b_at = p.B_off + t * p.B_rs + bc_col, c_at = p.C_off + t * p.C_rs + bc_col;
         if (WIDE) {
+            vec4 bc_mine[BC_LOADS];          // vec4 i of B then C: invocation i % SHARE's i / SHARE
+            [[unroll]] for (uint j = 0; j < BC_LOADS; j++) {
+                uint i = j * SHARE + SHARE_ID;
+                bc_mine[j] = i < N4 ? B4[b_at / 4 + i] : i < 2 * N4 ? C4[c_at / 4 + i - N4] : vec4(0.0);
+            }
             [[unroll]] for (uint i = 0; i < N4; i++) {
-                vec4 b4 = B4[b_at / 4 + i], c4 = C4[c_at / 4 + i];
+                vec4 b4 = from_lane(bc_mine[i / SHARE], i % SHARE);
+                vec4 c4 = from_lane(bc_mine[(N4 + i) / SHARE], (N4 + i) % SHARE);
                 [[unroll]] for (uint j = 0; j < 4; j++) {
                     uint n = 4 * i + j;
                     s[n] = s[n] * DECAY(n) + b4[j] * dx;
@@ -170,8 +223,11 @@ void main() {
 #ifdef HAS_GATE
         y *= silu(z[p.z_off + t * p.z_rs + c]);
 #endif
-        y_out[p.o_off + t * p.Dn + c] = y;
+        if (live)
+            y_out[p.o_off + t * p.Dn + c] = y;
     }
+    if (!live)
+        return;
     if (WIDE) {
         [[unroll]] for (uint i = 0; i < N4; i++)
             state4[(state_base + c * N) / 4 + i] = vec4(s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]);

@@ -276,7 +276,7 @@ def test_lane_kernels_share_x_in_any_subgroup(dev, rng, monkeypatch, dtype, x_sh
     and a tile of 17 with the norm in the same dispatch, then the MoE kernels, a group per token
     and a group per tile of one expert's tokens."""
     monkeypatch.setattr(dev, "lane_kernels", True)
-    monkeypatch.setattr(dev, "lane_x_share", x_share)
+    monkeypatch.setattr(dev, "load_share", x_share)
     n_experts, n_out, n_in = 3, 70, 512
     array, w = any_weight(rng, (n_experts, n_out, n_in), dtype)
     weight = upload_weight(dev, array[0], dtype)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import at_offset, check_scaled, run, view_then_copy
+from vkinfer.gpu import Graph
 from vkinfer.ops import ssm
 from vkinfer.ops import copy as copy_ops
 
@@ -136,6 +137,22 @@ def test_ssm_conv_checks_shapes(dev, rng):
 
 
 # ---- ssm_scan ----------------------------------------------------------------------------------
+@pytest.fixture(params=["device", 1, 4])
+def scan_share(request, dev, monkeypatch):
+    """The scan's loads of B, C and dt_proj's input shared by the device's subgroup (8 on
+    llvmpipe), by none (the variants GPUs run) and by 4 invocations (another CPU subgroup size)."""
+    if request.param != "device":
+        monkeypatch.setattr(dev, "load_share", request.param)
+    return dev.load_share
+
+
+def kernels_of(dev, build) -> list:
+    g = Graph(dev, "test")
+    build(g)
+    g.run()
+    return [node[0] for node in g.nodes]
+
+
 @pytest.mark.parametrize("N", [1, 7, 16, 64])
 @pytest.mark.parametrize("gate", [False, True])
 def test_ssm_scan(dev, rng, N, gate):
@@ -169,10 +186,11 @@ def test_ssm_scan_dt_bias(dev, rng, N, T):
 
 @pytest.mark.parametrize("dtype,rank,T", [("f32", 6, 3), ("f16", 48, 1), ("f16", 48, 5), ("bf16", 9, 2),
                                           ("q8_0", 64, 4), ("q4_k", 256, 2)])
-def test_ssm_scan_dt_proj(dev, rng, dtype, rank, T):
+def test_ssm_scan_dt_proj(dev, rng, dtype, rank, T, scan_share):
     """dt_proj: the dt projection W_dt @ dt_in inside the scan (of a column slice of x_proj's
     output, as Mamba passes it), for plain types with rank not a multiple of 4 (the tail) and
-    block types, against the scan twin given the twin's projection."""
+    block types, against the scan twin given the twin's projection; 77 channels, so the last
+    group's spare invocations take part in the shared loads."""
     from test_quant_k import random_blocks
 
     from vkinfer.gpu.tensor import BLOCK_TYPES
@@ -194,10 +212,12 @@ def test_ssm_scan_dt_proj(dev, rng, dtype, rank, T):
         raw = {"f32": W, "f16": W.astype(np.float16), "bf16": f32_to_bf16(W)}[dtype]
         W = decode(raw, dtype).reshape(Dn, rank)
     dbc /= np.float32(np.std(dbc[:, :rank] @ W.T) + 1e-3)      # dt of order 1 (random K blocks are large)
-    tdbc, tstate = dev.upload(dbc), dev.upload(state)
-    y = run(dev, lambda g: ssm.ssm_scan(
+    tdbc, tstate, ty = dev.upload(dbc), dev.upload(state), dev.empty((T, Dn))
+    kernels = kernels_of(dev, lambda g: ssm.ssm_scan(
         g, dev.upload(x), tdbc.slice(1, 0, rank), *(dev.upload(a) for a in (A, B, C, D)), tstate,
-        z=dev.upload(z), dt_bias=dev.upload(bias), dt_proj=upload_weight(dev, raw, dtype)))
+        out=ty, z=dev.upload(z), dt_bias=dev.upload(bias), dt_proj=upload_weight(dev, raw, dtype)))
+    assert kernels == [f"ssm_scan.{'lane_' * (scan_share > 1)}dtproj_{dtype}"]
+    y = ty
     dt_raw = (dbc[:, :rank].astype(np.float64) @ W.astype(np.float64).T).astype(np.float32)
     want, want_state = ssm.ssm_scan_ref(x, dt_raw, A, B, C, D, state, z, dt_bias=bias)
     check_scaled(dev.read(y), want, 2e-5, f"ssm_scan dt_proj {dtype}")
@@ -307,11 +327,14 @@ def heads_inputs(rng, T, H, P, N, G):
     (3, 4, 128, 256, 2),      # the largest head and state
     (33, 24, 64, 128, 8),     # Mamba-Codestral's 8 groups, a prompt chunk
 ])
-def test_ssm_scan_heads(dev, rng, T, H, P, N, G):
+def test_ssm_scan_heads(dev, rng, T, H, P, N, G, scan_share):
+    """Heads of 64 and 128 channels (whole groups: B and C the same for a group) take the shared
+    loads where the device has them."""
     x, dt, A, B, C, D, bias, state = heads_inputs(rng, T, H, P, N, G)
-    tstate = dev.upload(state)
-    y = run(dev, lambda g: ssm.ssm_scan_heads(g, *(dev.upload(a) for a in (x, dt, A, B, C, D)), tstate,
-                                              dev.upload(bias), G))
+    tstate, y = dev.upload(state), dev.empty((T, H * P))
+    kernels = kernels_of(dev, lambda g: ssm.ssm_scan_heads(
+        g, *(dev.upload(a) for a in (x, dt, A, B, C, D)), tstate, dev.upload(bias), G, out=y))
+    assert kernels == [f"ssm_scan.{'lane_' * (scan_share > 1 and P % 64 == 0)}heads"]
     want, want_state = ssm.ssm_scan_heads_ref(x, dt, A, B, C, D, state, bias, G)
     check_scaled(dev.read(y), want, 2e-5, "y")
     check_scaled(dev.read(tstate), want_state, 2e-5, "state")

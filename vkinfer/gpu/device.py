@@ -70,12 +70,14 @@ class Device:
         # On a CPU device (lavapipe) the matmuls run the LANE kernels (a tile of rows and tokens
         # per invocation, wide loads), on other devices the team/tiled ones (shaders/matmul.comp);
         # attention runs attend_rows there, attend elsewhere (shaders/attention.comp).
-        # They share each load of x among a subgroup's invocations with shuffles (X_SHARE in
-        # matmul.comp), so a CPU device without shuffles runs the GPU kernels.
+        # llvmpipe loads even an address all SIMD lanes share once per lane, so on a CPU device
+        # the LANE matmuls and the scan share such loads among a subgroup's invocations with
+        # shuffles (X_SHARE in matmul.comp, SHARE in ssm_scan.comp): load_share invocations, the
+        # subgroup size, 1 for no sharing. A CPU device without shuffles runs the GPU kernels.
         shuffle = bool(self.info.subgroup_operations & SUBGROUP_FEATURE_SHUFFLE)
         self.lane_kernels = self.info.device_type == "cpu" and shuffle
-        self.lane_x_share = self.info.subgroup_size if self.info.subgroup_size in (2, 4, 8) \
-            and shuffle and not os.environ.get("VKINFER_NO_SUBGROUPS") else 1
+        self.load_share = self.info.subgroup_size if self.lane_kernels and self.info.subgroup_size in (2, 4, 8) \
+            and not os.environ.get("VKINFER_NO_SUBGROUPS") else 1
         # vkinfer's kp patch also lets a dispatch set its grid, so one algorithm (one pipeline,
         # compiled once: ~0.16 s for a prompt kernel on lavapipe) serves every batch shape.
         self.grid_per_dispatch = hasattr(kp.Algorithm, "set_workgroup")

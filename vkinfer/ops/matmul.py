@@ -61,7 +61,7 @@ def _lane(g: Graph, W, x: Tensor, n: int, batched: bool) -> bool:
 
 def _lane_spec(g: Graph, norm: bool) -> tuple:
     """The LANE kernels' specialization constants: (unused, NORM_IN, X_SHARE)."""
-    return (0, int(norm), g.dev.lane_x_share)
+    return (0, int(norm), g.dev.load_share)
 
 
 def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None, accumulate: bool = False,

@@ -123,14 +123,14 @@ def ssm_scan(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     ins = [x, dt, A, B, C, D] + ([z] if z is not None else []) + ([dt_bias] if dt_bias is not None else [])
     kernel = "plain" if z is None else "gate" if dt_bias is None else "gate_dt"
     if dt_proj is not None:
-        kernel = f"dtproj_{dt_proj.dtype}"
+        kernel = f"{'lane_' * (g.dev.load_share > 1)}dtproj_{dt_proj.dtype}"
         ins.append(dt_proj.parts[0][1])
     g.dispatch(f"ssm_scan.{kernel}", ins + [slot_t], [part, out],
                [T, Dn, x.offset, strides["x"], dt.offset, strides["dt"], A.offset,
                 B.offset, strides["B"], C.offset, strides["C"], D.offset,
                 z.offset if z is not None else 0, z_rs, part.offset, out.offset,
                 dt_bias.offset if dt_bias is not None else 0, *slot_words, 1, 1, *w_words],
-               _groups(ceil(Dn / WG), n_seq), spec=(N, int(wide)))
+               _groups(ceil(Dn / WG), n_seq), spec=(N, int(wide), g.dev.load_share))
     return out
 
 
@@ -162,11 +162,13 @@ def ssm_scan_heads(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Ten
     out = output(g, op, out, (rows, Dn))
     wide = all(v % 4 == 0 for v in (N, B.offset, C.offset, part.offset, strides["B"], strides["C"]))
     slot_t, slot_words = slot_push(g, op, slots, rows, T, part, slot_lo)
-    g.dispatch("ssm_scan.heads", [x, dt, A, B, C, D, dt_bias, slot_t], [part, out],
+    # Shared loads of B and C (lane_heads) need them uniform over the group: one head per group.
+    share = g.dev.load_share if (Dn // H) % WG == 0 else 1
+    g.dispatch(f"ssm_scan.{'lane_' * (share > 1)}heads", [x, dt, A, B, C, D, dt_bias, slot_t], [part, out],
                [T, Dn, x.offset, strides["x"], dt.offset, strides["dt"], A.offset,
                 B.offset, strides["B"], C.offset, strides["C"], D.offset, 0, 0, part.offset,
                 out.offset, dt_bias.offset, *slot_words, Dn // H, H // n_groups, 0, 0],
-               _groups(ceil(Dn / WG), n_seq), spec=(N, int(wide)))
+               _groups(ceil(Dn / WG), n_seq), spec=(N, int(wide), share))
     return out
 
 
