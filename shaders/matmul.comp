@@ -235,8 +235,6 @@ void store(uint i, float v, float ss) {
     y[i] = p.accumulate != 0u ? y[i] + v : v;
 }
 
-float hsum(vec4 v) { return (v.x + v.y) + (v.z + v.w); }
-
 #ifndef LANE
 vec4 x4(uint i) { return vec4(x[i], x[i + 1], x[i + 2], x[i + 3]); }
 #endif

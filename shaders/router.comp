@@ -52,16 +52,45 @@ shared vec4 za[TB * MAX_R4];            // row b's vector at za[b * MAX_R4 ..], 
 shared vec4 zb[TB * MAX_R4];
 shared vec4 partial[WG];
 
+vec4 z4(bool from_a, uint i) { return from_a ? za[i] : zb[i]; }
+
 // Row j of the matrix starting at element e0 (rows of p.width) times the n rows' vectors in za
-// (from_a) or zb: component b is row b's product.
+// (from_a) or zb: component b is row b's product. Block types (rows of whole blocks) read 32
+// raw quants at a time in wide loads, their scales once per HEAD_CHUNKS chunks, as the LANE
+// matmuls do (weight4 would load the scales again for every 4); plain types 4 at a time.
 vec4 dot_rows(uint e0, uint j, bool from_a, uint n) {
     uint e = e0 + j * p.width;
     vec4 acc = vec4(0.0);
+#if WEIGHT_BLOCK > 1
+    Head head;
+    for (uint c = 0; c < p.width / 32; c++) {
+        uint ec = e + 32 * c;
+        if (c == 0 || (ec >> 5) % HEAD_CHUNKS == 0u)
+            head = load_head(ec);
+        vec4 q[8];
+        vec4 s = chunk_quants(ec, head, q);
+        [[unroll]] for (uint b = 0; b < TB; b++) {
+            if (b < n) {
+                uint at = b * MAX_R4 + 8 * c;
+                vec4 lo = vec4(0.0), hi = vec4(0.0), x_lo = vec4(0.0), x_hi = vec4(0.0);
+                [[unroll]] for (uint i = 0; i < 4; i++) {
+                    vec4 x0 = z4(from_a, at + i), x1 = z4(from_a, at + 4 + i);
+                    lo += q[i] * x0;
+                    hi += q[4 + i] * x1;
+                    x_lo += x0;
+                    x_hi += x1;
+                }
+                acc[b] += s.x * hsum(lo) + s.y * hsum(hi) - (s.z * hsum(x_lo) + s.w * hsum(x_hi));
+            }
+        }
+    }
+#else
     for (uint k = 0; k < p.width / 4; k++) {
         vec4 w = weight4(e + 4 * k);
         [[unroll]] for (uint b = 0; b < TB; b++)
-            if (b < n) acc[b] += dot(w, from_a ? za[b * MAX_R4 + k] : zb[b * MAX_R4 + k]);
+            if (b < n) acc[b] += dot(w, z4(from_a, b * MAX_R4 + k));
     }
+#endif
     return acc;
 }
 

@@ -6,6 +6,9 @@ uint group_index() {
     return gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x;
 }
 
+// The sum of a vec4's components, pairwise.
+float hsum(vec4 v) { return (v.x + v.y) + (v.z + v.w); }
+
 // Global invocation index for 1-D work over the 2-D grid. A macro, not a function:
 // gl_WorkGroupSize is only known after the shader's local_size declaration.
 #define GLOBAL_INDEX (group_index() * gl_WorkGroupSize.x + gl_LocalInvocationID.x)
