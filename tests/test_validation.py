@@ -269,7 +269,7 @@ def child_batched() -> dict:
             kernels |= {node[0] for g in m._graphs.values() for node in g.nodes}
             # matmuls with the norm of x fused in: spec constant 1 (NORM_IN) on
             kernels |= {f"{kernel}+norm" for g in m._graphs.values() for kernel, *_, spec in g.nodes
-                        if kernel.startswith("matmul.") and spec[1:] == (1,)}
+                        if kernel.startswith("matmul.") and spec[1:2] == (1,)}
             loaded = loaded and _layer_loaded()
     # A 16-token chunk of the ZAYA fixture (4 experts): on a CPU device matmul_id takes tiles of
     # one expert's tokens (moe.expert_tiles, idlanemat); against the same prompt in chunks of 8.
