@@ -510,31 +510,20 @@ void main() {
 // cost is the number of loads:
 // weights come 32 at a time in wide loads as raw quants (chunk_quants), their scales from each
 // row's Head, reloaded once per HEAD_CHUNKS chunks, their offsets and mins applied through the
-// sums of x; x comes in vec4s shared by the subgroup (X_SHARE), and each chunk of x serves
+// sums of x; x comes in vec4s shared by the subgroup (share_loads.glsl), and each chunk of x serves
 // LANE_ROWS rows, each chunk of weights LANE_TOKENS tokens. With MATMUL_ID (one token per
 // group) the token's expert is read as in VEC; with EXPERT_TILES a group takes one tile of
 // tokens of one expert from a table moe.tiles wrote (a group listing its expert's tokens
 // itself, as MAT does, was slower on llvmpipe).
 #define LANE_THREADS 8
 layout(local_size_x = LANE_THREADS) in;
-#extension GL_KHR_shader_subgroup_shuffle : require
+#include "share_loads.glsl"
 
 float x1(uint i) { return xq[i >> 2][i & 3u]; }
 
-// Invocations that share the loads of x and the norm weight (a specialization constant: the
-// subgroup size where it divides LANE_THREADS, else 1). Every invocation of a group reads the
-// same x, but llvmpipe turns each buffer load into a loop over the SIMD lanes even then, so
-// unshared x cost about as much as the weights. Each of X_SHARE neighbours loads 8 / X_SHARE
-// of a chunk's vec4s, vec4 i by invocation i % X_SHARE as its mine[i / X_SHARE], and shuffles
-// hand them round.
-layout(constant_id = 2) const uint X_SHARE = 1u;
-
-vec4 share(vec4 mine[8], uint i) {
-    if (X_SHARE == 1u)
-        return mine[i];
-    uint from = gl_SubgroupInvocationID - gl_SubgroupInvocationID % X_SHARE + i % X_SHARE;
-    return subgroupShuffle(mine[i / X_SHARE], from);
-}
+// Every invocation of a group reads the same x and norm weight (unshared, x cost about as much
+// as the weights): vec4 i of a chunk is loaded by neighbour i % SHARE as its mine[i / SHARE].
+vec4 share(vec4 mine[8], uint i) { return from_lane(mine[i / SHARE], i % SHARE); }
 
 // Rows row0 .. row0 + LANE_ROWS of the weight at w_base times the tokens token[0 .. n_here);
 // entries past n_here repeat a real token and are not stored.
@@ -558,8 +547,8 @@ void lane_tile(uint w_base, uint row0, uint token[LANE_TOKENS], uint n_here) {
     for (uint c = 0; c < n_chunks; c++) {
         vec4 nw_mine[8], x_mine[LANE_TOKENS][8];   // this invocation's share of the loads
         [[unroll]] for (uint j = 0; j < 8; j++) {
-            if (j < 8u / X_SHARE) {
-                uint i = j * X_SHARE + gl_SubgroupInvocationID % X_SHARE;
+            if (j < 8u / SHARE) {
+                uint i = j * SHARE + SHARE_ID;
                 nw_mine[j] = nw4(c * 32u + 4u * i);   // read once for all the tokens
                 [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
                     x_mine[t][j] = xq[(x_row[t] >> 2) + c * 8u + i];

@@ -15,10 +15,9 @@
 // (dt then holds x_proj's dt_rank columns), W_dt [Dn, dt_rank] of the variant's weight type
 // (shaders/include/weights.glsl; rows of whole blocks), before the bias and softplus.
 // SHARE_LOADS (the `lane_` variants, for CPU devices; they need subgroup shuffles): B and C,
-// and dt_proj's input, are the same for every channel of a token, but llvmpipe loads even an
-// address all SIMD lanes share once per lane (see X_SHARE in matmul.comp), so each of SHARE
-// neighbouring invocations (specialization constant 2, the subgroup size) loads a part and
-// shuffles hand them round. The host picks these only where B and C are uniform over the group.
+// and dt_proj's input, the same for every channel of a token, are loaded in parts by SHARE
+// neighbours (shaders/include/share_loads.glsl). The host picks these only where B and C are
+// uniform over the group.
 //! variant plain
 //! variant gate HAS_GATE
 //! variant gate_dt HAS_GATE DT_BIAS
@@ -57,17 +56,11 @@ layout(constant_id = 0) const uint N = 16;
 layout(constant_id = 1) const bool WIDE = false;
 #define N4 ((N + 3) / 4)
 #ifdef SHARE_LOADS
-#extension GL_KHR_shader_subgroup_shuffle : require
-layout(constant_id = 2) const uint SHARE = 1;
-#define SHARE_ID (gl_SubgroupInvocationID % SHARE)    // this invocation's place in its SHARE
-// The value `mine` of invocation i of this invocation's SHARE.
-vec4 from_lane(vec4 mine, uint i) {
-    return SHARE == 1u ? mine : subgroupShuffle(mine, gl_SubgroupInvocationID - SHARE_ID + i);
-}
+#include "share_loads.glsl"
 #else
 const uint SHARE = 1;
-vec4 from_lane(vec4 mine, uint i) { return mine; }
 #define SHARE_ID 0u
+vec4 from_lane(vec4 mine, uint i) { return mine; }
 #endif
 #define BC_LOADS ((2 * N4 + SHARE - 1) / SHARE)   // vec4s of B and C each invocation loads
 

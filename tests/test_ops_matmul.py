@@ -271,7 +271,7 @@ def test_matmul_id_grouped_by_expert(dev, rng, dtype, matmul_kernels):
 
 @pytest.mark.parametrize("dtype,x_share", [("q4_k", 1), ("q4_k", 4), ("f16", 4)])
 def test_lane_kernels_share_x_in_any_subgroup(dev, rng, monkeypatch, dtype, x_share):
-    """The LANE kernels with each load of x shared by 1 or 4 invocations (X_SHARE: subgroup
+    """The LANE kernels with each load of x shared by 1 or 4 invocations (SHARE: subgroup
     sizes other CPU devices have; llvmpipe's 8 runs in every other test): one token
     and a tile of 17 with the norm in the same dispatch, then the MoE kernels, a group per token
     and a group per tile of one expert's tokens."""

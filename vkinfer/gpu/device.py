@@ -72,7 +72,7 @@ class Device:
         # attention runs attend_rows there, attend elsewhere (shaders/attention.comp).
         # llvmpipe loads even an address all SIMD lanes share once per lane, so on a CPU device
         # the LANE matmuls and the scan share such loads among a subgroup's invocations with
-        # shuffles (X_SHARE in matmul.comp, SHARE in ssm_scan.comp): load_share invocations, the
+        # shuffles (shaders/include/share_loads.glsl): load_share invocations, the
         # subgroup size, 1 for no sharing. A CPU device without shuffles runs the GPU kernels.
         shuffle = bool(self.info.subgroup_operations & SUBGROUP_FEATURE_SHUFFLE)
         self.lane_kernels = self.info.device_type == "cpu" and shuffle

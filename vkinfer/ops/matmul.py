@@ -60,7 +60,7 @@ def _lane(g: Graph, W, x: Tensor, n: int, batched: bool) -> bool:
 
 
 def _lane_spec(g: Graph, norm: bool) -> tuple:
-    """The LANE kernels' specialization constants: (unused, NORM_IN, X_SHARE)."""
+    """The LANE kernels' specialization constants: (unused, NORM_IN, SHARE)."""
     return (0, int(norm), g.dev.load_share)
 
 
