@@ -119,7 +119,7 @@ vec4 chunk_quants(uint e, Head head, out vec4 q[8]) {
     }
     return vec4(1.0, 1.0, 0.0, 0.0);
 #elif defined(WTYPE_Q8_0)
-    uint quad = ((e >> 8) * Q8_SUPER_WORDS + ((e & 255u) >> 2)) >> 2;
+    uint quad = ((e >> 8) * Q8_SUPER_WORDS + Q8_QUANTS_AT + ((e & 255u) >> 2)) >> 2;
     [[unroll]] for (uint i = 0; i < 2; i++) {
         uvec4 w = w_quads[quad + i];
         [[unroll]] for (uint k = 0; k < 4; k++)

@@ -24,11 +24,14 @@ BLOCK_TYPES = {"q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32
 #   16h + 4c + b.
 # A superblock type stores SUPERBLOCKS[dtype] blocks field by field: the first field of each
 # block, then the second of each, ...; the other types transform their blocks' fields in place.
-#   Q8_0  8 x 32 quants, 8 x d                                    (68 words)
-#   Q4_0  8 nibble chunks, 8 x d                                  (36 words)
-#   Q4_1  8 nibble chunks, 8 x (d, m)                             (40 words)
-#   Q5_0  8 nibble chunks, 8 1-bit planes, 8 x d                  (44 words)
-#   Q5_1  8 nibble chunks, 8 1-bit planes, 8 x (d, m)             (48 words)
+# The legacy types put their scales first: llvmpipe reads a superblock about twice as fast when
+# its first load is its first bytes (bench/RESULTS.md, eighth sitting).
+#   Q8_0  8 x d, 8 x 32 quants                                    (68 words)
+#   Q4_0  8 x d, 8 nibble chunks                                  (36 words)
+#   Q4_1  8 x (d, m), 8 nibble chunks                             (40 words)
+#   Q5_0  8 x d, 8 1-bit planes, 8 nibble chunks                  (44 words)
+#   Q5_1  8 x (d, m), 8 nibble chunks, 8 1-bit planes             (48 words)
+# (Q5_0 and Q5_1 order their planes as measured fastest: the other order costs either twice.)
 #   Q6_K  8 bodies, 8 x d; a body is 8 nibble chunks, 8 2-bit planes, the 16 scales (420 words)
 #   Q2_K  8 x 8 2-bit planes (the quants), 8 x the 16 scale bytes, 8 x (d, dmin)  (168 words)
 #   Q3_K  8 x 8 2-bit planes (low bits), 8 x 8 1-bit planes (hmask), 8 x the 12 scale bytes,
@@ -114,11 +117,11 @@ _PLANE = (_q5_plane, lambda f: _q5_plane(f, inverse=True))
 _PLANES2 = (_two_bit_planes, lambda f: _two_bit_planes(f, inverse=True))
 _PLANES1 = (_q5k_planes, _q5k_planes)
 FIELDS = {
-    "q8_0": [(2, 34, None), (0, 2, None)],
-    "q4_0": [(2, 18, None), (0, 2, None)],
-    "q4_1": [(4, 20, None), (0, 4, None)],
-    "q5_0": [(6, 22, None), (2, 6, _PLANE), (0, 2, None)],
-    "q5_1": [(8, 24, None), (4, 8, _PLANE), (0, 4, None)],
+    "q8_0": [(0, 2, None), (2, 34, None)],
+    "q4_0": [(0, 2, None), (2, 18, None)],
+    "q4_1": [(0, 4, None), (4, 20, None)],
+    "q5_0": [(0, 2, None), (2, 6, _PLANE), (6, 22, None)],
+    "q5_1": [(0, 4, None), (8, 24, None), (4, 8, _PLANE)],
     "q4_k": [(0, 16, None), (16, 144, _NIBBLES)],
     "q5_k": [(0, 16, None), (16, 48, _PLANES1), (48, 176, _NIBBLES)],
     "q2_k": [(16, 80, _PLANES2), (0, 16, None), (80, 84, None)],
