@@ -24,14 +24,15 @@ BLOCK_TYPES = {"q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32
 #   16h + 4c + b.
 # A superblock type stores SUPERBLOCKS[dtype] blocks field by field: the first field of each
 # block, then the second of each, ...; the other types transform their blocks' fields in place.
-# The legacy types put their scales first: llvmpipe reads a superblock about twice as fast when
-# its first load is its first bytes (bench/RESULTS.md, eighth sitting).
+# The legacy types put their scales first: so laid out, matrices larger than the CPU's cache read
+# about twice as fast on llvmpipe (bench/RESULTS.md, eighth sitting; measured, not explained).
 #   Q8_0  8 x d, 8 x 32 quants                                    (68 words)
 #   Q4_0  8 x d, 8 nibble chunks                                  (36 words)
 #   Q4_1  8 x (d, m), 8 nibble chunks                             (40 words)
 #   Q5_0  8 x d, 8 1-bit planes, 8 nibble chunks                  (44 words)
 #   Q5_1  8 x (d, m), 8 nibble chunks, 8 1-bit planes             (48 words)
-# (Q5_0 and Q5_1 order their planes as measured fastest: the other order costs either twice.)
+# (Q5_0 and Q5_1 order their planes as measured fastest; the other order was 2x slower for Q5_0
+# and 1.3x for Q5_1.)
 #   Q6_K  8 bodies, 8 x d; a body is 8 nibble chunks, 8 2-bit planes, the 16 scales (420 words)
 #   Q2_K  8 x 8 2-bit planes (the quants), 8 x the 16 scale bytes, 8 x (d, dmin)  (168 words)
 #   Q3_K  8 x 8 2-bit planes (low bits), 8 x 8 1-bit planes (hmask), 8 x the 12 scale bytes,
