@@ -33,7 +33,8 @@ BLOCK_TYPES = {"q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32
 #   Q5_1  8 x (d, m), 8 nibble chunks, 8 1-bit planes             (48 words)
 # (Q5_0 and Q5_1 order their planes as measured fastest; the other order was 2x slower for Q5_0
 # and 1.3x for Q5_1.)
-#   Q6_K  8 bodies, 8 x d; a body is 8 nibble chunks, 8 2-bit planes, the 16 scales (420 words)
+#   Q6_K  8 x d, 8 bodies; a body is the 16 scales, then 4 times: nibble chunks 2k and 2k + 1,
+#         their 2-bit planes (each chunk's bits within 48 bytes)                  (420 words)
 #   Q2_K  8 x 8 2-bit planes (the quants), 8 x the 16 scale bytes, 8 x (d, dmin)  (168 words)
 #   Q3_K  8 x 8 2-bit planes (low bits), 8 x 8 1-bit planes (hmask), 8 x the 12 scale bytes,
 #         8 x d                                                   (220 words)
@@ -97,10 +98,19 @@ def _two_bit_planes(field: np.ndarray, inverse: bool = False) -> np.ndarray:
     return out.view(np.uint8).reshape(n, 64)
 
 
+# A Q6_K body's bytes from those of (8 nibble chunks, 8 2-bit planes, 16 scales): the scales,
+# then per pair of chunks their nibbles and their planes.
+_Q6_BODY_ORDER = np.concatenate([np.arange(192, 208)] + [
+    np.concatenate([np.arange(32 * k, 32 * k + 32), np.arange(128 + 16 * k, 128 + 16 * k + 16)])
+    for k in range(4)])
+
+
 def _q6_body(field: np.ndarray, inverse: bool = False) -> np.ndarray:
     """The 208 bytes before d of a Q6_K block <-> a body. GGUF's ql[64n + 32s + l] holds, in
     nibble H, element l of chunk 4n + 2H + s; qh its 2-bit planes' bits."""
     n = len(field)
+    if inverse:
+        field = field[:, np.argsort(_Q6_BODY_ORDER)]
     ql, out = field[:, :128], np.array(field)
     if not inverse:
         chunks = _nibble_chunks(ql).reshape(n, 2, 2, 2, 16)             # n, s, H, bytes
@@ -109,7 +119,7 @@ def _q6_body(field: np.ndarray, inverse: bool = False) -> np.ndarray:
         chunks = ql.reshape(n, 2, 2, 2, 16).transpose(0, 1, 3, 2, 4)     # n, H, s -> n, s, H
         out[:, :128] = _nibble_chunks(chunks.reshape(n, 128))
     out[:, 128:192] = _two_bit_planes(field[:, 128:192], inverse)
-    return out
+    return out if inverse else out[:, _Q6_BODY_ORDER]
 
 
 # dtype -> the fields (start, stop, (forward, inverse) or None) of a GGUF block, in device order.
@@ -127,7 +137,7 @@ FIELDS = {
     "q5_k": [(0, 16, None), (16, 48, _PLANES1), (48, 176, _NIBBLES)],
     "q2_k": [(16, 80, _PLANES2), (0, 16, None), (80, 84, None)],
     "q3_k": [(32, 96, _PLANES2), (0, 32, _PLANES1), (96, 108, None), (108, 110, None)],
-    "q6_k": [(0, 208, (_q6_body, lambda f: _q6_body(f, inverse=True))), (208, 210, None)],
+    "q6_k": [(208, 210, None), (0, 208, (_q6_body, lambda f: _q6_body(f, inverse=True)))],
 }
 
 
