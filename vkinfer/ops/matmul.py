@@ -131,7 +131,7 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
     prompt chunk reads each chosen expert once per tile of its tokens, not once per token. On a
     CPU device every token has its own groups (idlane), unless `tiles` (moe.expert_tiles of
     these ids, where lane_grouped says so) gives each group one expert's tile of 8 tokens
-    (idlanemat): grouping pays on llvmpipe only from about 4 tokens per expert (bench/RESULTS.md)."""
+    (idlanemat): grouping pays on llvmpipe from about 2 tokens per expert (bench/RESULTS.md)."""
     W = check_weight("matmul_id", W_experts, 3)
     n_experts, n_out, n_in = W.shape
     n = _check_x("matmul_id", x, n_in)
@@ -160,9 +160,9 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
 
 def lane_grouped(g: Graph, n_tokens: int, n_experts: int) -> bool:
     """Whether matmul_id on this device wants moe.expert_tiles for n_tokens over n_experts: on a
-    CPU device from 4 tokens per expert on average (fewer ran slower than a group per token), up
-    to the table's bounds."""
-    return (g.dev.lane_kernels and 4 * n_experts <= n_tokens <= moe.MAX_TILED_TOKENS
+    CPU device from 2 tokens per expert on average (with 1 a group per token ran faster; issue
+    16's tenth sitting in bench/RESULTS.md), up to the table's bounds."""
+    return (g.dev.lane_kernels and 2 * n_experts <= n_tokens <= moe.MAX_TILED_TOKENS
             and n_experts < moe.MAX_SLOTS)
 
 
