@@ -2,7 +2,8 @@
 tiny fixture, and the synthetic model writer: real widths, the tensor types real tools write,
 loading through the normal path.
 Error bounds: random block weights decode to within 5% of the RMS asked for; a synthetic
-model's logits are finite with a standard deviation between 0.3 and 3."""
+model's logits are finite with a standard deviation between 0.3 and 3; a synthetic ZAYA router
+loads every expert within 0.5-1.5x the mean on inputs its biases were not fitted on."""
 import csv
 import json
 from pathlib import Path
@@ -133,6 +134,40 @@ def test_random_blocks_scale(qtype):
     values = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType[qtype])
     assert np.isfinite(values).all()
     assert np.sqrt(np.mean(values.astype(np.float64) ** 2)) == pytest.approx(0.02, rel=0.05)
+
+
+def test_random_q4_k_blocks_centre_every_32_weights():
+    """With a random min per 32 weights each group would have a mean of its own, 7.5 d (sc - m), and
+    a router made of such rows would prefer the same expert for every token; what is left is the
+    sampling spread of 32 values, RMS / sqrt(32)."""
+    import gguf
+    blocks = synth.random_blocks(np.random.default_rng(0), "Q4_K", 256 * 512, 0.02)
+    values = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_K).reshape(-1, 32)
+    assert np.sqrt(np.mean(values.astype(np.float64).mean(axis=1) ** 2)) < 1.5 * 0.02 / np.sqrt(32)
+
+
+def test_synth_zaya_router_spreads_tokens():
+    """The balancing biases synth writes spread tokens they were not fitted on over every real
+    expert, each within 0.5-1.5x the mean load, where the same router with zero biases loads some
+    expert over twice the mean; the skip slot keeps its -1 and is never chosen."""
+    import gguf
+    _, p, _, tensors = synth.plan("zaya1-8b", "q4_k_m", n_layer=2, n_vocab=512)
+    roles = (*synth.ROUTER, "zaya_router_biases.weight")
+    tensors = [t for t in tensors if t[0].startswith("blk.1.") and t[0][len("blk.1."):] in roles]
+    data = synth.tensor_data(np.random.default_rng(0), tensors)
+    w = {name[len("blk.1."):]: gguf.quants.dequantize(d, gguf.GGMLQuantizationType[q]).reshape(shape)
+         for (name, shape, q), d in zip(tensors, data)}
+    n_tokens, skip = 1024, p.n_expert
+    probs = synth.router_probs(w, synth.random_inputs(np.random.default_rng(1), n_tokens, p.n_embd))
+
+    def loads(biases):
+        return np.bincount(np.argmax(probs + biases, axis=1), minlength=skip + 1)
+
+    biases, mean = w["zaya_router_biases.weight"], n_tokens / p.n_expert
+    balanced, unbalanced = loads(biases), loads(np.r_[np.zeros(skip), -1.0])
+    assert biases[skip] == -1 and balanced[skip] == 0
+    assert 0.5 * mean < balanced[:skip].min() and balanced.max() < 1.5 * mean
+    assert unbalanced.max() > 2 * mean
 
 
 def test_types_like_llama_quantize():

@@ -188,7 +188,7 @@ def _pack_2bit(levels):
     return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64)
 
 
-def _pack_scales_k4(ls, lm):
+def pack_scales_k4(ls, lm):
     """Eight 6-bit scales and mins (nb, 8) -> ggml's 12-byte get_scale_min_k4 layout."""
     ls, lm = ls.astype(np.uint8), lm.astype(np.uint8)
     out = np.zeros((ls.shape[0], 12), np.uint8)
@@ -245,7 +245,7 @@ def _quantize_scale_min(x, qtype):
         scale_bytes = ((ls & 0xF) | (lm << 4)).astype(np.uint8)
         return np.concatenate([scale_bytes, _pack_2bit(levels), _f16_bytes(d), _f16_bytes(dmin)],
                               axis=1)
-    head = [_f16_bytes(d), _f16_bytes(dmin), _pack_scales_k4(ls, lm)]
+    head = [_f16_bytes(d), _f16_bytes(dmin), pack_scales_k4(ls, lm)]
     q = levels.reshape(nb, 4, 2, 32)                     # per 64 weights: low half, high half
     if qtype == "Q4_K":
         return np.concatenate(head + [(q[:, :, 0] | (q[:, :, 1] << 4)).reshape(nb, 128)], axis=1)

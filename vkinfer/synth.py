@@ -12,7 +12,10 @@ ZAYA router's input projection stay F32 everywhere.
 
 Random block-type weights are random bytes with fp16 scale fields chosen so that the decoded
 weights have about the standard deviation asked for (1/sqrt(fan_in) for matrices), so the
-activations stay finite through every layer. Files are written tensor by tensor: host memory
+activations stay finite through every layer. A ZAYA router routes like a trained one: its
+balancing biases are fitted, as training fits them, to load every expert evenly (before that a
+32-token chunk of random tokens sent ~30 tokens to one expert, and the MoE prompt benchmarks
+measured full expert tiles no real model gives). Files are written tensor by tensor: host memory
 peaks at the largest tensor, not at the file.
 """
 import lzma
@@ -29,6 +32,10 @@ from .gguf import open_gguf
 from .models.mamba import MambaParams, mamba_tensors
 from .models.mamba2 import Mamba2Params, mamba2_tensors
 from .models.zaya import ZayaParams, zaya_tensors
+from .ops.elementwise import gelu_ref
+from .ops.norm import rms_norm_ref
+from .ops.softmax import softmax_ref
+from .quants import pack_scales_k4
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
@@ -50,9 +57,10 @@ ALWAYS_F32 = ("_norm.weight", "ssm_conv1d.weight", "ssm_a", "ssm_d", "ffn_gate_i
 
 # Block layouts for random data: bytes per block, elements per block, the byte offsets of the
 # fp16 scale fields, and the RMS of the decoded values when those scales are 1 (for Q4_K with
-# dmin = 7.5 d, which centres sc*q - dmin*m on zero; for Q6_K with sub-scales in -16..15).
+# dmin = 7.5 d and each sub-block's min equal to its scale, so that d*sc*q - dmin*m = d*sc*(q - 7.5)
+# centres every 32 weights on zero; for Q6_K with sub-scales in -16..15).
 BLOCKS = {"Q8_0": (34, 32, (0,), 73.90), "Q5_0": (22, 32, (0,), 9.247),
-          "Q4_K": (144, 256, (0,), 258.3), "Q6_K": (210, 256, (208,), 170.9)}
+          "Q4_K": (144, 256, (0,), 168.3), "Q6_K": (210, 256, (208,), 170.9)}
 
 
 def use_more_bits(i: int, n: int) -> bool:
@@ -145,16 +153,67 @@ def values(rng, name: str, shape: tuple) -> np.ndarray:
     if name.endswith("ssm_dt.bias"):                     # softplus(bias) = dt in [1e-3, 1e-1]
         dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), n))
         return (dt + np.log(-np.expm1(-dt))).astype(np.float32)
-    if name.endswith("zaya_router_biases.weight"):        # the skip slot starts at -1
-        out = np.zeros(n, np.float32)
-        out[-1] = -1.0
-        return out
+    # A trained model's tokens differ in its residual stream. Residual-scale biases of 0.1 (about
+    # five times the embedding's RMS) made the residual 95 % the same for every token, and k-scales
+    # of one gave attention scores of unit spread, so every position averaged all values.
+    if "res_scale" in name and name.endswith(".bias"):  # a tenth of the embedding's RMS
+        return (0.1 / sqrt(shape[-1]) * rng.standard_normal(n)).astype(np.float32)
+    if name.endswith("cca_k_scale.weight"):              # sharp attention: scores of spread ~4
+        return (4.0 * (1.0 + 0.1 * rng.standard_normal(n))).astype(np.float32)
     if len(shape) == 1 and not name.endswith(".bias"):   # norms, scales, D: around one
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
     if len(shape) == 1:
         return (0.1 * rng.standard_normal(n)).astype(np.float32)
     fan_in = shape[-1] * (shape[-2] if "cca_conv_grp" in name else 1)
     return rng.standard_normal(shape, np.float32) * np.float32(1 / sqrt(fan_in))
+
+
+ROUTER = ("ffn_gate_inp.weight", "ffn_gate_inp.bias", "ffn_norm.weight", "ffn_gate.weight", "ffn_gate.bias",
+          "zaya_router_mlp2.weight", "zaya_router_mlp2.bias", "zaya_router_mlp4.weight")
+
+
+def router_probs(router: dict, x: np.ndarray) -> np.ndarray:
+    """A ZAYA router's probabilities [T, n_expert + 1] for normalised inputs x [T, n_embd], without
+    the state a previous block passes on."""
+    z = rms_norm_ref(x @ router["ffn_gate_inp.weight"].T + router["ffn_gate_inp.bias"], router["ffn_norm.weight"])
+    z = gelu_ref(z @ router["ffn_gate.weight"].T + router["ffn_gate.bias"])
+    z = gelu_ref(z @ router["zaya_router_mlp2.weight"].T + router["zaya_router_mlp2.bias"])
+    return softmax_ref(z @ router["zaya_router_mlp4.weight"].T)
+
+
+def random_inputs(rng, n_tokens: int, width: int) -> np.ndarray:
+    return rms_norm_ref(rng.standard_normal((n_tokens, width), np.float32))
+
+
+def balancing_biases(rng, router: dict, n_tokens: int = 1024, steps: int = 400, rate: float = 2e-4):
+    """ZAYA1's balancing biases as its training leaves them: Megatron's loss-free balancing moves each
+    real expert's bias a fixed step against its load. Random router weights prefer a few experts;
+    these biases, found on random inputs, spread tokens as a trained router does. The skip slot's
+    bias stays at its initial -1."""
+    x = random_inputs(rng, n_tokens, router["ffn_gate_inp.weight"].shape[1])
+    probs = router_probs(router, x)[:, :-1]
+    biases = np.zeros(probs.shape[1] + 1, np.float32)
+    biases[-1] = -1.0
+    for _ in range(steps):
+        load = np.bincount(np.argmax(probs + biases[:-1], axis=1), minlength=probs.shape[1])
+        biases[:-1] += rate * np.sign(load.mean() - load)
+    return biases
+
+
+def tensor_data(rng, tensors: list):
+    """Each tensor's GGUF bytes in turn. A ZAYA block's balancing biases come from its router,
+    which the plan lists before them."""
+    import gguf
+    router = {}
+    for name, shape, qtype in tensors:
+        role = name.split(".", 2)[-1]
+        if role == "zaya_router_biases.weight":
+            data = balancing_biases(rng, router).view(np.uint8)
+        else:
+            data = tensor_bytes(rng, name, shape, qtype)
+        if role in ROUTER:
+            router[role] = gguf.quants.dequantize(data, gguf.GGMLQuantizationType[qtype]).reshape(shape)
+        yield data
 
 
 def random_blocks(rng, qtype: str, n_elems: int, std: float) -> np.ndarray:
@@ -166,7 +225,12 @@ def random_blocks(rng, qtype: str, n_elems: int, std: float) -> np.ndarray:
     for at in scale_at:
         blocks[:, at:at + 2] = d.view(np.uint8).reshape(-1, 2)
     if qtype == "Q4_K":
+        # Random mins would give each 32 weights a mean of their own, 7.5 d (sc - m): a matrix of
+        # such rows turns any input with a mean (a GELU's output) into a fixed offset per row, and
+        # ZAYA's router then picks the same expert for every token.
         blocks[:, 2:4] = (d.astype(np.float32) * 7.5).astype(np.float16).view(np.uint8).reshape(-1, 2)
+        sc = rng.integers(0, 64, (n_blocks, 8))
+        blocks[:, 4:16] = pack_scales_k4(sc, sc)
     if qtype == "Q6_K":
         blocks[:, 192:208] = ((blocks[:, 192:208] & 31).astype(np.int16) - 16).astype(np.int8).view(np.uint8)
     return blocks
@@ -250,8 +314,8 @@ def write(path, model: str, wtype: str, n_layer: int | None = None, n_vocab: int
     writer.write_header_to_file(tmp)
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for name, shape, qtype in tensors:
-        writer.write_tensor_data(tensor_bytes(rng, name, shape, qtype))
+    for data in tensor_data(rng, tensors):
+        writer.write_tensor_data(data)
     writer.close()
     tmp.replace(path)
     return path
