@@ -1,7 +1,7 @@
 """matmul_id of a prompt chunk on a CPU device: a work group per token (idlane) against tiles of
-one expert's tokens (moe.expert_tiles, then idlanemat), for T tokens over E experts (ids drawn
-uniformly from the experts and the skip slot), one process, replays alternating; min CPU and
-median wall time per replay. Checks that both give the same result.
+4 and of 8 of one expert's tokens (moe.expert_tiles, then idlanemat4 / idlanemat8), for T tokens
+over E experts (ids drawn uniformly from the experts and the skip slot), one process, replays
+alternating; min CPU and median wall time per replay. Checks that all give the same result.
 
     python bench/matmul_id_tiles.py [--type q4_k] [--rows 4096] [--cols 2048] [--experts 16]
         [--tokens 32 64 128] [--replays 6]
@@ -42,19 +42,23 @@ def main():
     for T in args.tokens:
         ids = dev.upload(rng.integers(0, E + 1, T).astype(np.uint32))
         x = dev.upload(rng.standard_normal((T, args.cols)).astype(np.float32))
-        per_token, tiled = Graph(dev, "per-token"), Graph(dev, "tiles")
+        per_token = Graph(dev, "per-token")
         y0 = matmul_id(per_token, W, x, ids)
-        y1 = matmul_id(tiled, W, x, ids, tiles=moe.expert_tiles(tiled, ids, E))
-        times = {per_token: [], tiled: []}
+        graphs, ys = {"per token": per_token}, [y0]
+        for tile in moe.TILE_SIZES:
+            g = graphs[f"tiles of {tile}"] = Graph(dev, f"tiles of {tile}")
+            ys.append(matmul_id(g, W, x, ids, tiles=moe.expert_tiles(g, ids, E, tile)))
+        times = {g: [] for g in graphs.values()}
         for g in times:
             g.run()
-        assert np.array_equal(dev.read(y0), dev.read(y1)), "the two kernels disagree"
+        assert all(np.array_equal(dev.read(y0), dev.read(y)) for y in ys), "the kernels disagree"
+        order = list(times)
         for i in range(args.replays):
-            for g in (per_token, tiled) if i % 2 == 0 else (tiled, per_token):
+            for g in order if i % 2 == 0 else order[::-1]:
                 times[g].append(timed(g))
-        cells = [f"{min(c for c, _ in t) * 1e3:6.0f} / {statistics.median(w for _, w in t) * 1e3:6.0f}"
-                 for t in times.values()]
-        print(f"T = {T:4}: per token {cells[0]}   tiles {cells[1]}")
+        cells = [f"{name} {min(c for c, _ in t) * 1e3:6.0f} / {statistics.median(w for _, w in t) * 1e3:6.0f}"
+                 for name, t in zip(graphs, times.values())]
+        print(f"T = {T:4}: " + "   ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

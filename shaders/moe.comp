@@ -7,29 +7,27 @@
 //! variant identity SKIP_IDENTITY
 //! variant tiles EXPERT_TILES
 // `tiles`: a prompt chunk's tokens grouped by expert for matmul_id's grouped LANE kernel: tile k
-// of the table is (slot, n, token_0 .. token_{TILE_TOKENS-1}), the slots in order (expert 0 ..
-// E - 1, then the skip slot E for any id >= E), each slot's tokens in order TILE_TOKENS at a time,
+// of the table is (slot, n, token_0 .. token_{tile-1}), the slots in order (expert 0 .. E - 1,
+// then the skip slot E for any id >= E), each slot's tokens in order `tile` at a time,
 // a short tile padded with its last token; tiles past the last are (NO_TILE, 0, 0, ...). One
 // invocation, counting sort: llvmpipe runs shared memory with barriers as coroutines, and the
 // table is small. llvmpipe also ends an invocation silently after 65535 loop iterations in all,
 // so the host bounds tokens and slots (ops.moe.MAX_TILED_TOKENS, MAX_SLOTS): about 3.1 T + 19 S.
 #include "common.glsl"
 #ifdef EXPERT_TILES
-#define TILE_TOKENS 8u
-#define TILE_WORDS (2u + TILE_TOKENS)
 #define NO_TILE 0xFFFFFFFFu
 #define MAX_SLOTS 1024u
 layout(local_size_x = 1) in;
 layout(binding = 0) readonly buffer Ids { uint expert_ids[]; };
 layout(binding = 1) writeonly buffer Tiles { uint tiles[]; };
-layout(push_constant) uniform P { uint n; uint experts; uint id_off; uint o_off; uint n_tiles; } p;
+layout(push_constant) uniform P { uint n; uint experts; uint id_off; uint o_off; uint n_tiles; uint tile; } p;
 
 shared uint count[MAX_SLOTS];         // a slot's tokens, then how many of them are placed
 shared uint first[MAX_SLOTS];         // its first tile
 shared uint last[MAX_SLOTS];          // its last token
 
 uint slot_of(uint t) { return min(expert_ids[p.id_off + t], p.experts); }
-uint word(uint tile, uint i) { return p.o_off + tile * TILE_WORDS + i; }
+uint word(uint tile, uint i) { return p.o_off + tile * (2u + p.tile) + i; }
 
 void main() {
     uint n_slots = p.experts + 1u;
@@ -40,25 +38,25 @@ void main() {
     uint k = 0;                       // tiles so far; the headers
     for (uint s = 0; s < n_slots; s++) {
         first[s] = k;
-        for (uint j = 0; j < count[s]; j += TILE_TOKENS, k++) {
+        for (uint j = 0; j < count[s]; j += p.tile, k++) {
             tiles[word(k, 0u)] = s;
-            tiles[word(k, 1u)] = min(TILE_TOKENS, count[s] - j);
+            tiles[word(k, 1u)] = min(p.tile, count[s] - j);
         }
         count[s] = 0u;
     }
     for (uint t = 0; t < p.n; t++) {  // the tokens, in order within each slot
         uint s = slot_of(t), at = count[s]++;
-        tiles[word(first[s] + at / TILE_TOKENS, 2u + at % TILE_TOKENS)] = t;
+        tiles[word(first[s] + at / p.tile, 2u + at % p.tile)] = t;
         last[s] = t;
     }
     for (uint s = 0; s < n_slots; s++) {
-        uint short_tile = first[s] + count[s] / TILE_TOKENS;
-        for (uint f = count[s] % TILE_TOKENS; f > 0u && f < TILE_TOKENS; f++)
+        uint short_tile = first[s] + count[s] / p.tile;
+        for (uint f = count[s] % p.tile; f > 0u && f < p.tile; f++)
             tiles[word(short_tile, 2u + f)] = last[s];
     }
     for (; k < p.n_tiles; k++) {
         tiles[word(k, 0u)] = NO_TILE;
-        for (uint i = 1u; i < TILE_WORDS; i++)
+        for (uint i = 1u; i < (2u + p.tile); i++)
             tiles[word(k, i)] = 0u;
     }
 }

@@ -253,20 +253,32 @@ def test_matmul_id_grouped_by_expert(dev, rng, dtype, matmul_kernels):
     array, w = random_weight(rng, (n_experts, n_out, n_in), dtype)
     ids = rng.permutation(np.array([3] * 20 + [0] * 9 + [2] * 7 + [4] * 4 + [5] * 3 + [9] * 2, np.uint32))
     x = rng.standard_normal((len(ids), n_in)).astype(np.float32)
-    out = dev.upload(np.full((len(ids), n_out), np.nan, np.float32))
-    g = Graph(dev, "grouped")
-    tids = dev.upload(ids)
-    grouped = lane_grouped(g, len(ids), n_experts)
+    grouped = lane_grouped(Graph(dev), len(ids), n_experts)
     assert grouped == (matmul_kernels == "lane")
-    tiles = moe.expert_tiles(g, tids, n_experts) if grouped else None
-    matmul_id(g, upload_weight(dev, array, dtype), dev.upload(x), tids, out=out, tiles=tiles)
-    g.run()
-    # CPUs: a group per tile of one expert's tokens (idlanemat), where the type has the LANE
-    # prompt kernel, else one token per group; GPUs: a group per expert (idmat)
-    kernel = {"lane": "idlanemat" if dtype in LANE_MAT_TYPES else "idlane"}.get(matmul_kernels, "idmat")
-    assert [node[0] for node in g.nodes] == ["moe.tiles"] * grouped + [f"matmul.{kernel}_{dtype}"]
-    check_matmul(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
-    assert np.all(dev.read(out)[ids >= n_experts] == 0.0)
+    for tile in moe.TILE_SIZES if grouped else [None]:
+        out = dev.upload(np.full((len(ids), n_out), np.nan, np.float32))
+        g = Graph(dev, "grouped")
+        tids = dev.upload(ids)
+        tiles = moe.expert_tiles(g, tids, n_experts, tile) if grouped else None
+        matmul_id(g, upload_weight(dev, array, dtype), dev.upload(x), tids, out=out, tiles=tiles)
+        g.run()
+        # CPUs: a group per tile of 4 or 8 of one expert's tokens (idlanemat4/8), where the type
+        # has the LANE prompt kernel, else one token per group; GPUs: a group per expert (idmat)
+        kernel = {"lane": f"idlanemat{tile}" if dtype in LANE_MAT_TYPES else "idlane"}.get(matmul_kernels, "idmat")
+        assert [node[0] for node in g.nodes] == ["moe.tiles"] * grouped + [f"matmul.{kernel}_{dtype}"]
+        check_matmul(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
+        assert np.all(dev.read(out)[ids >= n_experts] == 0.0)
+
+
+def test_lane_grouped_bounds(dev, monkeypatch):
+    """Tiles on CPU devices from 1.5 tokens per expert on average up to the table's bounds."""
+    monkeypatch.setattr(dev, "lane_kernels", True)
+    g = Graph(dev)
+    assert [lane_grouped(g, T, 16) for T in (23, 24, 32, moe.MAX_TILED_TOKENS, moe.MAX_TILED_TOKENS + 1)] == [
+        False, True, True, True, False]
+    assert not lane_grouped(g, 4000, moe.MAX_SLOTS)
+    monkeypatch.setattr(dev, "lane_kernels", False)
+    assert not lane_grouped(g, 32, 16)
 
 
 @pytest.mark.parametrize("dtype,x_share", [("q4_k", 1), ("q4_k", 4), ("f16", 4)])
@@ -289,15 +301,16 @@ def test_lane_kernels_share_x_in_any_subgroup(dev, rng, monkeypatch, dtype, x_sh
             (f"matmul.{'lane' if n == 1 else 'lanemat'}_{dtype}", x_share)]
         check_matmul(dev.read(y), w[0], rms_norm_ref(x, nw), matmul_ref(w[0], x, nw))
     experts = upload_weight(dev, array, dtype)
-    for ids in ([2], rng.permutation([0] * 6 + [1] * 5 + [2] * 7 + [3] * 2)):
+    chunk = rng.permutation([0] * 6 + [1] * 5 + [2] * 7 + [3] * 2)
+    for ids, tile in (([2], None), (chunk, 4), (chunk, 8)):
         ids = np.array(ids, np.uint32)
         x = rng.standard_normal((len(ids), n_in)).astype(np.float32)
         g = Graph(dev)
         tids = dev.upload(ids)
-        tiles = moe.expert_tiles(g, tids, n_experts) if len(ids) > 1 else None
+        tiles = moe.expert_tiles(g, tids, n_experts, tile) if tile else None
         y = matmul_id(g, experts, dev.upload(x), tids, tiles=tiles)
         g.run()
-        assert g.nodes[-1][0] == f"matmul.{'idlane' if len(ids) == 1 else 'idlanemat'}_{dtype}"
+        assert g.nodes[-1][0] == f"matmul.{f'idlanemat{tile}' if tile else 'idlane'}_{dtype}"
         assert g.nodes[-1][5][2] == x_share
         check_matmul(dev.read(y), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
 

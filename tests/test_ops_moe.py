@@ -68,22 +68,31 @@ def test_large_grid(dev, rng):
     np.testing.assert_array_equal(dev.read(out), moe.moe_combine_ref(h, probs, ids))
 
 
+@pytest.mark.parametrize("tile", moe.TILE_SIZES)
 @pytest.mark.parametrize("T,E", [(1, 1), (7, 5), (45, 5), (200, 16), (64, 16), (4099, 16), (8192, 1023)])
-def test_expert_tiles(dev, rng, T, E):
-    """Tokens grouped by expert, 8 to a tile: unused experts, experts with more than one tile,
-    the skip slot (ids E and beyond), every word written (the output starts as 0xDEADBEEF)."""
+def test_expert_tiles(dev, rng, T, E, tile):
+    """Tokens grouped by expert, 4 or 8 to a tile: unused experts, experts with more than one
+    tile, the skip slot (ids E and beyond), every word written (the output starts as 0xDEADBEEF)."""
     ids = rng.integers(0, E + 3, T).astype(np.uint32)
     ids[:min(T, 12)] = ([0] * 9 + [E, E + 2, 0])[:min(T, 12)]
-    out = dev.upload(np.full((moe.n_tiles(T, E), moe.TILE_WORDS), 0xDEADBEEF, np.uint32))
-    run(dev, lambda g: moe.expert_tiles(g, dev.upload(ids), E, out=out))
-    want = moe.expert_tiles_ref(ids, E)
+    out = dev.upload(np.full(moe.table_shape(T, E, tile), 0xDEADBEEF, np.uint32))
+    run(dev, lambda g: moe.expert_tiles(g, dev.upload(ids), E, tile, out=out))
+    want = moe.expert_tiles_ref(ids, E, tile)
     np.testing.assert_array_equal(dev.read(out), want)
     # the twin: every token once, in its slot's tiles, in order
     used = want[want[:, 1] > 0]
     tokens = np.concatenate([tile[2:2 + n] for tile, n in zip(used, used[:, 1])])
     assert sorted(tokens.tolist()) == list(range(T))
     assert all((np.minimum(ids[tile[2:2 + n]], E) == tile[0]).all() for tile, n in zip(used, used[:, 1]))
-    assert (used[:, 1] <= moe.TILE_TOKENS).all() and (want[len(used):, 0] == moe.NO_TILE).all()
+    assert (used[:, 1] <= tile).all() and (want[len(used):, 0] == moe.NO_TILE).all()
+
+
+def test_tile_size_by_tokens_per_expert(dev, rng):
+    """4-token tiles below 4 tokens per expert on average, else 8; the table a chunk gets."""
+    assert [moe.tile_tokens(T, 16) for T in (32, 63, 64, 512)] == [4, 4, 8, 8]
+    ids = dev.upload(rng.integers(0, 17, 32).astype(np.uint32))
+    assert run(dev, lambda g: moe.expert_tiles(g, ids, 16)).shape == moe.table_shape(32, 16, 4)
+    assert max(a * b for a, b in (moe.table_shape(32, 16, t) for t in moe.TILE_SIZES)) == moe.table_words(32, 16)
 
 
 def test_expert_tiles_at_offsets(dev, rng):
@@ -91,10 +100,11 @@ def test_expert_tiles_at_offsets(dev, rng):
     T, E = 19, 3
     ids = rng.integers(0, E + 1, T).astype(np.uint32)
     host = dev.upload(np.concatenate([np.full(5, 7, np.uint32), ids]), kind="host")
-    big = dev.upload(np.full((moe.n_tiles(T, E) + 2, moe.TILE_WORDS), 0xDEADBEEF, np.uint32))
-    run(dev, lambda g: moe.expert_tiles(g, Tensor(host.buf, (T,), "u32", 5), E, out=big.slice(0, 1, 1 + moe.n_tiles(T, E))))
+    n, words = moe.table_shape(T, E, 8)
+    big = dev.upload(np.full((n + 2, words), 0xDEADBEEF, np.uint32))
+    run(dev, lambda g: moe.expert_tiles(g, Tensor(host.buf, (T,), "u32", 5), E, 8, out=big.slice(0, 1, 1 + n)))
     got = dev.read(big)
-    np.testing.assert_array_equal(got[1:-1], moe.expert_tiles_ref(ids, E))
+    np.testing.assert_array_equal(got[1:-1], moe.expert_tiles_ref(ids, E, 8))
     assert (got[0] == 0xDEADBEEF).all() and (got[-1] == 0xDEADBEEF).all()
 
 
@@ -129,7 +139,9 @@ def test_argument_errors(dev):
     with pytest.raises(ValueError, match="expert_tiles: 8193 tokens; at most 8192"):
         moe.expert_tiles(g, dev.empty((8193,), "u32"), 16)
     with pytest.raises(ValueError, match="expert_tiles: out has shape"):
-        moe.expert_tiles(g, ids, 4, out=dev.empty((3, moe.TILE_WORDS), "u32"))
+        moe.expert_tiles(g, ids, 4, 8, out=dev.empty((3, 10), "u32"))
+    with pytest.raises(ValueError, match="expert_tiles: tiles of 5 tokens; 4 or 8"):
+        moe.expert_tiles(g, ids, 4, 5)
     assert len(g) == 0
 
 

@@ -122,10 +122,12 @@ def test_matmul_split_weight(small_bindings, rng, dtype, n):
     assert np.array_equal(dev.read(rows), pool_w[index[ids]])
 
 
+@pytest.mark.parametrize("tile", moe.TILE_SIZES)
 @pytest.mark.parametrize("dtype", ["q4_k", "q6_k"])
-def test_matmul_id_tiles(dev, rng, dtype):
-    """The CPU kernel taking tiles of one expert's tokens (moe.expert_tiles): 41 tokens over
-    [4, 70, 512] experts, expert 2 unused, expert 1 with 19 (three tiles), skip slots 4 and 9."""
+def test_matmul_id_tiles(dev, rng, dtype, tile):
+    """The CPU kernel taking tiles of one expert's tokens (moe.expert_tiles), 4 or 8 to a tile:
+    41 tokens over [4, 70, 512] experts, expert 2 unused, expert 1 with 19 (several tiles), skip
+    slots 4 and 9."""
     raw = random_blocks(rng, dtype, (4, 70), 2)
     w = decode(raw, dtype)
     ids = rng.permutation(np.array([1] * 19 + [0] * 10 + [3] * 7 + [4] * 3 + [9] * 2, np.uint32))
@@ -133,9 +135,10 @@ def test_matmul_id_tiles(dev, rng, dtype):
     out = dev.upload(np.full((len(ids), w.shape[1]), np.nan, np.float32))
     g = Graph(dev, "tiles")
     tids = dev.upload(ids)
-    matmul_id(g, upload_weight(dev, raw, dtype), dev.upload(x), tids, out=out, tiles=moe.expert_tiles(g, tids, 4))
+    matmul_id(g, upload_weight(dev, raw, dtype), dev.upload(x), tids, out=out,
+              tiles=moe.expert_tiles(g, tids, 4, tile))
     g.run()
-    assert [node[0] for node in g.nodes] == ["moe.tiles", f"matmul.idlanemat_{dtype}"]
+    assert [node[0] for node in g.nodes] == ["moe.tiles", f"matmul.idlanemat{tile}_{dtype}"]
     got = dev.read(out)
     scale = np.einsum("noi,ni->no", np.abs(w[np.minimum(ids, 3)]).astype(np.float64), np.abs(x))
     check(got, matmul_id_ref(w, x, ids), scale, dtype)

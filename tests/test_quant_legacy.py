@@ -179,14 +179,15 @@ def test_matmul_id_split_by_experts(small_bindings, rng):
     # its experts' tiles, the first one writes the skip slot's zeros
     ids = rng.permutation(np.array([3] * 11 + [0] * 2 + [1] * 9 + [4] * 2 + [6], np.uint32))
     x = rng.standard_normal((len(ids), n_in)).astype(np.float32)
-    out = dev.upload(np.full((len(ids), n_out), np.nan, np.float32))
-    g = Graph(dev, "tiles")
-    tids = dev.upload(ids)
-    matmul_id(g, weight, dev.upload(x), tids, out=out, tiles=moe.expert_tiles(g, tids, n_experts))
-    g.run()
-    assert [node[0] for node in g.nodes] == ["moe.tiles"] + ["matmul.idlanemat_q8_0"] * len(weight.parts)
-    check_matmul(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
-    assert np.all(dev.read(out)[ids >= n_experts] == 0.0)
+    for tile in moe.TILE_SIZES:
+        out = dev.upload(np.full((len(ids), n_out), np.nan, np.float32))
+        g = Graph(dev, "tiles")
+        tids = dev.upload(ids)
+        matmul_id(g, weight, dev.upload(x), tids, out=out, tiles=moe.expert_tiles(g, tids, n_experts, tile))
+        g.run()
+        assert [node[0] for node in g.nodes] == ["moe.tiles"] + [f"matmul.idlanemat{tile}_q8_0"] * len(weight.parts)
+        check_matmul(dev.read(out), w[np.minimum(ids, n_experts - 1)], x, matmul_id_ref(w, x, ids))
+        assert np.all(dev.read(out)[ids >= n_experts] == 0.0)
 
 
 # ---- real tensors --------------------------------------------------------------------------------

@@ -223,7 +223,7 @@ class Zaya:
         # The chosen slot of every token in every MoE block (read back only by log_skips).
         self.experts = dev.empty((max(len(self.moe_blocks), 1), B), "u32", name="experts")
         # Their tokens grouped by expert, for a chunk where matmul_id's CPU kernel wants that.
-        self.expert_tiles = dev.empty((moe.n_tiles(B, E), moe.TILE_WORDS), "u32", name="expert_tiles")
+        self.expert_tiles = dev.empty((moe.table_words(B, E),), "u32", name="expert_tiles")
 
     def _prepare_weights(self, file_name: str):
         """Per-block weights in the form the graph uses, made once at load time."""
@@ -423,7 +423,9 @@ class Zaya:
         w, T, E = self.w, x.shape[0], self.p.n_expert
         tiles = None
         if mm.lane_grouped(g, T, E):
-            tiles = moe.expert_tiles(g, experts, E, out=self.expert_tiles.slice(0, 0, moe.n_tiles(T, E)))
+            shape = moe.table_shape(T, E, moe.tile_tokens(T, E))
+            table = self.expert_tiles.slice(0, 0, shape[0] * shape[1]).reshape(*shape)
+            tiles = moe.expert_tiles(g, experts, E, tile=shape[1] - 2, out=table)
         gate_up = mm.matmul_id(g, w[b + "ffn_gate_up_exps.weight"], x, experts, out=s["gate_up"], tiles=tiles)
         act = ew.swiglu_rows(g, gate_up, out=s["act"])
         mm.matmul_id(g, w[b + "ffn_down_exps.weight"], act, experts, out=out, tiles=tiles)

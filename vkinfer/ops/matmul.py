@@ -130,8 +130,8 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
     skip slot) and tile of rows takes the tokens that chose its expert a tile at a time, so a
     prompt chunk reads each chosen expert once per tile of its tokens, not once per token. On a
     CPU device every token has its own groups (idlane), unless `tiles` (moe.expert_tiles of
-    these ids, where lane_grouped says so) gives each group one expert's tile of 8 tokens
-    (idlanemat): grouping pays on llvmpipe from about 2 tokens per expert (bench/RESULTS.md)."""
+    these ids, where lane_grouped says so) gives each group one expert's tile of 4 or 8 tokens
+    (idlanemat4/8): grouping pays on llvmpipe from about 1.5 tokens per expert (bench/RESULTS.md)."""
     W = check_weight("matmul_id", W_experts, 3)
     n_experts, n_out, n_in = W.shape
     n = _check_x("matmul_id", x, n_in)
@@ -140,8 +140,10 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
     ids, slots = expert_ids, n       # slots: work groups per tile of rows of a part
     if _lane(g, W, x, n, batched=False):
         if tiles is not None and W.dtype in LANE_MAT_TYPES:
-            check_tensor("matmul_id", "tiles", tiles, dtype="u32", shape=(moe.n_tiles(n, n_experts), moe.TILE_WORDS))
-            kernel, per_group, ids, slots = "idlanemat", LANE_MAT_ROWS * LANE_THREADS, tiles, tiles.shape[0]
+            tile = tiles.shape[-1] - 2
+            require(tile in moe.TILE_SIZES, f"matmul_id: tiles has shape {tiles.shape}")
+            check_tensor("matmul_id", "tiles", tiles, dtype="u32", shape=moe.table_shape(n, n_experts, tile))
+            kernel, per_group, ids, slots = f"idlanemat{tile}", LANE_MAT_ROWS * LANE_THREADS, tiles, tiles.shape[0]
         else:
             kernel, per_group = "idlane", LANE_VEC_ROWS * LANE_THREADS
         spec = _lane_spec(g, False)
@@ -160,9 +162,10 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
 
 def lane_grouped(g: Graph, n_tokens: int, n_experts: int) -> bool:
     """Whether matmul_id on this device wants moe.expert_tiles for n_tokens over n_experts: on a
-    CPU device from 2 tokens per expert on average (with 1 a group per token ran faster; issue
-    16's tenth sitting in bench/RESULTS.md), up to the table's bounds."""
-    return (g.dev.lane_kernels and 2 * n_experts <= n_tokens <= moe.MAX_TILED_TOKENS
+    CPU device from 1.5 tokens per expert on average (with 4-token tiles; with 1 a group per
+    token ran as fast or faster; issue 16's eleventh sitting in bench/RESULTS.md), up to the
+    table's bounds."""
+    return (g.dev.lane_kernels and 3 * n_experts <= 2 * n_tokens <= 2 * moe.MAX_TILED_TOKENS
             and n_experts < moe.MAX_SLOTS)
 
 

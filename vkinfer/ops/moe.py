@@ -111,44 +111,61 @@ def moe_combine_ref(h, probs, expert_ids, skip="zero", x=None):
 
 
 # ---- a prompt chunk's tokens grouped by expert (matmul_id's grouped LANE kernel) ----------------
-TILE_TOKENS = 8          # shaders/moe.comp and the idlanemat kernels' LANE_TOKENS
-TILE_WORDS = 2 + TILE_TOKENS
+TILE_SIZES = (4, 8)      # tokens per tile: shaders/moe.comp takes either, idlanemat4/8 read them
 NO_TILE = 0xFFFFFFFF
-# The table's one invocation runs about 3.1 T + 19 S loop iterations for T tokens over S slots,
-# and llvmpipe ends an invocation silently after 65535; S is also its shared arrays' size.
+# The table's one invocation runs about 3.1 T + 19 S loop iterations for T tokens over S slots
+# (8-token tiles; 4-token ones add T / 8), and llvmpipe ends an invocation silently after 65535;
+# S is also its shared arrays' size.
 MAX_TILED_TOKENS, MAX_SLOTS = 8192, 1024
 
 
-def n_tiles(n_tokens: int, n_experts: int) -> int:
-    """Tiles a table of n_tokens over n_experts experts and the skip slot can need: every slot
-    leaves at most one short tile."""
-    return ceil(n_tokens / TILE_TOKENS) + n_experts + 1
+def tile_tokens(n_tokens: int, n_experts: int) -> int:
+    """Tokens per tile for a chunk of n_tokens over n_experts: the LANE kernel computes every
+    place of a tile, and below 4 tokens per expert on average most of an 8-token tile is padding
+    (issue 16's eleventh sitting in bench/RESULTS.md)."""
+    return 4 if n_tokens < 4 * n_experts else 8
 
 
-def expert_tiles(g: Graph, expert_ids: Tensor, n_experts: int, out: Tensor | None = None) -> Tensor:
-    """The tokens of expert_ids u32 [T] grouped by expert, TILE_TOKENS at a time: u32
-    [n_tiles(T, E), TILE_WORDS], tile k = (slot, n, tokens...), the slots in order (experts 0 ..
-    E - 1, then E for every id >= E, the skip slot), a short tile padded with its last token,
-    unused tiles (NO_TILE, 0, 0...). One dispatch of one invocation (shaders/moe.comp)."""
+def table_shape(n_tokens: int, n_experts: int, tile: int) -> tuple:
+    """(tiles, words per tile) of a table of n_tokens over n_experts experts and the skip slot:
+    every slot leaves at most one short tile; a tile is (slot, n, tokens...)."""
+    return ceil(n_tokens / tile) + n_experts + 1, 2 + tile
+
+
+def table_words(n_tokens: int, n_experts: int) -> int:
+    """Words a buffer needs for the table of up to n_tokens, whatever the tile size."""
+    return max(a * b for a, b in (table_shape(n_tokens, n_experts, t) for t in TILE_SIZES))
+
+
+def expert_tiles(g: Graph, expert_ids: Tensor, n_experts: int, tile: int | None = None,
+                 out: Tensor | None = None) -> Tensor:
+    """The tokens of expert_ids u32 [T] grouped by expert, `tile` at a time (by default
+    tile_tokens(T, E)): u32 table_shape(T, E, tile), tile k = (slot, n, tokens...), the slots in
+    order (experts 0 .. E - 1, then E for every id >= E, the skip slot), a short tile padded with
+    its last token, unused tiles (NO_TILE, 0, 0...). One dispatch of one invocation
+    (shaders/moe.comp)."""
     op = "expert_tiles"
     check_tensor(op, "expert_ids", expert_ids, dtype="u32")
     require(expert_ids.ndim == 1 and expert_ids.shape[0] >= 1, f"{op}: expert_ids has shape {expert_ids.shape}")
     T = expert_ids.shape[0]
     require(1 <= n_experts < MAX_SLOTS, f"{op}: n_experts = {n_experts}; at most {MAX_SLOTS - 1}")
     require(T <= MAX_TILED_TOKENS, f"{op}: {T} tokens; at most {MAX_TILED_TOKENS}")
-    out = output(g, op, out, (n_tiles(T, n_experts), TILE_WORDS), "u32")
-    g.dispatch("moe.tiles", [expert_ids], [out], [T, n_experts, expert_ids.offset, out.offset, out.shape[0]])
+    tile = tile_tokens(T, n_experts) if tile is None else tile
+    require(tile in TILE_SIZES, f"{op}: tiles of {tile} tokens; {' or '.join(map(str, TILE_SIZES))}")
+    out = output(g, op, out, table_shape(T, n_experts, tile), "u32")
+    g.dispatch("moe.tiles", [expert_ids], [out], [T, n_experts, expert_ids.offset, out.offset, out.shape[0], tile])
     return out
 
 
-def expert_tiles_ref(expert_ids, n_experts: int) -> np.ndarray:
+def expert_tiles_ref(expert_ids, n_experts: int, tile: int) -> np.ndarray:
     slots = np.minimum(np.asarray(expert_ids, np.int64), n_experts)
-    table = [[NO_TILE, 0] + [0] * TILE_TOKENS for _ in range(n_tiles(len(slots), n_experts))]
+    n, words = table_shape(len(slots), n_experts, tile)
+    table = [[NO_TILE] + [0] * (words - 1) for _ in range(n)]
     k = 0
     for slot in range(n_experts + 1):
         tokens = np.flatnonzero(slots == slot).tolist()
-        for at in range(0, len(tokens), TILE_TOKENS):
-            part = tokens[at:at + TILE_TOKENS]
-            table[k] = [slot, len(part)] + part + [part[-1]] * (TILE_TOKENS - len(part))
+        for at in range(0, len(tokens), tile):
+            part = tokens[at:at + tile]
+            table[k] = [slot, len(part)] + part + [part[-1]] * (tile - len(part))
             k += 1
     return np.array(table, np.uint32)
