@@ -32,9 +32,8 @@ from .gguf import open_gguf
 from .models.mamba import MambaParams, mamba_tensors
 from .models.mamba2 import Mamba2Params, mamba2_tensors
 from .models.zaya import ZayaParams, zaya_tensors
-from .ops.elementwise import gelu_ref
+from .ops import moe
 from .ops.norm import rms_norm_ref
-from .ops.softmax import softmax_ref
 from .quants import pack_scales_k4
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
@@ -174,11 +173,11 @@ ROUTER = ("ffn_gate_inp.weight", "ffn_gate_inp.bias", "ffn_norm.weight", "ffn_ga
 
 def router_probs(router: dict, x: np.ndarray) -> np.ndarray:
     """A ZAYA router's probabilities [T, n_expert + 1] for normalised inputs x [T, n_embd], without
-    the state a previous block passes on."""
-    z = rms_norm_ref(x @ router["ffn_gate_inp.weight"].T + router["ffn_gate_inp.bias"], router["ffn_norm.weight"])
-    z = gelu_ref(z @ router["ffn_gate.weight"].T + router["ffn_gate.bias"])
-    z = gelu_ref(z @ router["zaya_router_mlp2.weight"].T + router["zaya_router_mlp2.bias"])
-    return softmax_ref(z @ router["zaya_router_mlp4.weight"].T)
+    the state a previous block passes on (ops.moe.router_ref)."""
+    r = router
+    return moe.router_ref(x @ r["ffn_gate_inp.weight"].T, r["ffn_gate_inp.bias"], None, None, r["ffn_norm.weight"],
+                          r["ffn_gate.weight"], r["zaya_router_mlp2.weight"], r["zaya_router_mlp4.weight"],
+                          r["ffn_gate.bias"], r["zaya_router_mlp2.bias"], 0.0)[1]
 
 
 def random_inputs(rng, n_tokens: int, width: int) -> np.ndarray:

@@ -423,9 +423,10 @@ class Zaya:
         w, T, E = self.w, x.shape[0], self.p.n_expert
         tiles = None
         if mm.lane_grouped(g, T, E):
-            shape = moe.table_shape(T, E, moe.tile_tokens(T, E))
-            table = self.expert_tiles.slice(0, 0, shape[0] * shape[1]).reshape(*shape)
-            tiles = moe.expert_tiles(g, experts, E, tile=shape[1] - 2, out=table)
+            tile = moe.tile_tokens(T, E)
+            n, words = moe.table_shape(T, E, tile)
+            table = self.expert_tiles.slice(0, 0, n * words).reshape(n, words)
+            tiles = moe.expert_tiles(g, experts, E, tile, out=table)
         gate_up = mm.matmul_id(g, w[b + "ffn_gate_up_exps.weight"], x, experts, out=s["gate_up"], tiles=tiles)
         act = ew.swiglu_rows(g, gate_up, out=s["act"])
         mm.matmul_id(g, w[b + "ffn_down_exps.weight"], act, experts, out=out, tiles=tiles)
