@@ -44,15 +44,15 @@ py=.venv/bin/python
 
 # kp is rebuilt when it lacks vkinfer's patch or was built from another version of it.
 kp_stamp=.venv/.kp-patch.sha256
-kp_patch_sum=$(sha256sum scripts/kp-compute-barrier.patch | cut -d' ' -f1)
-if ! $py -c "import kp, sys; sys.exit(0 if getattr(kp, 'vkinfer_set_workgroup', 0) else 1)" 2>/dev/null ||
+kp_patch_sum=$(sha256sum scripts/kp.patch | cut -d' ' -f1)
+if ! $py -c "import kp, sys; sys.exit(0 if getattr(kp, 'vkinfer_int64', 0) else 1)" 2>/dev/null ||
    [ "$(cat $kp_stamp 2>/dev/null)" != "$kp_patch_sum" ]; then
-  say "building kp $KP_VERSION from source with scripts/kp-compute-barrier.patch (a few minutes)"
+  say "building kp $KP_VERSION from source with scripts/kp.patch (a few minutes)"
   logged $py -m pip install setuptools wheel "numpy<2"      # kp 0.9.0 misreads numpy 2 arrays
   rm -rf build/kp && mkdir -p build/kp
   logged $py -m pip download --no-deps --no-binary :all: "kp==$KP_VERSION" -d build/kp
   tar xzf "build/kp/kp-$KP_VERSION.tar.gz" -C build/kp
-  patch -s -p0 -d "build/kp/kp-$KP_VERSION" < scripts/kp-compute-barrier.patch
+  patch -s -p0 -d "build/kp/kp-$KP_VERSION" < scripts/kp.patch
   KOMPUTE_OPT_INSTALL=OFF KOMPUTE_OPT_USE_BUILT_IN_VULKAN_HEADER=OFF \
   KOMPUTE_OPT_USE_BUILT_IN_FMT=OFF KOMPUTE_OPT_USE_BUILT_IN_PYBIND11=OFF \
   KOMPUTE_OPT_DISABLE_VULKAN_VERSION_CHECK=ON KOMPUTE_OPT_DISABLE_VK_DEBUG_LAYERS=ON \

@@ -36,7 +36,7 @@ prepare() {
     rm -rf build/py312 build/kp312 && "$py312" -m venv build/py312
     build/py312/bin/pip install -q setuptools wheel "pybind11>=2.13" numpy
     mkdir -p build/kp312 && tar xzf build/kp/kp-$KP_VERSION.tar.gz -C build/kp312
-    patch -s -p0 -d build/kp312/kp-$KP_VERSION < scripts/kp-compute-barrier.patch
+    patch -s -p0 -d build/kp312/kp-$KP_VERSION < scripts/kp.patch
     CMAKE_PREFIX_PATH=$(build/py312/bin/python -c "import pybind11, os; print(os.path.dirname(pybind11.__file__))") \
     KOMPUTE_OPT_INSTALL=OFF KOMPUTE_OPT_USE_BUILT_IN_VULKAN_HEADER=OFF KOMPUTE_OPT_USE_BUILT_IN_FMT=OFF \
     KOMPUTE_OPT_USE_BUILT_IN_PYBIND11=OFF KOMPUTE_OPT_DISABLE_VULKAN_VERSION_CHECK=ON \

@@ -182,14 +182,16 @@
 #include "weights.glsl"
 
 #ifdef LANE
-layout(binding = 1) readonly buffer X { vec4 xq[]; };       // x_off, nw_off and n_in multiples of 4
+// x and the norm weight in 16-byte units (wide_loads.glsl); x_off, nw_off and n_in multiples of 4.
+layout(binding = 1) readonly buffer X { u64vec2 x_wide[]; };
+vec4 x_quad(uint i) { return uintBitsToFloat(quad_of(x_wide[i])); }
 #else
 layout(binding = 1) readonly buffer X { float x[]; };
 #endif
 #ifdef MATMUL_ID
 layout(binding = 2) readonly buffer Ids { uint ids[]; };
 #elif defined(LANE)
-layout(binding = 2) readonly buffer Nw { vec4 nwq[]; };     // x again when NORM_IN is off
+layout(binding = 2) readonly buffer Nw { u64vec2 nw_wide[]; };     // x again when NORM_IN is off
 #else
 layout(binding = 2) readonly buffer Nw { float nw[]; };
 #endif
@@ -215,8 +217,8 @@ float inv_rms(float ss) { return 1.0; }
 #else
 layout(constant_id = 1) const uint NORM_IN = 0u;
 #ifdef LANE
-vec4 nw4(uint k) { return nwq[(p.nw_off + k) >> 2]; }
-float nw1(uint k) { return nwq[(p.nw_off + k) >> 2][(p.nw_off + k) & 3u]; }
+vec4 nw4(uint k) { return uintBitsToFloat(quad_of(nw_wide[(p.nw_off + k) >> 2])); }
+float nw1(uint k) { return nw4(k & ~3u)[(p.nw_off + k) & 3u]; }
 #else
 vec4 nw4(uint k) { uint i = p.nw_off + k; return vec4(nw[i], nw[i + 1], nw[i + 2], nw[i + 3]); }
 float nw1(uint k) { return nw[p.nw_off + k]; }
@@ -531,7 +533,7 @@ void main() {
 layout(local_size_x = LANE_THREADS) in;
 #include "share_loads.glsl"
 
-float x1(uint i) { return xq[i >> 2][i & 3u]; }
+float x1(uint i) { return x_quad(i >> 2)[i & 3u]; }
 
 // Every invocation of a group reads the same x and norm weight (unshared, x cost about as much
 // as the weights): vec4 i of a chunk is loaded by neighbour i % SHARE as its mine[i / SHARE].
@@ -563,7 +565,7 @@ void lane_tile(uint w_base, uint row0, uint token[LANE_TOKENS], uint n_here) {
                 uint i = j * SHARE + SHARE_ID;
                 nw_mine[j] = nw4(c * 32u + 4u * i);   // read once for all the tokens
                 [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
-                    x_mine[t][j] = xq[(x_row[t] >> 2) + c * 8u + i];
+                    x_mine[t][j] = x_quad((x_row[t] >> 2) + c * 8u + i);
             }
         }
         vec4 xs[LANE_TOKENS][8];
@@ -597,7 +599,7 @@ void lane_tile(uint w_base, uint row0, uint token[LANE_TOKENS], uint n_here) {
     for (; k + 4u <= p.n_in; k += 4u) {
         vec4 xv[LANE_TOKENS];
         [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
-            xv[t] = norm_in(xq[(x_row[t] + k) >> 2], nw4(k), ss[t]);
+            xv[t] = norm_in(x_quad((x_row[t] + k) >> 2), nw4(k), ss[t]);
         [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
             vec4 w = weight4_aligned(w_row[r] + k);     // rows start on 4 (LANE_ALIGN)
             [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)

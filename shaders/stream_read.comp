@@ -4,16 +4,22 @@
 // writes one sum per work group, so nothing can be optimized away and the result is exact.
 // The access pattern is the variant's: GPUs read one coalesced WG-wide row per step; with LANE
 // (CPU devices) each invocation reads its own contiguous run of the span, 4 uvec4s a step with
-// one bounds check per run, as the LANE matmul kernels read their rows (llvmpipe turns each
-// load into a loop over the SIMD lanes, so the coalesced loop's per-load branch and index math
-// cost more than the memory there). Both give the same sums.
+// one bounds check per run, in u64vec2 loads (wide_loads.glsl), as the LANE matmul kernels read
+// their rows (llvmpipe turns each load into a loop over the SIMD lanes, so the coalesced loop's
+// per-load branch and index math cost more than the memory there). Both give the same sums.
 //! variant coalesced
 //! variant lane LANE
 #include "common.glsl"
 #define WG 64
 layout(local_size_x = WG) in;
 
+#ifdef LANE
+#include "wide_loads.glsl"
+layout(binding = 0) readonly buffer Src { u64vec2 src_wide[]; };
+uvec4 src_quad(uint i) { return quad_of(src_wide[i]); }
+#else
 layout(binding = 0) readonly buffer Src { uvec4 src[]; };
+#endif
 layout(binding = 1) writeonly buffer Sums { uint sums[]; };
 
 // n_quads: uvec4s to read; src_off in uvec4s; out_off in u32 words.
@@ -31,10 +37,10 @@ void main() {
     uint q = base + lane * p.per_thread, end = min(q + p.per_thread, p.n_quads);
     for (; q + 4u <= end; q += 4u) {
         uint at = p.src_off + q;
-        acc += (src[at] + src[at + 1u]) + (src[at + 2u] + src[at + 3u]);
+        acc += (src_quad(at) + src_quad(at + 1u)) + (src_quad(at + 2u) + src_quad(at + 3u));
     }
     for (; q < end; q++)
-        acc += src[p.src_off + q];
+        acc += src_quad(p.src_off + q);
 #else
     for (uint k = 0; k < p.per_thread; ++k) {
         uint q = base + k * WG + lane;

@@ -3,6 +3,7 @@
 Every reported field is compared with `vulkaninfo` (when installed), the ctypes struct layouts
 with vulkan_core.h (when a C compiler and the header are installed), and device 0 with kp's."""
 import ctypes
+import dataclasses
 import json
 import os
 import re
@@ -42,6 +43,23 @@ def test_finds_lavapipe_with_plausible_limits():
     assert d.max_per_stage_storage_buffers >= 4
     assert d.subgroup_size in (4, 8, 16, 32, 64)
     assert d.device_local_bytes >= 1 << 28
+    assert d.shader_int64
+
+
+def test_lane_kernels_need_int64(monkeypatch):
+    """The CPU-device kernels load 64-bit words: they run on lavapipe with vkinfer's kp, and a
+    CPU device without shaderInt64 gets the GPU kernels."""
+    from vkinfer.gpu import Device
+    from vkinfer.gpu import device as device_module
+    lavapipe = next(d.index for d in query_devices() if d.device_type == "cpu")
+    dev = Device(lavapipe)
+    assert dev.int64 and dev.lane_kernels
+    dev.close()
+    infos = [dataclasses.replace(d, shader_int64=False) for d in query_devices()]
+    monkeypatch.setattr(device_module, "query_devices", lambda: infos)
+    dev = Device(lavapipe)
+    assert not dev.int64 and not dev.lane_kernels
+    dev.close()
 
 
 def test_query_is_cached_and_needs_no_kp():
@@ -104,6 +122,7 @@ def test_every_field_matches_vulkaninfo():
         assert d.heaps == gpu["heaps"]
         assert d.subgroup_size == number("subgroupSize")
         assert d.max_memory_allocation_size == number("maxMemoryAllocationSize")
+        assert d.shader_int64 == (v["shaderInt64"] == "true")
         if "SHADER_STAGE_COMPUTE_BIT" in lists["supportedStages"]:
             ops = sum(SUBGROUP_BITS[s.removeprefix("SUBGROUP_FEATURE_").removesuffix("_BIT")]
                       for s in lists["supportedOperations"])
@@ -118,7 +137,7 @@ LAYOUT_STRUCTS = ["VkApplicationInfo", "VkInstanceCreateInfo", "VkPhysicalDevice
                   "VkPhysicalDeviceProperties2", "VkPhysicalDeviceSubgroupProperties",
                   "VkPhysicalDeviceMaintenance3Properties", "VkPhysicalDeviceDriverProperties",
                   "VkMemoryType", "VkMemoryHeap", "VkPhysicalDeviceMemoryProperties",
-                  "VkExtensionProperties"]
+                  "VkExtensionProperties", "VkPhysicalDeviceFeatures"]
 
 
 VULKAN_HEADER = "/usr/include/vulkan/vulkan_core.h"

@@ -16,12 +16,12 @@
 
 // The planes of element e's chunk as locals qs, p2, p1 (zeros where the type has none).
 #ifndef NO_NIBBLES
-#define LOAD_QS(e) uvec4 qs = w_quads[chunk_qs(e)]
+#define LOAD_QS(e) uvec4 qs = w_quad(chunk_qs(e))
 #else
 #define LOAD_QS(e) uvec4 qs = uvec4(0u)
 #endif
 #ifdef PLANE2_AT
-#define LOAD_P2(e) uvec2 p2 = w_pairs[chunk_plane2(e)]
+#define LOAD_P2(e) uvec2 p2 = w_pair(chunk_plane2(e))
 #else
 #define LOAD_P2(e) uvec2 p2 = uvec2(0u)
 #endif

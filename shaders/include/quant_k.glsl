@@ -22,7 +22,7 @@ uint chunk_plane2(uint e) { return (e >> 11) * 84u + ((e >> 8) & 7u) * 8u + ((e 
 
 Head load_head(uint e) {
     uint super = e >> 11, block = (e >> 8) & 7u;
-    return Head(w_quads[super * 42u + 32u + block], unpackHalf2x16(w_words[super * 168u + 160u + block]));
+    return Head(w_quad(super * 42u + 32u + block), unpackHalf2x16(w_words[super * 168u + 160u + block]));
 }
 
 vec4 head_scales(Head head, uint e) {
@@ -90,7 +90,7 @@ vec4 head_scales(Head head, uint e) {
 struct Head { uvec4 bytes; vec2 d; };
 
 Head load_head(uint e) {
-    uvec4 h = w_quads[(e >> 8) * BLOCK_QUADS];
+    uvec4 h = w_quad((e >> 8) * BLOCK_QUADS);
     uvec4 bytes = uvec4(h.y & EACH_BYTE(63u), h.z & EACH_BYTE(63u),
                         (h.w & EACH_BYTE(0xFu)) | ((h.y >> 2) & EACH_BYTE(0x30u)),
                         ((h.w >> 4) & EACH_BYTE(0xFu)) | ((h.z >> 2) & EACH_BYTE(0x30u)));
@@ -129,7 +129,7 @@ struct Head { uvec4 scales; float d; };  // a block's 16 scales and its d
 Head load_head(uint e) {
     uint block = (e >> 8) & 7u;
     vec2 ds = unpackHalf2x16(w_words[(e >> 11) * 420u + (block >> 1)]);
-    return Head(w_quads[q6_body(e)], (block & 1u) != 0u ? ds.y : ds.x);
+    return Head(w_quad(q6_body(e)), (block & 1u) != 0u ? ds.y : ds.x);
 }
 
 vec4 head_scales(Head head, uint e) {

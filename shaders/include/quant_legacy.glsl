@@ -29,7 +29,7 @@ float head_d(uvec4 d, uint e) {
 #define Q8_SUPER_WORDS 68u
 #define Q8_QUANTS_AT 4u
 struct Head { uvec4 d; };
-Head load_head(uint e) { return Head(w_quads[(e >> 8) * (Q8_SUPER_WORDS / 4u)]); }
+Head load_head(uint e) { return Head(w_quad((e >> 8) * (Q8_SUPER_WORDS / 4u))); }
 
 // The scale of element e's block.
 float q8_scale(uint e) {
@@ -77,7 +77,7 @@ uint chunk_plane1(uint e) { return (e >> 8) * SUPER_WORDS + P1_WORD + ((e >> 5) 
 struct Head { uvec4 dm[2]; };           // (d, m) of the superblock's 8 blocks
 Head load_head(uint e) {
     uint quad = (e >> 8) * (SUPER_WORDS / 4u);
-    return Head(uvec4[2](w_quads[quad], w_quads[quad + 1u]));
+    return Head(uvec4[2](w_quad(quad), w_quad(quad + 1u)));
 }
 
 vec4 head_scales(Head head, uint e) {
@@ -87,7 +87,7 @@ vec4 head_scales(Head head, uint e) {
 }
 #else
 struct Head { uvec4 d; };               // d of the superblock's 8 blocks
-Head load_head(uint e) { return Head(w_quads[(e >> 8) * (SUPER_WORDS / 4u)]); }
+Head load_head(uint e) { return Head(w_quad((e >> 8) * (SUPER_WORDS / 4u))); }
 
 vec4 head_scales(Head head, uint e) {
     float d = head_d(head.d, e);

@@ -16,9 +16,19 @@
 #define W_BINDING 0
 #endif
 layout(binding = W_BINDING) readonly buffer Weights { uint w_words[]; };
-// Wide views of the same weight words.
+// Wide views of the same weight words: w_quad(i) is words 4i..4i+3, w_pair(i) words 2i, 2i+1.
+#ifdef LANE
+#include "wide_loads.glsl"
+layout(binding = W_BINDING) readonly buffer WeightQuads { u64vec2 w_quads[]; };
+layout(binding = W_BINDING) readonly buffer WeightPairs { uint64_t w_pairs[]; };
+uvec4 w_quad(uint i) { return quad_of(w_quads[i]); }
+uvec2 w_pair(uint i) { return unpackUint2x32(w_pairs[i]); }
+#else
 layout(binding = W_BINDING) readonly buffer WeightQuads { uvec4 w_quads[]; };
 layout(binding = W_BINDING) readonly buffer WeightPairs { uvec2 w_pairs[]; };
+uvec4 w_quad(uint i) { return w_quads[i]; }
+uvec2 w_pair(uint i) { return w_pairs[i]; }
+#endif
 
 #if defined(WTYPE_F32)
 #define WEIGHT_BLOCK 1
@@ -89,9 +99,9 @@ Head load_head(uint e) { return Head(0u); }
 // weight4(e) in one load, e a multiple of 4 (for F32 and F16; other types as weight4).
 vec4 weight4_aligned(uint e) {
 #if defined(WTYPE_F32)
-    return uintBitsToFloat(w_quads[e >> 2]);
+    return uintBitsToFloat(w_quad(e >> 2));
 #elif defined(WTYPE_F16)
-    uvec2 q = w_pairs[e >> 2];
+    uvec2 q = w_pair(e >> 2);
     return vec4(unpackHalf2x16(q.x), unpackHalf2x16(q.y));
 #else
     return weight4(e);
@@ -104,16 +114,16 @@ vec4 weight4_aligned(uint e) {
 // element of it: element 16h + i is a_h * q[(16h + i) / 4][i % 4] - c_h, and the result is
 // (a_0, a_1, c_0, c_1), so a kernel multiplies raw quants by x and applies the scales and offsets
 // (c_h times the sum of x) once per half chunk. Every type with an aligned device layout reads
-// its chunk in uvec4s, the widest load there is (llvmpipe pays per load, not per byte); the
+// its chunk in 16-byte loads (w_quad; llvmpipe pays per loaded component, not per byte); the
 // others go through weight4.
 vec4 chunk_quants(uint e, Head head, out vec4 q[8]) {
 #if defined(WTYPE_F32)
     [[unroll]] for (uint i = 0; i < 8; i++)
-        q[i] = uintBitsToFloat(w_quads[(e >> 2) + i]);
+        q[i] = uintBitsToFloat(w_quad((e >> 2) + i));
     return vec4(1.0, 1.0, 0.0, 0.0);
 #elif defined(WTYPE_F16)
     [[unroll]] for (uint i = 0; i < 4; i++) {
-        uvec4 w = w_quads[(e >> 3) + i];
+        uvec4 w = w_quad((e >> 3) + i);
         q[2 * i] = vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y));
         q[2 * i + 1] = vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w));
     }
@@ -121,7 +131,7 @@ vec4 chunk_quants(uint e, Head head, out vec4 q[8]) {
 #elif defined(WTYPE_Q8_0)
     uint quad = ((e >> 8) * Q8_SUPER_WORDS + Q8_QUANTS_AT + ((e & 255u) >> 2)) >> 2;
     [[unroll]] for (uint i = 0; i < 2; i++) {
-        uvec4 w = w_quads[quad + i];
+        uvec4 w = w_quad(quad + i);
         [[unroll]] for (uint k = 0; k < 4; k++)
             q[4 * i + k] = vec4(word_i8(w[k]));
     }

@@ -73,9 +73,12 @@ class Device:
         # llvmpipe loads even an address all SIMD lanes share once per lane, so on a CPU device
         # the LANE matmuls and the scan share such loads among a subgroup's invocations with
         # shuffles (shaders/include/share_loads.glsl): load_share invocations, the
-        # subgroup size, 1 for no sharing. A CPU device without shuffles runs the GPU kernels.
+        # subgroup size, 1 for no sharing. The LANE kernels also load in 64-bit words
+        # (shaders/include/wide_loads.glsl), so they need shaderInt64, which vkinfer's kp patch
+        # enables where the device has it. A CPU device without either runs the GPU kernels.
         shuffle = bool(self.info.subgroup_operations & SUBGROUP_FEATURE_SHUFFLE)
-        self.lane_kernels = self.info.device_type == "cpu" and shuffle
+        self.int64 = self.info.shader_int64 and bool(getattr(kp, "vkinfer_int64", 0))
+        self.lane_kernels = self.info.device_type == "cpu" and shuffle and self.int64
         self.load_share = self.info.subgroup_size if self.lane_kernels and self.info.subgroup_size in (2, 4, 8) \
             and not os.environ.get("VKINFER_NO_SUBGROUPS") else 1
         # vkinfer's kp patch also lets a dispatch set its grid, so one algorithm (one pipeline,

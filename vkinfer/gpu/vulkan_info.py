@@ -1,5 +1,5 @@
 """Device properties kp does not report (type, memory heaps, maxStorageBufferRange, work-group
-count limits, subgroup size), read from the Vulkan loader through ctypes.
+count limits, subgroup size, shaderInt64), read from the Vulkan loader through ctypes.
 
 The structs below follow vulkan_core.h field by field; tests/test_devices.py checks their
 sizes and offsets against the C header when a compiler and the header are installed."""
@@ -30,6 +30,7 @@ class DeviceInfo:
     max_compute_shared_memory_size: int = 16384
     max_memory_allocation_size: int = 0     # 0 when the device does not say
     subgroup_operations: int = 0            # VkSubgroupFeatureFlags usable in compute shaders
+    shader_int64: bool = False              # VkPhysicalDeviceFeatures::shaderInt64
 
     @property
     def device_local_bytes(self) -> int:
@@ -73,6 +74,29 @@ class VkInstanceCreateInfo(ctypes.Structure):
                 ("pApplicationInfo", ctypes.POINTER(VkApplicationInfo)),
                 ("enabledLayerCount", u32), ("ppEnabledLayerNames", ptr),
                 ("enabledExtensionCount", u32), ("ppEnabledExtensionNames", ptr)]
+
+
+# VkPhysicalDeviceFeatures: 55 VkBool32s in the header's order; only shaderInt64 is read.
+FEATURE_NAMES = (
+    "robustBufferAccess fullDrawIndexUint32 imageCubeArray independentBlend geometryShader "
+    "tessellationShader sampleRateShading dualSrcBlend logicOp multiDrawIndirect "
+    "drawIndirectFirstInstance depthClamp depthBiasClamp fillModeNonSolid depthBounds wideLines "
+    "largePoints alphaToOne multiViewport samplerAnisotropy textureCompressionETC2 "
+    "textureCompressionASTC_LDR textureCompressionBC occlusionQueryPrecise pipelineStatisticsQuery "
+    "vertexPipelineStoresAndAtomics fragmentStoresAndAtomics shaderTessellationAndGeometryPointSize "
+    "shaderImageGatherExtended shaderStorageImageExtendedFormats shaderStorageImageMultisample "
+    "shaderStorageImageReadWithoutFormat shaderStorageImageWriteWithoutFormat "
+    "shaderUniformBufferArrayDynamicIndexing shaderSampledImageArrayDynamicIndexing "
+    "shaderStorageBufferArrayDynamicIndexing shaderStorageImageArrayDynamicIndexing "
+    "shaderClipDistance shaderCullDistance shaderFloat64 shaderInt64 shaderInt16 "
+    "shaderResourceResidency shaderResourceMinLod sparseBinding sparseResidencyBuffer "
+    "sparseResidencyImage2D sparseResidencyImage3D sparseResidency2Samples sparseResidency4Samples "
+    "sparseResidency8Samples sparseResidency16Samples sparseResidencyAliased "
+    "variableMultisampleRate inheritedQueries")
+
+
+class VkPhysicalDeviceFeatures(ctypes.Structure):
+    _fields_ = _same(u32, FEATURE_NAMES)
 
 
 class VkPhysicalDeviceLimits(ctypes.Structure):
@@ -233,6 +257,8 @@ def _load_loader() -> ctypes.CDLL:
                                                         ctypes.POINTER(VkExtensionProperties)]
     vk.vkGetPhysicalDeviceProperties.restype = None
     vk.vkGetPhysicalDeviceProperties.argtypes = [ptr, ctypes.POINTER(VkPhysicalDeviceProperties)]
+    vk.vkGetPhysicalDeviceFeatures.restype = None
+    vk.vkGetPhysicalDeviceFeatures.argtypes = [ptr, ctypes.POINTER(VkPhysicalDeviceFeatures)]
     vk.vkGetPhysicalDeviceMemoryProperties.restype = None
     vk.vkGetPhysicalDeviceMemoryProperties.argtypes = [
         ptr, ctypes.POINTER(VkPhysicalDeviceMemoryProperties)]
@@ -303,6 +329,9 @@ def _describe(vk, index: int, pd) -> DeviceInfo:
         max_compute_work_group_size=tuple(limits.maxComputeWorkGroupSize),
         max_compute_shared_memory_size=limits.maxComputeSharedMemorySize,
     )
+    features = VkPhysicalDeviceFeatures()
+    vk.vkGetPhysicalDeviceFeatures(pd, ctypes.byref(features))
+    info.shader_int64 = bool(features.shaderInt64)
     if props.apiVersion >= VK_API_VERSION_1_1 and hasattr(vk, "vkGetPhysicalDeviceProperties2"):
         _add_properties2(vk, pd, props.apiVersion, info)
     return info
