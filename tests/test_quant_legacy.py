@@ -105,6 +105,25 @@ def test_matmul(dev, rng, dtype, make, n_out, n_in, n, matmul_kernels):
 
 
 @pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("n_in,aligned", [(512, 1), (288, 0)])
+@pytest.mark.parametrize("n", [1, 17])
+def test_matmul_lane_head_spans(dev, rng, monkeypatch, dtype, n_in, aligned, n):
+    """The LANE kernels load a row's superblock scales once per 8 chunks where every row starts
+    a superblock (HEADS_ALIGNED, rows of 512), and reload each row at its own superblock
+    starts where rows straddle them (288 = 9 chunks)."""
+    monkeypatch.setattr(dev, "lane_kernels", True)
+    raw = random_blocks(rng, (70, n_in), dtype)
+    w = decode(raw, dtype)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    g = Graph(dev)
+    y = matmul(g, upload_weight(dev, raw, dtype), dev.upload(x))
+    g.run()
+    assert [(kernel, spec[3]) for kernel, *_, spec in g.nodes] == [
+        (f"matmul.{'lane' if n == 1 else 'lanemat'}_{dtype}", aligned)]
+    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
+
+
+@pytest.mark.parametrize("dtype", TYPES)
 def test_matmul_at_offsets(dev, rng, dtype):
     """x and out sit at offsets inside bigger buffers."""
     n_out, n_in, n = 9, 96, 3

@@ -59,9 +59,15 @@ def _lane(g: Graph, W, x: Tensor, n: int, batched: bool) -> bool:
             and n_in % align == 0 and all(part.offset % align == 0 for _, part in W.parts))
 
 
-def _lane_spec(g: Graph, norm: bool) -> tuple:
-    """The LANE kernels' specialization constants: (unused, NORM_IN, SHARE)."""
-    return (0, int(norm), g.dev.load_share)
+# Elements a block type's Head (its scales, loaded once per span) serves: 8 chunks of 32.
+HEAD_SPAN = 256
+
+
+def _lane_spec(g: Graph, norm: bool, n_in: int, part: Tensor) -> tuple:
+    """The LANE kernels' specialization constants: (unused, NORM_IN, SHARE, HEADS_ALIGNED), the
+    last 1 where every row of `part` starts a span of its Head (shaders/matmul.comp)."""
+    aligned = n_in % HEAD_SPAN == 0 and part.offset % HEAD_SPAN == 0
+    return (0, int(norm), g.dev.load_share, int(aligned))
 
 
 def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None, accumulate: bool = False,
@@ -96,7 +102,7 @@ def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None, accumulate: bool =
                                          ("lanemat", LANE_MAT_ROWS, LANE_TOKENS))
             g.dispatch(f"matmul.{kernel}_{W.dtype}", [part, x, nw], [out], push,
                        groups=ceil(rows / (tile_rows * LANE_THREADS)) * ceil(n / tokens),
-                       spec=_lane_spec(g, norm is not None))
+                       spec=_lane_spec(g, norm is not None, n_in, part))
         elif n == 1:
             g.dispatch(f"matmul.{vec}_{W.dtype}", [part, x, nw], [out], push,
                        groups=ceil(rows / per_group), spec=vec_spec)
@@ -146,7 +152,7 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
             kernel, per_group, ids, slots = f"idlanemat{tile}", LANE_MAT_ROWS * LANE_THREADS, tiles, tiles.shape[0]
         else:
             kernel, per_group = "idlane", LANE_VEC_ROWS * LANE_THREADS
-        spec = _lane_spec(g, False)
+        spec = None                 # per part
     elif n == 1:
         kernel, per_group, spec = _vec(g, n_in, "id")
     else:
@@ -156,7 +162,8 @@ def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | 
         push = [part.offset, n_out, n_in, x.offset, n, out.offset, n_out, 0, 0,
                 ids.offset, start, e_count, n_experts]
         g.dispatch(f"matmul.{kernel}_{W.dtype}", [part, x, ids], [out], push,
-                   groups=(e_count + 1 if slots is None else slots) * ceil(n_out / per_group), spec=spec)
+                   groups=(e_count + 1 if slots is None else slots) * ceil(n_out / per_group),
+                   spec=_lane_spec(g, False, n_in, part) if spec is None else spec)
     return out
 
 
