@@ -110,6 +110,7 @@ def test_batched_model_steps_are_clean(tmp_path):
     assert any(k.startswith("router.") for k in kernels) and any(k.startswith("ssm_scan.lane_dtproj_") for k in kernels)
     assert any(k.startswith("matmul.") and k.endswith("+norm") for k in kernels), kernels
     assert "moe.tiles" in kernels, kernels
+    assert all(any(k.endswith(f"+heads{a}") for k in kernels) for a in (0, 1)), kernels
     assert all(any(k.startswith(f"matmul.idlanemat{tile}_") for k in kernels) for tile in (4, 8)), kernels
     assert "attention.attend_rows_f32" in kernels, kernels
     messages = log_messages(text)
@@ -271,6 +272,9 @@ def child_batched() -> dict:
             # matmuls with the norm of x fused in: spec constant 1 (NORM_IN) on
             kernels |= {f"{kernel}+norm" for g in m._graphs.values() for kernel, *_, spec in g.nodes
                         if kernel.startswith("matmul.") and spec[1:2] == (1,)}
+            # LANE matmuls with each row's scales loaded once per span (spec constant 3) or not
+            kernels |= {f"{kernel}+heads{spec[3]}" for g in m._graphs.values() for kernel, *_, spec in g.nodes
+                        if kernel.startswith("matmul.") and "lane" in kernel and len(spec) > 3}
             loaded = loaded and _layer_loaded()
     # A 16-token chunk of the ZAYA fixture (4 experts): on a CPU device matmul_id takes tiles of
     # one expert's tokens (moe.expert_tiles; idlanemat8 for 16 tokens, idlanemat4 for chunks of 8);
