@@ -3,8 +3,7 @@ fixtures' transformers references; slot reuse; the prefix-state cache; no growth
 open/eval/close cycles; a 1 MiB binding limit.
 
 Bounds: batched vs alone 3e-5 on the logits (each row's sums are its own, but rounded in another
-order: on a CPU device one token runs the RMS norm before the product, several rows inside it,
-ops/matmul.norm_fused); against transformers as tests/test_mamba.py and tests/test_zaya.py (1e-3), greedy ids
+order: one token and several run different matmul kernels); against transformers as tests/test_mamba.py and tests/test_zaya.py (1e-3), greedy ids
 identical."""
 from pathlib import Path
 

@@ -111,6 +111,10 @@ def test_roofline_and_profile():
         assert sum(k["dispatches"] for k in prof["kernels"]) == prof["dispatches"]
         matmuls = [k for k in prof["kernels"] if k["kernel"].startswith(kind)]
         assert matmuls and all(k["gbps"] > 0 for k in matmuls)
+    # issue 16's budget: at most 5 dispatches per Mamba layer in decode (the norm inside in_proj,
+    # the dt projection inside the scan)
+    layer = next(b for b in decode["blocks"] if b["block"] == "layer")
+    assert layer["per_block"] <= 5 and "rms_norm.weight" not in layer["kernels"], layer
     text = bench.report(out)
     assert "roofline: read bandwidth" in text and "n_batch 8, 4 (profiles and roofline: 8)" in text
     assert "roofline: read bandwidth" in bench.render(out, "csv")[1]

@@ -13,8 +13,7 @@ from test_quant_k import random_blocks
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.gpu.weights import Weight, decode, f32_to_bf16, upload_weight
 from vkinfer.ops import moe
-from vkinfer.ops.matmul import (LANE_MAT_TYPES, lane_grouped, matmul, matmul_id, matmul_id_ref, matmul_ref,
-                               norm_matmul)
+from vkinfer.ops.matmul import LANE_MAT_TYPES, lane_grouped, matmul, matmul_id, matmul_id_ref, matmul_ref
 from vkinfer.ops.norm import rms_norm, rms_norm_ref
 from vkinfer.ops import copy as copy_ops
 
@@ -211,23 +210,6 @@ def test_matmul_norm_replaces_rms_norm_then_matmul(dev, rng, n, matmul_kernels):
         assert ("lane" in kernel) == (matmul_kernels == "lane" and offset == 4)
         for y in (fused, plain):
             check_matmul(dev.read(y), w, rms_norm_ref(x, nw), matmul_ref(w, x, nw))
-
-
-@pytest.mark.parametrize("n", [1, 3])
-def test_norm_matmul_picks_fused_or_separate(dev, rng, n, matmul_kernels):
-    """norm_matmul: the fused dispatch, except one token on the LANE kernels (the norm first
-    into the scratch); the same product either way."""
-    array, w = any_weight(rng, (45, 512), "q8_0")
-    x, nw = norm_inputs(rng, n, 512)
-    scratch = dev.upload(np.full((n, 512), np.nan, np.float32))
-    g = Graph(dev)
-    y = norm_matmul(g, upload_weight(dev, array, "q8_0"), dev.upload(x), dev.upload(nw), 1e-5,
-                    out=dev.empty((n, 45)), scratch=scratch)
-    g.run()
-    separate = matmul_kernels == "lane" and n == 1
-    assert [k.split(".")[0] for k, *_ in g.nodes] == (["rms_norm", "matmul"] if separate else ["matmul"])
-    assert np.isnan(dev.read(scratch)).all() != separate
-    check_matmul(dev.read(y), w, rms_norm_ref(x, nw), matmul_ref(w, x, nw))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -25,7 +25,6 @@ from .gpu.weights import as_weight
 from .loader import check_fits, device_memory, upload_tensors
 from .ops import copy as copy_ops
 from .ops import matmul as mm
-from .ops import norm
 
 log = logging.getLogger("vkinfer")
 NO_SLOT = 0xFFFFFFFF          # shaders/include/common.glsl: rows of padding
@@ -471,15 +470,11 @@ class Model:
         else:           # the last row of each sequence: strided, gathered into h_last first
             last = copy_ops.copy(g, Tensor(x.buf, (B, E), "f32", x.offset + (T - 1) * E, (T * E, 1)),
                                  out=self.h_last.slice(0, 0, B))
-        norm_w = impl.output_norm            # in each block's matmul, or once first (mm.norm_fused)
-        if not mm.norm_fused(g, last.shape[0]):
-            last = norm.rms_norm(g, last, norm_w, impl.p.eps, out=self.h_last.slice(0, 0, last.shape[0]))
-            norm_w = None
         for r0, _, weight, block in self.logits_blocks:
             n = min(block.shape[0], last.shape[0] - r0)
             if n > 0:
                 mm.matmul(g, weight, last.slice(0, r0, r0 + n), out=block.slice(0, 0, n),
-                          norm=norm_w, eps=impl.p.eps)
+                          norm=impl.output_norm, eps=impl.p.eps)
 
     def layer_outputs(self, session: "Session", ids) -> np.ndarray:
         """Debugging: the residual stream after every layer [n_taps, T, n_embd] for one chunk of

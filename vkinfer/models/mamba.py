@@ -81,7 +81,7 @@ class Mamba:
         p = self.p
         self.dbc_width = p.dt_rank + 2 * p.d_state
         # Scratch for up to max_rows token rows, shared by every layer and every graph.
-        shapes = {"x": p.n_embd, "h": p.n_embd, "xz": 2 * p.d_inner, "x1": p.d_inner,
+        shapes = {"x": p.n_embd, "xz": 2 * p.d_inner, "x1": p.d_inner,
                   "dbc": self.dbc_width, "dt_in": p.dt_rank, "dt": p.d_inner, "y": p.d_inner,
                   "bc": 2 * p.d_state}
         self.scratch = {k: dev.empty((max_rows, n), "f32", name=k) for k, n in shapes.items()}
@@ -106,8 +106,7 @@ class Mamba:
         for layer in range(p.n_layer):
             g.block = f"layer {layer}"
             b = f"blk.{layer}."
-            xz = mm.norm_matmul(g, w[b + "ssm_in.weight"], x, w[b + "attn_norm.weight"], p.eps,
-                                out=s["xz"], scratch=s["h"])
+            xz = mm.matmul(g, w[b + "ssm_in.weight"], x, out=s["xz"], norm=w[b + "attn_norm.weight"], eps=p.eps)
             for lo, part in state.parts("conv", layer):
                 x1 = ssm.ssm_conv(g, xz.slice(1, 0, di), part, w[b + "ssm_conv1d.weight"],
                                   w[b + "ssm_conv1d.bias"], out=s["x1"], silu=True, slots=slots,

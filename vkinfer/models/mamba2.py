@@ -91,7 +91,7 @@ class Mamba2:
         # A, D as [H] views of their [H, 1] tensors; the scratch for max_rows token rows.
         self.A = {i: weights[f"blk.{i}.ssm_a"].reshape(p.n_heads) for i in range(p.n_layer)}
         self.D = {i: weights[f"blk.{i}.ssm_d"].reshape(p.n_heads) for i in range(p.n_layer)}
-        shapes = {"x": p.n_embd, "h": p.n_embd, "zxbcdt": p.d_inner + p.conv_dim + p.n_heads,
+        shapes = {"x": p.n_embd, "zxbcdt": p.d_inner + p.conv_dim + p.n_heads,
                   "xbc": p.conv_dim, "dt": p.n_heads, "y": p.d_inner, "yn": p.d_inner}
         self.scratch = {k: dev.empty((max_rows, n), "f32", name=k) for k, n in shapes.items()}
 
@@ -112,8 +112,7 @@ class Mamba2:
         for layer in range(p.n_layer):
             g.block = f"layer {layer}"
             b = f"blk.{layer}."
-            zxbcdt = mm.norm_matmul(g, w[b + "ssm_in.weight"], x, w[b + "attn_norm.weight"], p.eps,
-                                    out=s["zxbcdt"], scratch=s["h"])
+            zxbcdt = mm.matmul(g, w[b + "ssm_in.weight"], x, out=s["zxbcdt"], norm=w[b + "attn_norm.weight"], eps=p.eps)
             for lo, part in state.parts("conv", layer):
                 xbc = ssm.ssm_conv(g, zxbcdt.slice(1, di, di + cd), part, w[b + "ssm_conv1d.weight"],
                                    w[b + "ssm_conv1d.bias"], out=s["xbc"], silu=True, slots=slots,

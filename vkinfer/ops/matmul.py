@@ -112,21 +112,6 @@ def matmul(g: Graph, W, x: Tensor, out: Tensor | None = None, accumulate: bool =
     return out
 
 
-def norm_fused(g: Graph, n_tokens: int) -> bool:
-    """Whether matmul's norm prologue beats rms_norm then matmul for n_tokens: everywhere but one
-    token on a CPU device, where the LANE vector kernel would load the norm weight again for
-    every 8 rows (on llvmpipe 15-20 % slower than the separate norm; bench/RESULTS.md)."""
-    return not (g.dev.lane_kernels and n_tokens == 1)
-
-
-def norm_matmul(g: Graph, W, x: Tensor, norm_w: Tensor, eps: float, out: Tensor, scratch: Tensor) -> Tensor:
-    """out = W @ rms_norm(x, norm_w, eps): one dispatch where norm_fused says so, else the norm
-    first into scratch (x's shape)."""
-    if norm_fused(g, x.shape[0]):
-        return matmul(g, W, x, out=out, norm=norm_w, eps=eps)
-    return matmul(g, W, rms_norm(g, x, norm_w, eps, out=scratch), out=out)
-
-
 def matmul_id(g: Graph, W_experts, x: Tensor, expert_ids: Tensor, out: Tensor | None = None,
               tiles: Tensor | None = None) -> Tensor:
     """out[n] = W_experts[expert_ids[n]] @ x[n], the ids read on the GPU; an id >= E (the
