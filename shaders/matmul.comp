@@ -179,6 +179,9 @@
 //! variant idlanemat8_q6_k LANE LANE_ROWS=16 LANE_TOKENS=8 MATMUL_ID EXPERT_TILES WTYPE_Q6_K
 //! variant idlane_q6_k LANE LANE_ROWS=8 LANE_TOKENS=1 MATMUL_ID WTYPE_Q6_K
 #include "common.glsl"
+#ifdef LANE
+#define WIDE64
+#endif
 #include "weights.glsl"
 
 #ifdef LANE

@@ -54,10 +54,23 @@
 layout(local_size_x = 64) in;
 layout(constant_id = 0) const uint N = 16;
 layout(constant_id = 1) const bool WIDE = false;
+// Every row of W_dt starts on a multiple of 4 elements (the host sets it): each 4 weights in one
+// load. A per-row test would not do: llvmpipe runs both sides of a select.
+layout(constant_id = 3) const bool DT_ALIGNED = false;
 #define N4 ((N + 3) / 4)
 #ifdef SHARE_LOADS
 #include "share_loads.glsl"
+// These variants (CPU devices, which have shaderInt64) read and write their vec4s as u64vec2s,
+// two components instead of four (wide_loads.glsl); so does dt_proj's weight (weights.glsl).
+#define WIDE64
+#include "wide_loads.glsl"
+#define VEC4_WORDS u64vec2
+#define AS_VEC4(v) float_quad(v)
+#define TO_WORDS(v) wide_of(v)
 #else
+#define VEC4_WORDS vec4
+#define AS_VEC4(v) (v)
+#define TO_WORDS(v) (v)
 const uint SHARE = 1;
 #define SHARE_ID 0u
 vec4 from_lane(vec4 mine, uint i) { return mine; }
@@ -66,13 +79,13 @@ vec4 from_lane(vec4 mine, uint i) { return mine; }
 
 layout(binding = 0) readonly buffer X { float x[]; };
 layout(binding = 1) readonly buffer Dt { float dt[]; };
-layout(binding = 1) readonly buffer Dt4 { vec4 dt4[]; };
+layout(binding = 1) readonly buffer Dt4 { VEC4_WORDS dt4[]; };
 layout(binding = 2) readonly buffer A_ { float A[]; };
-layout(binding = 2) readonly buffer A4_ { vec4 A4[]; };
+layout(binding = 2) readonly buffer A4_ { VEC4_WORDS A4[]; };
 layout(binding = 3) readonly buffer B_ { float B[]; };
-layout(binding = 3) readonly buffer B4_ { vec4 B4[]; };
+layout(binding = 3) readonly buffer B4_ { VEC4_WORDS B4[]; };
 layout(binding = 4) readonly buffer C_ { float C[]; };
-layout(binding = 4) readonly buffer C4_ { vec4 C4[]; };
+layout(binding = 4) readonly buffer C4_ { VEC4_WORDS C4[]; };
 layout(binding = 5) readonly buffer D_ { float D[]; };
 #ifdef HAS_GATE
 layout(binding = 6) readonly buffer Z { float z[]; };
@@ -95,7 +108,7 @@ layout(binding = 6 + GATE_IN) readonly buffer DtBias { float dt_bias[]; };
 #endif
 layout(binding = N_IN) readonly buffer Slots { uint slots[]; };
 layout(binding = N_IN + 1) buffer State { float state[]; };
-layout(binding = N_IN + 1) buffer State4 { vec4 state4[]; };
+layout(binding = N_IN + 1) buffer State4 { VEC4_WORDS state4[]; };
 layout(binding = N_IN + 2) writeonly buffer Out { float y_out[]; };
 
 // Offsets in floats; *_rs = row strides of the token-major inputs (they may be column slices).
@@ -130,7 +143,7 @@ void main() {
     float s[N4 * 4];
     if (WIDE) {
         [[unroll]] for (uint i = 0; i < N4; i++) {
-            vec4 s4 = state4[(state_base + c * N) / 4 + i];
+            vec4 s4 = AS_VEC4(state4[(state_base + c * N) / 4 + i]);
             [[unroll]] for (uint j = 0; j < 4; j++) s[4 * i + j] = s4[j];
         }
     } else {
@@ -143,7 +156,7 @@ void main() {
     float a[N4 * 4];
     if (WIDE) {
         [[unroll]] for (uint i = 0; i < N4; i++) {
-            vec4 a4 = A4[(p.A_off + c * N) / 4 + i];
+            vec4 a4 = AS_VEC4(A4[(p.A_off + c * N) / 4 + i]);
             [[unroll]] for (uint j = 0; j < 4; j++) a[4 * i + j] = a4[j];
         }
     } else {
@@ -163,14 +176,13 @@ void main() {
         uint w_at = p.w_off + c * p.dt_rank, dt_at = p.dt_off + t * p.dt_rs;
         uint r = 0;
         if (WIDE && dt_at % 4 == 0) {     // x_proj's row in vec4s too (see WIDE above), SHARE at a time
-            bool aligned = w_at % 4 == 0;     // this channel's row starts on 4: one wide load
             for (; r + 4 <= p.dt_rank; r += 4 * SHARE) {
                 uint mine_at = r + 4 * SHARE_ID;
-                vec4 mine = mine_at + 4 <= p.dt_rank ? dt4[(dt_at + mine_at) / 4] : vec4(0.0);
+                vec4 mine = mine_at + 4 <= p.dt_rank ? AS_VEC4(dt4[(dt_at + mine_at) / 4]) : vec4(0.0);
                 [[unroll]] for (uint i = 0; i < SHARE; i++) {
                     vec4 dt_part = from_lane(mine, i);
                     if (r + 4 * i + 4 <= p.dt_rank)
-                        dtv += dot(aligned ? weight4_aligned(w_at + r + 4 * i) : weight4(w_at + r + 4 * i), dt_part);
+                        dtv += dot(DT_ALIGNED ? weight4_aligned(w_at + r + 4 * i) : weight4(w_at + r + 4 * i), dt_part);
                 }
             }
             r = p.dt_rank / 4 * 4;
@@ -195,7 +207,7 @@ void main() {
             vec4 bc_mine[BC_LOADS];          // vec4 i of B then C: invocation i % SHARE's i / SHARE
             [[unroll]] for (uint j = 0; j < BC_LOADS; j++) {
                 uint i = j * SHARE + SHARE_ID;
-                bc_mine[j] = i < N4 ? B4[b_at / 4 + i] : i < 2 * N4 ? C4[c_at / 4 + i - N4] : vec4(0.0);
+                bc_mine[j] = i < N4 ? AS_VEC4(B4[b_at / 4 + i]) : i < 2 * N4 ? AS_VEC4(C4[c_at / 4 + i - N4]) : vec4(0.0);
             }
             [[unroll]] for (uint i = 0; i < N4; i++) {
                 vec4 b4 = from_lane(bc_mine[i / SHARE], i % SHARE);
@@ -223,7 +235,7 @@ void main() {
         return;
     if (WIDE) {
         [[unroll]] for (uint i = 0; i < N4; i++)
-            state4[(state_base + c * N) / 4 + i] = vec4(s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]);
+            state4[(state_base + c * N) / 4 + i] = TO_WORDS(vec4(s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]));
     } else {
         [[unroll]] for (uint n = 0; n < N; n++)
             state[state_base + c * N + n] = s[n];

@@ -213,10 +213,13 @@ def test_ssm_scan_dt_proj(dev, rng, dtype, rank, T, scan_share):
         W = decode(raw, dtype).reshape(Dn, rank)
     dbc /= np.float32(np.std(dbc[:, :rank] @ W.T) + 1e-3)      # dt of order 1 (random K blocks are large)
     tdbc, tstate, ty = dev.upload(dbc), dev.upload(state), dev.empty((T, Dn))
-    kernels = kernels_of(dev, lambda g: ssm.ssm_scan(
-        g, dev.upload(x), tdbc.slice(1, 0, rank), *(dev.upload(a) for a in (A, B, C, D)), tstate,
-        out=ty, z=dev.upload(z), dt_bias=dev.upload(bias), dt_proj=upload_weight(dev, raw, dtype)))
-    assert kernels == [f"ssm_scan.{'lane_' * (scan_share > 1)}dtproj_{dtype}"]
+    g = Graph(dev, "test")
+    ssm.ssm_scan(g, dev.upload(x), tdbc.slice(1, 0, rank), *(dev.upload(a) for a in (A, B, C, D)), tstate,
+                 out=ty, z=dev.upload(z), dt_bias=dev.upload(bias), dt_proj=upload_weight(dev, raw, dtype))
+    g.run()
+    [(kernel, *_, spec)] = g.nodes
+    assert kernel == f"ssm_scan.{'lane_' * (scan_share > 1)}dtproj_{dtype}"
+    assert spec[3] == (rank % 4 == 0)      # DT_ALIGNED: W_dt's rows in aligned loads (f16 48), or not
     y = ty
     dt_raw = (dbc[:, :rank].astype(np.float64) @ W.astype(np.float64).T).astype(np.float32)
     want, want_state = ssm.ssm_scan_ref(x, dt_raw, A, B, C, D, state, z, dt_bias=bias)

@@ -16,8 +16,9 @@
 #define W_BINDING 0
 #endif
 layout(binding = W_BINDING) readonly buffer Weights { uint w_words[]; };
-// Wide views of the same weight words: w_quad(i) is words 4i..4i+3, w_pair(i) words 2i, 2i+1.
-#ifdef LANE
+// Wide views of the same weight words: w_quad(i) is words 4i..4i+3, w_pair(i) words 2i, 2i+1;
+// in 64-bit words where the kernel defines WIDE64 (its CPU-device variants).
+#ifdef WIDE64
 #include "wide_loads.glsl"
 layout(binding = W_BINDING) readonly buffer WeightQuads { u64vec2 w_quads[]; };
 layout(binding = W_BINDING) readonly buffer WeightPairs { uint64_t w_pairs[]; };

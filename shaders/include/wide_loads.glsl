@@ -12,4 +12,11 @@ uvec4 quad_of(u64vec2 v) {
     return uvec4(unpackUint2x32(v.x), unpackUint2x32(v.y));
 }
 
+vec4 float_quad(u64vec2 v) { return uintBitsToFloat(quad_of(v)); }
+
+u64vec2 wide_of(vec4 v) {
+    uvec4 u = floatBitsToUint(v);
+    return u64vec2(packUint2x32(u.xy), packUint2x32(u.zw));
+}
+
 #endif

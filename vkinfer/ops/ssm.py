@@ -122,6 +122,7 @@ def ssm_scan(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     slot_t, slot_words = slot_push(g, op, slots, rows, T, part, slot_lo)
     ins = [x, dt, A, B, C, D] + ([z] if z is not None else []) + ([dt_bias] if dt_bias is not None else [])
     kernel = "plain" if z is None else "gate" if dt_bias is None else "gate_dt"
+    dt_aligned = dt_proj is not None and w_words[0] % 4 == 0 and w_words[1] % 4 == 0
     if dt_proj is not None:
         kernel = f"{'lane_' * (g.dev.load_share > 1)}dtproj_{dt_proj.dtype}"
         ins.append(dt_proj.parts[0][1])
@@ -130,7 +131,7 @@ def ssm_scan(g: Graph, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D
                 B.offset, strides["B"], C.offset, strides["C"], D.offset,
                 z.offset if z is not None else 0, z_rs, part.offset, out.offset,
                 dt_bias.offset if dt_bias is not None else 0, *slot_words, 1, 1, *w_words],
-               _groups(ceil(Dn / WG), n_seq), spec=(N, int(wide), g.dev.load_share))
+               _groups(ceil(Dn / WG), n_seq), spec=(N, int(wide), g.dev.load_share, int(dt_aligned)))
     return out
 
 
