@@ -41,7 +41,8 @@ def child(args):
             nbytes = nbytes_of(case, args.rows * args.cols)
         g.run()
         g.run()
-        (sync / "ready").write_text(str(nbytes))
+        (sync / "ready.tmp").write_text(str(nbytes))
+        (sync / "ready.tmp").rename(sync / "ready")     # whole, or not there yet
         while not (sync / "go").exists():
             time.sleep(0.05)
         (sync / "go").unlink()
