@@ -537,6 +537,14 @@ layout(local_size_x = LANE_THREADS) in;
 #include "share_loads.glsl"
 // 1 when every row of the weight starts a span of HEAD_CHUNKS chunks (ops/matmul.py).
 layout(constant_id = 3) const uint HEADS_ALIGNED = 0u;
+// Chunks per step: 2 where the layout keeps chunk pairs together (CHUNK_PAIRS, whose rows are
+// whole superblocks, so every row and span starts on an even chunk), for one token at a time
+// (for tiles of tokens, twice their x in registers; not tried).
+#if defined(CHUNK_PAIRS) && LANE_TOKENS == 1
+#define CHUNK_STEP 2
+#else
+#define CHUNK_STEP 1
+#endif
 
 float x1(uint i) { return x_quad(i >> 2)[i & 3u]; }
 
@@ -562,48 +570,59 @@ void lane_tile(uint w_base, uint row0, uint token[LANE_TOKENS], uint n_here) {
     [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
         ss[t] = 0.0;
     // Each row's scales (its Head) serve HEAD_CHUNKS chunks. Where every row starts such a span
-    // (HEADS_ALIGNED) they are loaded once per span, before its chunks: llvmpipe runs both sides
-    // of every `if`, so a reload tested in each chunk would cost a load per row and chunk.
-    // Otherwise one span covers the row and each row reloads at its own spans' starts.
+    // (HEADS_ALIGNED) they are loaded once per span, before its chunks; otherwise one span covers
+    // the row and each chunk loads its own. (A reload tested in each chunk cost as much on
+    // llvmpipe, which runs both sides of every `if`, and when compiled out by HEADS_ALIGNED
+    // still cost the aligned kernel 5 % of its instructions: a select of the two does not.)
     Head head[LANE_ROWS];
     uint n_chunks = p.n_in / 32u;
     uint span = HEADS_ALIGNED != 0u && HEAD_CHUNKS > 1u ? HEAD_CHUNKS : n_chunks;
     for (uint c0 = 0; c0 < n_chunks; c0 += span) {
         [[unroll]] for (uint r = 0; r < LANE_ROWS; r++)
             head[r] = load_head(w_row[r] + c0 * 32u);
-        for (uint c = c0; c < min(c0 + span, n_chunks); c++) {
-            vec4 nw_mine[8], x_mine[LANE_TOKENS][8];   // this invocation's share of the loads
-            [[unroll]] for (uint j = 0; j < 8; j++) {
-                if (j < 8u / SHARE) {
-                    uint i = j * SHARE + SHARE_ID;
-                    nw_mine[j] = nw4(c * 32u + 4u * i);   // read once for all the tokens
-                    [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
-                        x_mine[t][j] = x_quad((x_row[t] >> 2) + c * 8u + i);
+        for (uint c = c0; c < min(c0 + span, n_chunks); c += CHUNK_STEP) {
+            vec4 xs[CHUNK_STEP][LANE_TOKENS][8];
+            vec2 x_sum[CHUNK_STEP][LANE_TOKENS];   // the two halves' sums, for the chunks' offsets
+            [[unroll]] for (uint k = 0; k < CHUNK_STEP; k++) {
+                vec4 nw_mine[8], x_mine[LANE_TOKENS][8];   // this invocation's share of the loads
+                [[unroll]] for (uint j = 0; j < 8; j++) {
+                    if (j < 8u / SHARE) {
+                        uint i = j * SHARE + SHARE_ID;
+                        nw_mine[j] = nw4((c + k) * 32u + 4u * i);   // read once for all the tokens
+                        [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+                            x_mine[t][j] = x_quad((x_row[t] >> 2) + (c + k) * 8u + i);
+                    }
                 }
-            }
-            vec4 xs[LANE_TOKENS][8];
-            vec2 x_sum[LANE_TOKENS];      // the two halves' sums, for the chunks' offsets
-            [[unroll]] for (uint i = 0; i < 8; i++) {
-                vec4 w = share(nw_mine, i);
+                [[unroll]] for (uint i = 0; i < 8; i++) {
+                    vec4 w = share(nw_mine, i);
+                    [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
+                        xs[k][t][i] = norm_in(share(x_mine[t], i), w, ss[t]);
+                }
                 [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
-                    xs[t][i] = norm_in(share(x_mine[t], i), w, ss[t]);
+                    x_sum[k][t] = vec2(hsum((xs[k][t][0] + xs[k][t][1]) + (xs[k][t][2] + xs[k][t][3])),
+                                       hsum((xs[k][t][4] + xs[k][t][5]) + (xs[k][t][6] + xs[k][t][7])));
             }
-            [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++)
-                x_sum[t] = vec2(hsum((xs[t][0] + xs[t][1]) + (xs[t][2] + xs[t][3])),
-                                hsum((xs[t][4] + xs[t][5]) + (xs[t][6] + xs[t][7])));
             [[unroll]] for (uint r = 0; r < LANE_ROWS; r++) {
                 uint e = w_row[r] + c * 32u;
-                if (HEADS_ALIGNED == 0u && c > c0 && (e >> 5) % HEAD_CHUNKS == 0u)
-                    head[r] = load_head(e);
-                vec4 q[8];
-                vec4 s = chunk_quants(e, head[r], q);
-                [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
-                    vec4 lo = q[0] * xs[t][0], hi = q[4] * xs[t][4];
-                    [[unroll]] for (uint i = 1; i < 4; i++) {
-                        lo += q[i] * xs[t][i];
-                        hi += q[4 + i] * xs[t][4 + i];
+                Head row_head = HEADS_ALIGNED != 0u ? head[r] : load_head(e);
+#if CHUNK_STEP == 2
+                ChunkPair pair = load_chunk_pair(e);
+#endif
+                [[unroll]] for (uint k = 0; k < CHUNK_STEP; k++) {
+                    vec4 q[8];
+#if CHUNK_STEP == 2
+                    vec4 s = pair_chunk(pair, k, e + 32u * k, row_head, q);
+#else
+                    vec4 s = chunk_quants(e, row_head, q);
+#endif
+                    [[unroll]] for (uint t = 0; t < LANE_TOKENS; t++) {
+                        vec4 lo = q[0] * xs[k][t][0], hi = q[4] * xs[k][t][4];
+                        [[unroll]] for (uint i = 1; i < 4; i++) {
+                            lo += q[i] * xs[k][t][i];
+                            hi += q[4 + i] * xs[k][t][4 + i];
+                        }
+                        acc[r][t] += s.x * hsum(lo) + s.y * hsum(hi) - dot(s.zw, x_sum[k][t]);
                     }
-                    acc[r][t] += s.x * hsum(lo) + s.y * hsum(hi) - dot(s.zw, x_sum[t]);
                 }
             }
         }

@@ -60,15 +60,42 @@ vec4 weight4(uint e) {
     return y;
 }
 
-// The chunk of element e (a multiple of 32) for a dot product: q[4h + c] = group (h, c) as raw
-// quants; returns (a_0, a_1, c_0, c_1), element 16h + i being a_h * q - c_h.
-vec4 nibble_chunk(uint e, Head head, out vec4 q[8]) {
-    LOAD_QS(e);
-    LOAD_P2(e);
-    LOAD_P1(e);
+// The chunk of element e (a multiple of 32) from its planes, for a dot product: q[4h + c] =
+// group (h, c) as raw quants; returns (a_0, a_1, c_0, c_1), element 16h + i being a_h * q - c_h.
+vec4 planes_chunk(uvec4 qs, uvec2 p2, uint p1, uint e, Head head, out vec4 q[8]) {
     [[unroll]] for (uint h = 0; h < 2; h++)
         [[unroll]] for (uint c = 0; c < 4; c++)
             q[4 * h + c] = bytes4(group_bits(qs[c], p2, p1, h, c));
     vec4 s = head_scales(head, e);
     return vec4(s.xy, s.xy * Q_OFFSET + s.zw);
 }
+
+vec4 nibble_chunk(uint e, Head head, out vec4 q[8]) {
+    LOAD_QS(e);
+    LOAD_P2(e);
+    LOAD_P1(e);
+    return planes_chunk(qs, p2, p1, e, head, q);
+}
+
+#if defined(CHUNK_PAIRS) && defined(WIDE64)
+// A layout with CHUNK_PAIRS keeps the nibbles of chunks 2k and 2k + 1 in one aligned 32-byte unit
+// and their 1-bit planes (if any) in one 64-bit word; no 2-bit planes. The CPU-device kernels
+// load both chunks at once: llvmpipe pays per loaded component and lane, so one u64vec4 instead
+// of two u64vec2s.
+struct ChunkPair { uvec4 qs[2]; uvec2 p1; };
+
+ChunkPair load_chunk_pair(uint e) {          // e: the first element of chunk 2k
+    u64vec4 both = w_octs[chunk_qs(e) >> 1];
+#ifdef PLANE1_AT
+    uvec2 p1 = w_pair(chunk_plane1(e) >> 1);
+#else
+    uvec2 p1 = uvec2(0u);
+#endif
+    return ChunkPair(uvec4[2](quad_of(both.xy), quad_of(both.zw)), p1);
+}
+
+// nibble_chunk of the pair's chunk k (element e its first).
+vec4 pair_chunk(ChunkPair pair, uint k, uint e, Head head, out vec4 q[8]) {
+    return planes_chunk(pair.qs[k], uvec2(0u), pair.p1[k], e, head, q);
+}
+#endif

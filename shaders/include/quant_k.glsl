@@ -74,13 +74,17 @@ vec4 head_scales(Head head, uint e) {
 // Q4_K, 144 bytes: half d; half dmin; u8 scales[12]; 8 nibble chunks.
 // Q5_K, 176 bytes: the same with 8 1-bit planes (the fifth bits) before the chunks.
 // Chunk j (elements 32j ..) has a 6-bit scale and min packed in the 12 scale bytes.
+// Superblocks of 2 blocks field by field: the 2 heads (d, dmin, scales; a uvec4 each), for Q5_K
+// the 2 blocks' planes (8 words each), then the 2 blocks' chunks, so that every pair of chunks
+// 2k, 2k + 1 is one aligned 32-byte unit (CHUNK_PAIRS).
 #if defined(WTYPE_Q4_K)
-#define BLOCK_QUADS 9u
+#define SUPER_QUADS 18u
 #else
-#define BLOCK_QUADS 11u
+#define SUPER_QUADS 22u
 #define PLANE1_AT 4
 #endif
 #define Q_OFFSET 0.0
+#define CHUNK_PAIRS
 
 #define HEAD_CHUNKS 8u
 // A block's 8 6-bit scales and mins unpacked to bytes (scales 0-3, mins 0-3, scales 4-7, mins
@@ -90,7 +94,7 @@ vec4 head_scales(Head head, uint e) {
 struct Head { uvec4 bytes; vec2 d; };
 
 Head load_head(uint e) {
-    uvec4 h = w_quad((e >> 8) * BLOCK_QUADS);
+    uvec4 h = w_quad((e >> 9) * SUPER_QUADS + ((e >> 8) & 1u));
     uvec4 bytes = uvec4(h.y & EACH_BYTE(63u), h.z & EACH_BYTE(63u),
                         (h.w & EACH_BYTE(0xFu)) | ((h.y >> 2) & EACH_BYTE(0x30u)),
                         ((h.w >> 4) & EACH_BYTE(0xFu)) | ((h.z >> 2) & EACH_BYTE(0x30u)));
@@ -104,8 +108,8 @@ vec4 head_scales(Head head, uint e) {
     return vec4(vec2(head.d.x * scale), vec2(head.d.y * minimum));
 }
 
-uint chunk_qs(uint e) { return (e >> 8) * BLOCK_QUADS + (BLOCK_QUADS - 8u) + ((e >> 5) & 7u); }
-uint chunk_plane1(uint e) { return (e >> 8) * (4u * BLOCK_QUADS) + 4u + ((e >> 5) & 7u); }
+uint chunk_qs(uint e) { return (e >> 9) * SUPER_QUADS + (SUPER_QUADS - 16u) + ((e >> 5) & 15u); }
+uint chunk_plane1(uint e) { return (e >> 9) * (4u * SUPER_QUADS) + 8u + ((e >> 5) & 15u); }
 
 #include "nibbles.glsl"
 

@@ -22,6 +22,7 @@ layout(binding = W_BINDING) readonly buffer Weights { uint w_words[]; };
 #include "wide_loads.glsl"
 layout(binding = W_BINDING) readonly buffer WeightQuads { u64vec2 w_quads[]; };
 layout(binding = W_BINDING) readonly buffer WeightPairs { uint64_t w_pairs[]; };
+layout(binding = W_BINDING) readonly buffer WeightOcts { u64vec4 w_octs[]; };   // words 8i..8i+7
 uvec4 w_quad(uint i) { return quad_of(w_quads[i]); }
 uvec2 w_pair(uint i) { return unpackUint2x32(w_pairs[i]); }
 #else

@@ -38,9 +38,12 @@ BLOCK_TYPES = {"q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32
 #   Q2_K  8 x 8 2-bit planes (the quants), 8 x the 16 scale bytes, 8 x (d, dmin)  (168 words)
 #   Q3_K  8 x 8 2-bit planes (low bits), 8 x 8 1-bit planes (hmask), 8 x the 12 scale bytes,
 #         8 x d                                                   (220 words)
-#   Q4_K  per block: d, dmin, the 12 scale bytes, 8 nibble chunks (36 words)
-#   Q5_K  per block: d, dmin, the 12 scale bytes, 8 1-bit planes, 8 nibble chunks (44 words)
-SUPERBLOCKS = {"q8_0": 8, "q4_0": 8, "q4_1": 8, "q5_0": 8, "q5_1": 8, "q2_k": 8, "q3_k": 8, "q6_k": 8}
+#   Q4_K  2 x (d, dmin, the 12 scale bytes), 2 x 8 nibble chunks   (72 words)
+#   Q5_K  2 x (d, dmin, the 12 scale bytes), 2 x 8 1-bit planes, 2 x 8 nibble chunks (88 words)
+# (Q4_K and Q5_K in pairs of blocks so that each pair of chunks is one aligned 32-byte unit: the
+# CPU-device kernels load two chunks at once, shaders/include/nibbles.glsl.)
+SUPERBLOCKS = {"q8_0": 8, "q4_0": 8, "q4_1": 8, "q5_0": 8, "q5_1": 8, "q2_k": 8, "q3_k": 8, "q4_k": 2,
+               "q5_k": 2, "q6_k": 8}
 
 _M0F, _MF0 = np.uint64(0x0F0F0F0F0F0F0F0F), np.uint64(0xF0F0F0F0F0F0F0F0)
 _M01, _M03 = np.uint32(0x01010101), np.uint32(0x03030303)

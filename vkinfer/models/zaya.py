@@ -265,7 +265,8 @@ class Zaya:
         one [sum of rows, cols] Weight of one part, so one dispatch reads them all; their entries
         in the weights become views into it and their own buffers are freed. None (nothing
         changed) where the types or columns differ, a matrix is split, a matrix's bytes are not
-        whole words and whole superblocks (tensor.py), or the stack would exceed one binding."""
+        whole words, a matrix but the last is not whole superblocks (tensor.py: the next would
+        start inside one), or the stack would exceed one binding."""
         ws = [as_weight(self.w[n]) for n in names]
         dtype, cols = ws[0].dtype, ws[0].shape[1]
         if any(w.dtype != dtype or w.shape[1] != cols or len(w.parts) != 1 for w in ws):
@@ -274,8 +275,9 @@ class Zaya:
         plain = (lambda n: n // BLOCK_TYPES[dtype][0] * BLOCK_TYPES[dtype][1]) if dtype in BLOCK_TYPES \
             else (lambda n: nbytes_of(dtype, n))
         rows = sum(t.shape[0] for t in parts)
-        if (any(nbytes_of(dtype, t.numel) != plain(t.numel) or plain(t.numel) % 4 or t.byte_offset % 4
-                for t in parts) or nbytes_of(dtype, rows * cols) > self.dev.max_binding_bytes):
+        if (any(plain(t.numel) % 4 or t.byte_offset % 4 for t in parts)
+                or any(nbytes_of(dtype, t.numel) != plain(t.numel) for t in parts[:-1])
+                or nbytes_of(dtype, rows * cols) > self.dev.max_binding_bytes):
             return None
         out = self.dev.empty((rows, cols), dtype, name="+".join(names))
         r0 = 0
