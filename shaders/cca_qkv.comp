@@ -18,6 +18,12 @@
 // read it, after its last read. A block's TB tokens share each load of wt, and llvmpipe pays
 // per load (and ends an invocation after 65535 loop iterations, which the old loop over all T
 // tokens hit from token 215 of a ZAYA1 chunk).
+// LANE (CPU devices): llvmpipe pays a loop over the SIMD lanes per load and then per component, so
+// the grouped conv reads its weight in 64-bit words, 8 outputs per invocation (a u64vec4), and
+// keeps the depthwise outputs as u64vec2s (needs shaderInt64): 0.62-0.67x the time of the GPU
+// variant at ZAYA1-8B's decode shapes on llvmpipe.
+//! variant plain
+//! variant lane LANE
 #include "common.glsl"
 #define WG 64
 #define TB 4                            // tokens per work group: a vec4 of each value
@@ -31,7 +37,22 @@ layout(binding = 0) readonly buffer C { float c[]; };
 layout(binding = 1) readonly buffer WDw { float w_dw[]; };
 layout(binding = 2) readonly buffer BDw { float b_dw[]; };
 layout(binding = 3) readonly buffer WGrp { float wt[]; };
+#ifdef LANE
+#include "wide_loads.glsl"
+#define W_OUTS 8                        // grouped-conv outputs per invocation and weight load
+layout(binding = 3) readonly buffer WGrpWide { u64vec4 wt_wide[]; };
+void grouped_w(uint i, out vec4 w[2]) { u64vec4 v = wt_wide[i]; w[0] = float_quad(v.xy); w[1] = float_quad(v.zw); }
+#define DWIN u64vec2
+#define TO_DWIN(v) wide_of(v)
+#define FROM_DWIN(v) float_quad(v)
+#else
+#define W_OUTS 4
 layout(binding = 3) readonly buffer WGrp4 { vec4 wt4[]; };
+void grouped_w(uint i, out vec4 w[1]) { w[0] = wt4[i]; }
+#define DWIN vec4
+#define TO_DWIN(v) (v)
+#define FROM_DWIN(v) (v)
+#endif
 layout(binding = 4) readonly buffer BGrp { float b_grp[]; };
 layout(binding = 5) readonly buffer KScale { float k_scale[]; };
 layout(binding = 6) readonly buffer Pos { uint positions[]; };
@@ -53,7 +74,7 @@ layout(push_constant) uniform P {
     uint n_slots; uint cs_off; uint vs_off; uint q_off; uint k_off; uint v_off;
 } p;
 
-shared vec4 dwin[MAX_DH_K2];            // depthwise outputs of the K2 samples each token needs,
+shared DWIN dwin[MAX_DH_K2];            // depthwise outputs of the K2 samples each token needs,
                                         // [channel][tap] as wt's rows, of the block's TB tokens
                                         // (13 KB in all, in Vulkan's 16 KB minimum)
 shared vec4 val[MAX_DH];                // the head vectors before the norm
@@ -94,7 +115,7 @@ void main() {
     }
 
     uint ch0 = g * p.dh, per_kv = p.H / p.Hkv;
-    bool wide = p.wg_off % 4 == 0 && p.dh % 4 == 0;
+    bool wide = p.wg_off % W_OUTS == 0 && p.dh % W_OUTS == 0;
     bool is_q = g < p.H;
     // depthwise conv outputs n .. n + K2 - 1 of the head's channels for the block's tokens n
     // (a short last block repeats its last token and stores nothing of the copies)
@@ -107,27 +128,33 @@ void main() {
                 float w = w_dw[p.wdw_off + ch * p.K1 + k1];
                 [[unroll]] for (uint b = 0; b < TB; b++) acc[b] += window(ch, n0 + min(b, n_tok - 1) + k2 + k1) * w;
             }
-            dwin[i * p.K2 + k2] = acc;
+            dwin[i * p.K2 + k2] = TO_DWIN(acc);
         }
     }
     barrier();
-    // grouped conv: 4 neighbouring outputs per invocation where wt's rows are whole vec4s, one
-    // otherwise
+    // grouped conv: W_OUTS neighbouring outputs per invocation where wt's rows are whole loads of
+    // them, one otherwise
     uint w0 = p.wg_off + g * p.dh * p.K2 * p.dh;
     if (wide) {
-        for (uint o = 4 * t; o < p.dh; o += 4 * WG) {
-            vec4 acc[TB];
-            [[unroll]] for (uint b = 0; b < TB; b++) acc[b] = vec4(0.0);
+        for (uint o = W_OUTS * t; o < p.dh; o += W_OUTS * WG) {
+            vec4 acc[W_OUTS / 4][TB];
+            [[unroll]] for (uint h = 0; h < W_OUTS / 4; h++)
+                [[unroll]] for (uint b = 0; b < TB; b++) acc[h][b] = vec4(0.0);
             for (uint j = 0; j < p.dh * p.K2; j++) {
-                vec4 w = wt4[(w0 + j * p.dh + o) / 4], d = dwin[j];
-                [[unroll]] for (uint b = 0; b < TB; b++) acc[b] += w * d[b];
+                vec4 w[W_OUTS / 4];
+                grouped_w((w0 + j * p.dh + o) / W_OUTS, w);
+                vec4 d = FROM_DWIN(dwin[j]);
+                [[unroll]] for (uint h = 0; h < W_OUTS / 4; h++)
+                    [[unroll]] for (uint b = 0; b < TB; b++) acc[h][b] += w[h] * d[b];
             }
-            [[unroll]] for (uint e = 0; e < 4; e++) val[o + e] = vec4(acc[0][e], acc[1][e], acc[2][e], acc[3][e]);
+            [[unroll]] for (uint h = 0; h < W_OUTS / 4; h++)
+                [[unroll]] for (uint e = 0; e < 4; e++)
+                    val[o + 4 * h + e] = vec4(acc[h][0][e], acc[h][1][e], acc[h][2][e], acc[h][3][e]);
         }
     } else {
         for (uint o = t; o < p.dh; o += WG) {
             vec4 acc = vec4(0.0);
-            for (uint j = 0; j < p.dh * p.K2; j++) acc += wt[w0 + j * p.dh + o] * dwin[j];
+            for (uint j = 0; j < p.dh * p.K2; j++) acc += wt[w0 + j * p.dh + o] * FROM_DWIN(dwin[j]);
             val[o] = acc;
         }
     }

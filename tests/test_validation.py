@@ -106,7 +106,7 @@ def test_batched_model_steps_are_clean(tmp_path):
     assert report["dispatches"] > 100
     # the fused kernels (issue 16) are among the checked ones
     kernels = report["kernels"]
-    assert {"merge_norm.first", "merge_norm.merge", "merge_norm.combine", "cca_qkv"} <= set(kernels), kernels
+    assert {"merge_norm.first", "merge_norm.merge", "merge_norm.combine", "cca_qkv.lane"} <= set(kernels), kernels
     assert any(k.startswith("router.") for k in kernels) and any(k.startswith("ssm_scan.lane_dtproj_") for k in kernels)
     assert any(k.startswith("matmul.") and k.endswith("+norm") for k in kernels), kernels
     assert "moe.tiles" in kernels, kernels

@@ -91,7 +91,8 @@ def cca_qkv(g: Graph, c: Tensor, cstate: Tensor, vstate: Tensor, w_dw: Tensor, b
     table = _turns_table(g.dev, n_rot, theta)
     slot_t, slot_words = slot_push(g, op, slots, rows, T, cpart, slot_lo)
     b_t = b_dw if b_dw is not None else b_grp            # unread without a depthwise bias
-    g.dispatch("cca_qkv", [c, w_dw, b_t, w_grp, b_grp, k_scale, positions, table, slot_t],
+    kernel = "cca_qkv.lane" if g.dev.lane_kernels else "cca_qkv.plain"
+    g.dispatch(kernel, [c, w_dw, b_t, w_grp, b_grp, k_scale, positions, table, slot_t],
                [cpart, vpart, q, k, v],
                [T, H, Hkv, dh, K1, K2, n_c, v1_width, v2_width, n_rot // 2, int(b_dw is not None),
                 float(sqrt(dh)), c.offset, w_dw.offset, b_t.offset, w_grp.offset, b_grp.offset,
