@@ -181,6 +181,10 @@
 #include "common.glsl"
 #ifdef LANE
 #define WIDE64
+// 1 when every row of the weight starts a span of 256 elements (ops/matmul.py): each row's
+// scales serve a span of chunks (HEAD_CHUNKS), and plain types read a chunk in 32-byte loads.
+layout(constant_id = 3) const uint HEADS_ALIGNED = 0u;
+#define CHUNKS_ALIGNED (HEADS_ALIGNED != 0u)
 #endif
 #include "weights.glsl"
 
@@ -535,8 +539,6 @@ void main() {
 #define LANE_THREADS 8
 layout(local_size_x = LANE_THREADS) in;
 #include "share_loads.glsl"
-// 1 when every row of the weight starts a span of HEAD_CHUNKS chunks (ops/matmul.py).
-layout(constant_id = 3) const uint HEADS_ALIGNED = 0u;
 // Chunks per step: 2 where the layout keeps chunk pairs together (CHUNK_PAIRS, whose rows are
 // whole superblocks, so every row and span starts on an even chunk), for one token at a time
 // (for tiles of tokens, twice their x in registers; not tried).

@@ -136,6 +136,23 @@ def test_matmul_split_weight(small_bindings, rng, dtype, n_out, n_in, n):
 
 
 # ---- matmul(norm=): out[n] = W @ rms_norm(x[n], norm, eps) in one dispatch ----------------------
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+@pytest.mark.parametrize("n_in,aligned", [(512, 1), (288, 0), (296, 0)])
+@pytest.mark.parametrize("n", [1, 17])
+def test_matmul_lane_plain_chunks(dev, rng, monkeypatch, dtype, n_in, aligned, n):
+    """The LANE kernels read a plain type's chunk in 32-byte loads where every row starts on 256
+    elements (HEADS_ALIGNED: rows of 512), in 16-byte loads otherwise (288; 296, with a tail)."""
+    monkeypatch.setattr(dev, "lane_kernels", True)
+    array, w = random_weight(rng, (70, n_in), dtype)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    g = Graph(dev)
+    y = matmul(g, upload_weight(dev, array, dtype), dev.upload(x))
+    g.run()
+    assert [(kernel, spec[3]) for kernel, *_, spec in g.nodes] == [
+        (f"matmul.{'lane' if n == 1 else 'lanemat'}_{dtype}", aligned)]
+    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
+
+
 def any_weight(rng, shape, dtype):
     """(array to upload, its float32 values) for any weight type: legacy block types quantized
     by gguf-py, K-quants random blocks (gguf-py cannot quantize them)."""

@@ -32,8 +32,13 @@ uvec4 w_quad(uint i) { return w_quads[i]; }
 uvec2 w_pair(uint i) { return w_pairs[i]; }
 #endif
 
+#ifndef CHUNKS_ALIGNED
+#define CHUNKS_ALIGNED false          // a kernel's rows all start on 256 elements (matmul.comp)
+#endif
+
 #if defined(WTYPE_F32)
 #define WEIGHT_BLOCK 1
+#define ELEMS_PER_WORD 1                    // elements per 32-bit word
 
 float weight1(uint e) { return uintBitsToFloat(w_words[e]); }
 
@@ -43,6 +48,7 @@ vec4 weight4(uint e) {
 
 #elif defined(WTYPE_F16)
 #define WEIGHT_BLOCK 1
+#define ELEMS_PER_WORD 2
 
 float weight1(uint e) {
     vec2 pair = unpackHalf2x16(w_words[e >> 1]);
@@ -119,15 +125,28 @@ vec4 weight4_aligned(uint e) {
 // its chunk in 16-byte loads (w_quad; llvmpipe pays per loaded component, not per byte); the
 // others go through weight4.
 vec4 chunk_quants(uint e, Head head, out vec4 q[8]) {
+#if defined(WTYPE_F32) || defined(WTYPE_F16)
+    uvec4 w[8 / ELEMS_PER_WORD];            // the chunk's words in 16-byte units
+#ifdef WIDE64
+    if (CHUNKS_ALIGNED) {             // e a multiple of 8 (F32) or 16 (F16): 32-byte loads
+        [[unroll]] for (uint i = 0; i < 4 / ELEMS_PER_WORD; i++) {
+            u64vec4 both = w_octs[(e >> (3 + ELEMS_PER_WORD / 2)) + i];
+            w[2 * i] = quad_of(both.xy);
+            w[2 * i + 1] = quad_of(both.zw);
+        }
+    } else
+#endif
+    {
+        [[unroll]] for (uint i = 0; i < 8 / ELEMS_PER_WORD; i++)
+            w[i] = w_quad((e >> (2 + ELEMS_PER_WORD / 2)) + i);
+    }
+    [[unroll]] for (uint i = 0; i < 8 / ELEMS_PER_WORD; i++) {
 #if defined(WTYPE_F32)
-    [[unroll]] for (uint i = 0; i < 8; i++)
-        q[i] = uintBitsToFloat(w_quad((e >> 2) + i));
-    return vec4(1.0, 1.0, 0.0, 0.0);
-#elif defined(WTYPE_F16)
-    [[unroll]] for (uint i = 0; i < 4; i++) {
-        uvec4 w = w_quad((e >> 3) + i);
-        q[2 * i] = vec4(unpackHalf2x16(w.x), unpackHalf2x16(w.y));
-        q[2 * i + 1] = vec4(unpackHalf2x16(w.z), unpackHalf2x16(w.w));
+        q[i] = uintBitsToFloat(w[i]);
+#else
+        q[2 * i] = vec4(unpackHalf2x16(w[i].x), unpackHalf2x16(w[i].y));
+        q[2 * i + 1] = vec4(unpackHalf2x16(w[i].z), unpackHalf2x16(w[i].w));
+#endif
     }
     return vec4(1.0, 1.0, 0.0, 0.0);
 #elif defined(WTYPE_Q8_0)
