@@ -23,6 +23,22 @@ def run(dev, build):
     return out
 
 
+def check_lane_matmul(dev, rng, monkeypatch, array, w, dtype: str, n: int, aligned: int):
+    """The LANE kernel (lane for one token, lanemat for more) with HEADS_ALIGNED = `aligned`
+    (spec constant 3: rows on 256-element spans) runs W @ x for n random tokens, within
+    check_matmul's bound; `array` is what upload_weight takes, w its float32 values."""
+    from vkinfer.gpu.weights import upload_weight
+    from vkinfer.ops.matmul import matmul, matmul_ref
+    monkeypatch.setattr(dev, "lane_kernels", True)
+    x = rng.standard_normal((n, w.shape[1])).astype(np.float32)
+    g = Graph(dev)
+    y = matmul(g, upload_weight(dev, array, dtype), dev.upload(x))
+    g.run()
+    assert [(kernel, spec[3]) for kernel, *_, spec in g.nodes] == [
+        (f"matmul.{'lane' if n == 1 else 'lanemat'}_{dtype}", aligned)]
+    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
+
+
 def check_matmul(got, w, x, want):
     """The matmul bound: |y - y_ref| <= 1e-5 * (|W| @ |x|) + 1e-6 per element; w [out, in]
     (or [N, out, in], one matrix per token), x [N, in]."""

@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 import pytest
 
-from conftest import at_offset, check_matmul, run, view_then_copy
+from conftest import at_offset, check_lane_matmul, check_matmul, run, view_then_copy
 from test_quant_k import random_blocks
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.gpu.weights import Weight, decode, f32_to_bf16, upload_weight
@@ -142,15 +142,7 @@ def test_matmul_split_weight(small_bindings, rng, dtype, n_out, n_in, n):
 def test_matmul_lane_plain_chunks(dev, rng, monkeypatch, dtype, n_in, aligned, n):
     """The LANE kernels read a plain type's chunk in 32-byte loads where every row starts on 256
     elements (HEADS_ALIGNED: rows of 512), in 16-byte loads otherwise (288; 296, with a tail)."""
-    monkeypatch.setattr(dev, "lane_kernels", True)
-    array, w = random_weight(rng, (70, n_in), dtype)
-    x = rng.standard_normal((n, n_in)).astype(np.float32)
-    g = Graph(dev)
-    y = matmul(g, upload_weight(dev, array, dtype), dev.upload(x))
-    g.run()
-    assert [(kernel, spec[3]) for kernel, *_, spec in g.nodes] == [
-        (f"matmul.{'lane' if n == 1 else 'lanemat'}_{dtype}", aligned)]
-    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
+    check_lane_matmul(dev, rng, monkeypatch, *random_weight(rng, (70, n_in), dtype), dtype, n, aligned)
 
 
 def any_weight(rng, shape, dtype):

@@ -18,7 +18,7 @@ import gguf
 import numpy as np
 import pytest
 
-from conftest import check_matmul, run
+from conftest import check_lane_matmul, check_matmul, run
 from vkinfer.gguf import open_gguf
 from vkinfer.gpu import Graph, Tensor
 from vkinfer.gpu.tensor import BLOCK_TYPES
@@ -111,16 +111,8 @@ def test_matmul_lane_head_spans(dev, rng, monkeypatch, dtype, n_in, aligned, n):
     """The LANE kernels load a row's superblock scales once per 8 chunks where every row starts
     a superblock (HEADS_ALIGNED, rows of 512), and reload each row at its own superblock
     starts where rows straddle them (288 = 9 chunks)."""
-    monkeypatch.setattr(dev, "lane_kernels", True)
     raw = random_blocks(rng, (70, n_in), dtype)
-    w = decode(raw, dtype)
-    x = rng.standard_normal((n, n_in)).astype(np.float32)
-    g = Graph(dev)
-    y = matmul(g, upload_weight(dev, raw, dtype), dev.upload(x))
-    g.run()
-    assert [(kernel, spec[3]) for kernel, *_, spec in g.nodes] == [
-        (f"matmul.{'lane' if n == 1 else 'lanemat'}_{dtype}", aligned)]
-    check_matmul(dev.read(y), w, x, matmul_ref(w, x))
+    check_lane_matmul(dev, rng, monkeypatch, raw, decode(raw, dtype), dtype, n, aligned)
 
 
 @pytest.mark.parametrize("dtype", TYPES)

@@ -38,7 +38,7 @@ uvec2 w_pair(uint i) { return w_pairs[i]; }
 
 #if defined(WTYPE_F32)
 #define WEIGHT_BLOCK 1
-#define ELEMS_PER_WORD 1                    // elements per 32-bit word
+#define ELEMS_PER_WORD 1              // elements per 32-bit word
 
 float weight1(uint e) { return uintBitsToFloat(w_words[e]); }
 
@@ -122,11 +122,12 @@ vec4 weight4_aligned(uint e) {
 // element of it: element 16h + i is a_h * q[(16h + i) / 4][i % 4] - c_h, and the result is
 // (a_0, a_1, c_0, c_1), so a kernel multiplies raw quants by x and applies the scales and offsets
 // (c_h times the sum of x) once per half chunk. Every type with an aligned device layout reads
-// its chunk in 16-byte loads (w_quad; llvmpipe pays per loaded component, not per byte); the
-// others go through weight4.
+// its chunk in 16-byte loads (w_quad; llvmpipe pays per loaded component, not per byte), F32 and
+// F16 in 32-byte loads where the kernel's rows allow (CHUNKS_ALIGNED), Q4_K and Q5_K two chunks
+// at once (nibbles.glsl load_chunk_pair); the others go through weight4.
 vec4 chunk_quants(uint e, Head head, out vec4 q[8]) {
 #if defined(WTYPE_F32) || defined(WTYPE_F16)
-    uvec4 w[8 / ELEMS_PER_WORD];            // the chunk's words in 16-byte units
+    uvec4 w[8 / ELEMS_PER_WORD];      // the chunk's words in 16-byte units
 #ifdef WIDE64
     if (CHUNKS_ALIGNED) {             // e a multiple of 8 (F32) or 16 (F16): 32-byte loads
         [[unroll]] for (uint i = 0; i < 4 / ELEMS_PER_WORD; i++) {

@@ -106,7 +106,8 @@ class Mamba:
         for layer in range(p.n_layer):
             g.block = f"layer {layer}"
             b = f"blk.{layer}."
-            xz = mm.matmul(g, w[b + "ssm_in.weight"], x, out=s["xz"], norm=w[b + "attn_norm.weight"], eps=p.eps)
+            xz = mm.matmul(g, w[b + "ssm_in.weight"], x, out=s["xz"], norm=w[b + "attn_norm.weight"],
+                           eps=p.eps)
             for lo, part in state.parts("conv", layer):
                 x1 = ssm.ssm_conv(g, xz.slice(1, 0, di), part, w[b + "ssm_conv1d.weight"],
                                   w[b + "ssm_conv1d.bias"], out=s["x1"], silu=True, slots=slots,

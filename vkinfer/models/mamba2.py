@@ -112,7 +112,8 @@ class Mamba2:
         for layer in range(p.n_layer):
             g.block = f"layer {layer}"
             b = f"blk.{layer}."
-            zxbcdt = mm.matmul(g, w[b + "ssm_in.weight"], x, out=s["zxbcdt"], norm=w[b + "attn_norm.weight"], eps=p.eps)
+            zxbcdt = mm.matmul(g, w[b + "ssm_in.weight"], x, out=s["zxbcdt"],
+                               norm=w[b + "attn_norm.weight"], eps=p.eps)
             for lo, part in state.parts("conv", layer):
                 xbc = ssm.ssm_conv(g, zxbcdt.slice(1, di, di + cd), part, w[b + "ssm_conv1d.weight"],
                                    w[b + "ssm_conv1d.bias"], out=s["xbc"], silu=True, slots=slots,

@@ -10,7 +10,7 @@ import numpy as np
 from ..gpu import Graph, Tensor, check_tensor, output, require
 from ..gpu.weights import check_weight
 from . import moe
-from .norm import rms_norm, rms_norm_ref
+from .norm import rms_norm_ref
 
 VEC_ROWS = 4                       # rows per work group of the vector kernels (ROWS_PER_GROUP)
 TILE_ROWS, TILE_TOKENS = 32, 16   # output tile of the batched kernel
